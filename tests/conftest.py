@@ -5,17 +5,21 @@ Model fixtures are session-scoped: each model loads once per test run.
 
 from __future__ import annotations
 
-from functools import cache
+import os
 
-import pytest
-import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download; set before HF imports
 
-from templates import SPECIAL_TOKENS, TEMPLATES
-from tiny_models import CONFIGS, build_tiny
+from functools import cache  # noqa: E402
 
-from persona_axis.models import LoadedModel, load_model
-from persona_axis.models.loading import default_model_dir
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoTokenizer, PreTrainedTokenizerBase  # noqa: E402
+
+from templates import SPECIAL_TOKENS, TEMPLATES  # noqa: E402
+from tiny_models import CONFIGS, build_tiny  # noqa: E402
+
+from persona_axis.models import LoadedModel, load_model  # noqa: E402
+from persona_axis.models.loading import default_model_dir  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

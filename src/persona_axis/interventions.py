@@ -161,10 +161,17 @@ class InterventionSpec:
         positions: Positions = "all",
     ) -> InterventionSpec:
         """Floors along +axis: ``axis`` ``[n_layers, d]``, ``(layer, τ)`` pairs."""
+        return cls.from_floors([(layer, axis[layer], tau) for layer, tau in thresholds], positions)
+
+    @classmethod
+    def from_floors(
+        cls, floors: Sequence[tuple[int, Tensor, float]], positions: Positions = "all"
+    ) -> InterventionSpec:
+        """Floors from ``(layer, direction [d], τ)`` triples, e.g. ``AxisBundle.cap_floors``."""
         return cls(
             tuple(
-                Intervention(layer, "cap", axis[layer], floor=tau, positions=positions)
-                for layer, tau in thresholds
+                Intervention(layer, "cap", direction, floor=tau, positions=positions)
+                for layer, direction, tau in floors
             )
         )
 

