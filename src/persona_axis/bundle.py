@@ -1,0 +1,874 @@
+"""The AxisBundle: the on-disk artifact that every downstream stage reads.
+
+A bundle is a directory of three files:
+
+- ``vectors.safetensors``: float32 tensors. ``axis`` [n_layers, d] (required, unnormalised,
+  pointing toward the Assistant), ``default`` [n_layers, d], ``role/<name>`` and ``trait/<name>``
+  [n_layers, d]; other keys are free-form extras (``stats/mean_norm`` [n_layers], cap directions
+  ``capdir/<name>`` [d] ...).
+- ``manifest.json``: format version, the model (id, revision, weight fingerprint, architecture,
+  n_layers, hidden size), the layer convention, the target layer, library version, and free-form
+  provenance (catalog and its hash, sampling, judge, counts, timings).
+- ``caps.json``: named cap settings, ``{name: CapSetting.to_dict()}``; optional.
+
+Layer L is the output of decoder block L, 0-based (= Hugging Face ``hidden_states[L + 1]``). Caps
+are floors along a unit direction, by default the unit axis of their layer: a cap setting whose
+``notes["direction_keys"]`` is present names, per threshold, the vector holding its direction
+(a [d] vector, or a row of an [n_layers, d] one). :meth:`AxisBundle.cap_floors` resolves this, so
+consumers never read the notes themselves.
+
+Saving writes into a hidden sibling directory and renames it into place, so an interrupted save
+never leaves a half-written bundle at the target path. Loading validates everything and raises
+:class:`PersonaAxisError` with the fix. Nothing is ever unpickled: reference ``.pt`` files are read
+with ``torch.load(weights_only=True)``.
+
+Import of the reference project (github ``safety-research/assistant-axis``) lives here too:
+:func:`load_reference_axis`, :func:`load_reference_vector`, :func:`import_reference_capping`
+and :meth:`AxisBundle.from_reference`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+import persona_axis
+from persona_axis.calibrate import CAP_RULE, CapSetting, LayerThreshold, setting_name
+from persona_axis.errors import PersonaAxisError
+from persona_axis.models.fingerprint import try_weight_fingerprint
+from persona_axis.models.layers import ModelShape
+from persona_axis.models.layers import model_shape as shape_of
+
+FORMAT = "persona-axis bundle"
+FORMAT_VERSION = 1
+LAYER_CONVENTION = "decoder block output, 0-based; = HF hidden_states[L+1]"
+VECTORS_FILE = "vectors.safetensors"
+MANIFEST_FILE = "manifest.json"
+CAPS_FILE = "caps.json"
+BUNDLE_FILES = frozenset({VECTORS_FILE, MANIFEST_FILE, CAPS_FILE})
+LAYERWISE_KEYS = ("axis", "default")
+LAYERWISE_PREFIXES = ("role/", "trait/")
+DIRECTION_KEYS_NOTE = "direction_keys"
+RESERVED_MANIFEST_KEYS = frozenset(
+    {
+        "format",
+        "format_version",
+        "library_version",
+        "created_utc",
+        "model",
+        "layer_convention",
+        "target_layer",
+    }
+)
+
+
+class BundleMismatchWarning(UserWarning):
+    """A bundle is applied to a model it was not built for, because the caller allowed it."""
+
+
+@dataclass
+class AxisBundle:
+    """Vectors, manifest and named cap settings for one model; validated on construction.
+
+    ``vectors`` are stored as contiguous float32 CPU tensors. Build a new bundle with
+    :meth:`create`, which writes the manifest; read one with :meth:`load`.
+    """
+
+    vectors: dict[str, Tensor]
+    manifest: dict[str, Any]
+    caps: dict[str, CapSetting] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.vectors = {key: _as_float32(key, value) for key, value in self.vectors.items()}
+        self.manifest = dict(self.manifest)
+        _check_manifest(self.manifest)
+        self._check_vectors()
+        self.caps = dict(self.caps)
+        for name, setting in self.caps.items():
+            if name != setting.name:
+                raise PersonaAxisError(
+                    f"Cap setting stored under {name!r} is named {setting.name!r}; store each "
+                    "setting under its own name (use AxisBundle.add_cap)."
+                )
+            self._check_cap(setting)
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        vectors: Mapping[str, Tensor],
+        *,
+        model_shape: ModelShape,
+        model_id: str | None,
+        revision: str | None = None,
+        fingerprint: str | None = None,
+        target_layer: int | None = None,
+        caps: Mapping[str, CapSetting] | None = None,
+        extras: Mapping[str, Any] | None = None,
+    ) -> AxisBundle:
+        """A new bundle with a manifest describing ``model_shape`` and this library version.
+
+        ``target_layer`` defaults to ``n_layers // 2``. ``extras`` are JSON-serialisable
+        provenance entries stored at the top level of the manifest (``catalog``,
+        ``catalog_hash``, ``sampling``, ``judge``, ``counts``, ``timings``, ...).
+        """
+        extras = dict(extras or {})
+        clash = RESERVED_MANIFEST_KEYS & set(extras)
+        if clash:
+            raise PersonaAxisError(
+                f"Manifest extras {sorted(clash)} would overwrite reserved entries; rename them "
+                f"(reserved: {sorted(RESERVED_MANIFEST_KEYS)})."
+            )
+        try:
+            json.dumps(extras, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise PersonaAxisError(
+                f"Manifest extras are not plain JSON ({exc}); pass only str, numbers, bools, "
+                "None, lists and dicts with string keys."
+            ) from exc
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "library_version": persona_axis.__version__,
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": {
+                "id": model_id,
+                "revision": revision,
+                "fingerprint": fingerprint,
+                "architecture": model_shape.architecture,
+                "n_layers": model_shape.n_layers,
+                "hidden_size": model_shape.hidden_size,
+            },
+            "layer_convention": LAYER_CONVENTION,
+            "target_layer": model_shape.target_layer if target_layer is None else target_layer,
+            **extras,
+        }
+        return cls(vectors=dict(vectors), manifest=manifest, caps=dict(caps or {}))
+
+    @classmethod
+    def from_reference(
+        cls,
+        axis_path: str | os.PathLike[str],
+        capping_path: str | os.PathLike[str] | None = None,
+        *,
+        model_shape: ModelShape,
+        model_id: str | None,
+        default_path: str | os.PathLike[str] | None = None,
+        revision: str | None = None,
+        fingerprint: str | None = None,
+        target_layer: int | None = None,
+        extras: Mapping[str, Any] | None = None,
+    ) -> AxisBundle:
+        """A bundle from the reference project's ``assistant_axis.pt`` (and capping config).
+
+        Thresholds are converted to floors (see :func:`import_reference_capping`); the manifest
+        records the source files and their sha256. The reference's own target layer for Gemma 2
+        27B is 22, not ``n_layers // 2``: pass ``target_layer`` where it matters.
+        """
+        axis = load_reference_axis(axis_path)
+        vectors: dict[str, Tensor] = {"axis": axis}
+        sources = {"axis": _file_record(axis_path)}
+        if default_path is not None:
+            vectors["default"] = load_reference_vector(default_path)
+            sources["default"] = _file_record(default_path)
+        caps: dict[str, CapSetting] = {}
+        if capping_path is not None:
+            directions, caps = import_reference_capping(capping_path, axis=axis)
+            vectors.update(directions)
+            sources["capping"] = _file_record(capping_path)
+        provenance = {"imported_from": {"project": REFERENCE_PROJECT, "files": sources}}
+        return cls.create(
+            vectors,
+            model_shape=model_shape,
+            model_id=model_id,
+            revision=revision,
+            fingerprint=fingerprint,
+            target_layer=target_layer,
+            caps=caps,
+            extras={**provenance, **dict(extras or {})},
+        )
+
+    # -- accessors ----------------------------------------------------------------------------
+
+    @property
+    def axis(self) -> Tensor:
+        """The unnormalised Assistant Axis [n_layers, d], float32; + = more Assistant-like."""
+        return self.vectors["axis"]
+
+    @property
+    def default(self) -> Tensor:
+        """Mean response activation under the default prompts [n_layers, d], float32."""
+        if "default" not in self.vectors:
+            raise PersonaAxisError(
+                "This bundle has no 'default' vector (imported axes may lack it); rebuild it with "
+                "the pipeline or import the reference default_vector.pt as default_path."
+            )
+        return self.vectors["default"]
+
+    def roles(self) -> dict[str, Tensor]:
+        """Role name -> role vector [n_layers, d]."""
+        return self._prefixed("role/")
+
+    def traits(self) -> dict[str, Tensor]:
+        """Trait name -> trait vector [n_layers, d] (positive minus negative prompt means)."""
+        return self._prefixed("trait/")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_layers, d)`` of every layer-wise vector."""
+        n_layers, hidden = self.axis.shape
+        return int(n_layers), int(hidden)
+
+    @property
+    def model_shape(self) -> ModelShape:
+        """Architecture, depth and width of the model this bundle was built for."""
+        model = self.manifest["model"]
+        return ModelShape(
+            architecture=str(model["architecture"]),
+            n_layers=int(model["n_layers"]),
+            hidden_size=int(model["hidden_size"]),
+        )
+
+    @property
+    def model_id(self) -> str | None:
+        """Model id (HF id or local path) recorded at build time, if any."""
+        value = self.manifest["model"].get("id")
+        return None if value is None else str(value)
+
+    @property
+    def fingerprint(self) -> str | None:
+        """Weight fingerprint recorded at build time (``"sha256:..."``), if any."""
+        value = self.manifest["model"].get("fingerprint")
+        return None if value is None else str(value)
+
+    @property
+    def target_layer(self) -> int:
+        """Layer where the axis is read by default; ``n_layers // 2`` unless the manifest says."""
+        value = self.manifest.get("target_layer")
+        return self.shape[0] // 2 if value is None else int(value)
+
+    def unit_axis(self, layer: int) -> Tensor:
+        """â_L = a_L / ‖a_L‖, float32 [d], for decoder block ``layer`` (0-based)."""
+        self._check_layer(layer, "unit_axis")
+        return _unit(self.axis[layer], f"axis[{layer}]")
+
+    # -- caps ---------------------------------------------------------------------------------
+
+    def cap(self, name: str) -> CapSetting:
+        """The cap setting called ``name``; unknown names list what is available."""
+        if name not in self.caps:
+            available = ", ".join(sorted(self.caps)) or "none"
+            raise PersonaAxisError(
+                f"No cap setting {name!r} in this bundle; available: {available}. Calibrate one "
+                "(persona-axis calibrate) or pick an available name."
+            )
+        return self.caps[name]
+
+    def add_cap(self, setting: CapSetting, *, replace: bool = False) -> None:
+        """Add (or with ``replace=True`` overwrite) a cap setting, validated against the bundle."""
+        if setting.name in self.caps and not replace:
+            raise PersonaAxisError(
+                f"Cap setting {setting.name!r} already exists; pass replace=True to overwrite it."
+            )
+        self._check_cap(setting)
+        self.caps[setting.name] = setting
+
+    def cap_floors(self, name: str) -> list[tuple[int, Tensor, float]]:
+        """``[(layer, unit direction [d] float32, floor)]`` of setting ``name``, in its order.
+
+        Apply at each listed layer, every position: ``p = <h, u>``; where ``p < floor``,
+        ``h ← h + (floor − p)·u``. ``u`` is the unit axis unless the setting names another
+        direction (imported reference caps whose vector is not the negated axis).
+        """
+        setting = self.cap(name)
+        keys = setting.notes.get(DIRECTION_KEYS_NOTE)
+        floors = []
+        for index, item in enumerate(setting.thresholds):
+            key = "axis" if keys is None else keys[index]
+            floors.append((item.layer, self._direction(key, item.layer), item.threshold))
+        return floors
+
+    # -- model checks -------------------------------------------------------------------------
+
+    def check_model(
+        self, shape: ModelShape, fingerprint: str | None = None, *, allow_mismatch: bool = False
+    ) -> None:
+        """Refuse a model this bundle was not built for.
+
+        A different ``n_layers`` or hidden size always raises: the vectors cannot apply. A
+        different architecture name or weight fingerprint raises unless ``allow_mismatch`` is set,
+        in which case it warns (:class:`BundleMismatchWarning`). A fingerprint is only compared
+        when both the bundle and the caller know one.
+        """
+        ours = self.model_shape
+        built_for = _describe(self.model_id, ours)
+        given = _describe(None, shape, "the model")
+        if (ours.n_layers, ours.hidden_size) != (shape.n_layers, shape.hidden_size):
+            raise PersonaAxisError(
+                f"Bundle built for {built_for} cannot be applied to {given}: layer count or "
+                "hidden size differ, so its vectors do not fit (allow_mismatch does not override "
+                "this). Use a bundle built for this model, or build one with the pipeline."
+            )
+        problems = []
+        if ours.architecture != shape.architecture:
+            problems.append(f"architecture {ours.architecture} vs {shape.architecture}")
+        if self.fingerprint and fingerprint and self.fingerprint != fingerprint:
+            problems.append(f"weight fingerprint {self.fingerprint} vs {fingerprint}")
+        if not problems:
+            return
+        message = (
+            f"Bundle built for {built_for} does not match {given}: {'; '.join(problems)}. The "
+            "axis of one model is meaningless for different weights."
+        )
+        if not allow_mismatch:
+            raise PersonaAxisError(
+                f"{message} Use a bundle built for this model, or pass allow_mismatch=True "
+                "(CLI: --allow-mismatch) if you know the weights are equivalent."
+            )
+        warnings.warn(
+            f"{message} Continuing because allow_mismatch=True.", BundleMismatchWarning, 2
+        )
+
+    def check_against(self, model: nn.Module, *, allow_mismatch: bool = False) -> None:
+        """:meth:`check_model` with the shape and (if readable) fingerprint of ``model``."""
+        self.check_model(
+            shape_of(model),
+            try_weight_fingerprint(model) if self.fingerprint else None,
+            allow_mismatch=allow_mismatch,
+        )
+
+    # -- disk ---------------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the bundle to ``directory`` (replacing a bundle there); returns the path.
+
+        Files are written into a hidden sibling directory, the manifest last, and the directory
+        is renamed into place. A directory holding anything but bundle files is not replaced.
+        """
+        target = Path(directory)
+        if target.exists():
+            if not target.is_dir():
+                raise PersonaAxisError(f"{target} is a file; pass a directory path for the bundle.")
+            foreign = sorted({p.name for p in target.iterdir()} - BUNDLE_FILES)
+            if foreign:
+                raise PersonaAxisError(
+                    f"{target} holds files that are not part of a bundle ({foreign[:5]}); "
+                    "save the bundle to a new or empty directory."
+                )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        )
+        try:
+            save_file(
+                _owning_copies(self.vectors),
+                str(staging / VECTORS_FILE),
+                metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)},
+            )
+            _fsync(staging / VECTORS_FILE)
+            caps = {name: setting.to_dict() for name, setting in sorted(self.caps.items())}
+            _write_json(staging / CAPS_FILE, caps)
+            _write_json(staging / MANIFEST_FILE, self.manifest)
+            _swap_into_place(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> AxisBundle:
+        """Read and validate a bundle written by :meth:`save`."""
+        root = Path(directory)
+        if not root.is_dir():
+            raise PersonaAxisError(
+                f"No bundle directory at {root}; pass the directory written by AxisBundle.save "
+                "(it holds manifest.json and vectors.safetensors)."
+            )
+        missing = [name for name in (MANIFEST_FILE, VECTORS_FILE) if not (root / name).is_file()]
+        if missing:
+            raise PersonaAxisError(
+                f"{root} is not a complete bundle: {', '.join(missing)} missing. Re-run the step "
+                "that wrote it, or point at the right directory."
+            )
+        manifest = _read_json(root / MANIFEST_FILE)
+        if not isinstance(manifest, dict):
+            raise PersonaAxisError(f"{root / MANIFEST_FILE} must hold a JSON object; re-save it.")
+        _check_manifest(manifest)
+        vectors = _read_vectors(root / VECTORS_FILE)
+        caps_path = root / CAPS_FILE
+        caps_data = _read_json(caps_path) if caps_path.is_file() else {}
+        if not isinstance(caps_data, dict) or not all(
+            isinstance(v, dict) for v in caps_data.values()
+        ):
+            raise PersonaAxisError(
+                f"{caps_path} must map setting names to setting objects; re-save the bundle."
+            )
+        try:
+            caps = {name: CapSetting.from_dict(data) for name, data in caps_data.items()}
+            return cls(vectors=vectors, manifest=manifest, caps=caps)
+        except PersonaAxisError as exc:
+            raise PersonaAxisError(f"Bundle at {root} is invalid: {exc}") from exc
+
+    # -- validation helpers -------------------------------------------------------------------
+
+    def _prefixed(self, prefix: str) -> dict[str, Tensor]:
+        return {
+            key[len(prefix) :]: value
+            for key, value in sorted(self.vectors.items())
+            if key.startswith(prefix)
+        }
+
+    def _check_vectors(self) -> None:
+        model = self.manifest["model"]
+        expected = (int(model["n_layers"]), int(model["hidden_size"]))
+        if "axis" not in self.vectors:
+            raise PersonaAxisError(
+                f"Bundle has no 'axis' vector (keys: {sorted(self.vectors)[:8]}); every bundle "
+                "needs one. Compute it (persona-axis axis) or import a reference axis."
+            )
+        for key, value in self.vectors.items():
+            layerwise = key in LAYERWISE_KEYS or key.startswith(LAYERWISE_PREFIXES)
+            if layerwise and tuple(value.shape) != expected:
+                raise PersonaAxisError(
+                    f"Vector {key!r} has shape {tuple(value.shape)} but the manifest says "
+                    f"[n_layers={expected[0]}, hidden_size={expected[1]}]; the vectors and "
+                    "manifest come from different models. Rebuild the bundle."
+                )
+        if not torch.isfinite(self.axis).all():
+            raise PersonaAxisError("The axis holds NaN or inf values; recompute it.")
+
+    def _check_layer(self, layer: int, what: str) -> None:
+        n_layers = self.shape[0]
+        if not 0 <= layer < n_layers:
+            raise PersonaAxisError(
+                f"{what}: layer {layer} is out of range; layers are decoder block outputs "
+                f"0..{n_layers - 1} (0-based)."
+            )
+
+    def _check_cap(self, setting: CapSetting) -> None:
+        if setting.rule != CAP_RULE:
+            raise PersonaAxisError(
+                f"Cap setting {setting.name!r} has rule {setting.rule!r}; bundles hold only "
+                f"{CAP_RULE!r} (convert reference ceilings with import_reference_capping)."
+            )
+        for item in setting.thresholds:
+            self._check_layer(item.layer, f"cap setting {setting.name!r}")
+        keys = setting.notes.get(DIRECTION_KEYS_NOTE)
+        if keys is None:
+            return
+        if not isinstance(keys, list) or len(keys) != len(setting.thresholds):
+            raise PersonaAxisError(
+                f"Cap setting {setting.name!r}: notes[{DIRECTION_KEYS_NOTE!r}] must list one "
+                "vector key per threshold."
+            )
+        for key, item in zip(keys, setting.thresholds, strict=True):
+            self._direction(key, item.layer)
+
+    def _direction(self, key: str, layer: int) -> Tensor:
+        """Unit direction named ``key`` at ``layer``: a [d] vector or row ``layer`` of a matrix."""
+        if key not in self.vectors:
+            raise PersonaAxisError(
+                f"Cap direction {key!r} is not among the bundle vectors; the bundle is "
+                "incomplete: re-import or re-calibrate the cap setting."
+            )
+        value = self.vectors[key]
+        hidden = self.shape[1]
+        if tuple(value.shape) == (hidden,):
+            return _unit(value, key)
+        if tuple(value.shape) == self.shape:
+            return _unit(value[layer], f"{key}[{layer}]")
+        raise PersonaAxisError(
+            f"Cap direction {key!r} has shape {tuple(value.shape)}; expected [{hidden}] or "
+            f"{list(self.shape)}. Re-import the cap setting."
+        )
+
+
+def _as_float32(key: str, value: Tensor) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise PersonaAxisError(f"Vector {key!r} is a {type(value).__name__}, not a tensor.")
+    if value.is_meta:
+        raise PersonaAxisError(f"Vector {key!r} is on the meta device and holds no values.")
+    return value.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+
+def _unit(vector: Tensor, what: str) -> Tensor:
+    norm = vector.norm()
+    if not torch.isfinite(norm) or norm == 0:
+        raise PersonaAxisError(
+            f"{what} has zero or non-finite norm and no direction; recompute it."
+        )
+    return vector / norm
+
+
+def _describe(model_id: str | None, shape: ModelShape, fallback: str = "an unnamed model") -> str:
+    name = model_id or fallback
+    return (
+        f"{name} ({shape.architecture}, {shape.n_layers} layers, hidden size {shape.hidden_size})"
+    )
+
+
+def _check_manifest(manifest: Mapping[str, Any]) -> None:
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise PersonaAxisError(
+            f"Manifest has no integer format_version (got {version!r}); it was not written by "
+            "persona-axis or is damaged. Re-save the bundle."
+        )
+    if version > FORMAT_VERSION:
+        raise PersonaAxisError(
+            f"Bundle format version {version} is newer than this persona-axis understands "
+            f"({FORMAT_VERSION}); upgrade persona-axis (pip install -U persona-axis)."
+        )
+    if version < 1:
+        raise PersonaAxisError(f"Bundle format version {version} is unknown; re-save the bundle.")
+    model = manifest.get("model")
+    needed = {"architecture": str, "n_layers": int, "hidden_size": int}
+    if not isinstance(model, Mapping) or not all(
+        isinstance(model.get(key), kind) for key, kind in needed.items()
+    ):
+        raise PersonaAxisError(
+            "Manifest 'model' entry must give architecture (str), n_layers (int) and "
+            "hidden_size (int); build bundles with AxisBundle.create."
+        )
+    target = manifest.get("target_layer")
+    if target is not None and not (isinstance(target, int) and 0 <= target < model["n_layers"]):
+        raise PersonaAxisError(
+            f"Manifest target_layer {target!r} is not a layer in 0..{model['n_layers'] - 1}."
+        )
+
+
+def _owning_copies(vectors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Tensors that each own their storage (safetensors refuses shared or partial storage)."""
+    seen: set[int] = set()
+    result = {}
+    for key, value in vectors.items():
+        storage = value.untyped_storage()
+        shared = storage.data_ptr() in seen or storage.nbytes() != value.numel() * 4
+        seen.add(storage.data_ptr())
+        result[key] = value.clone() if shared else value
+    return result
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True, allow_nan=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; an existing ``target`` is moved aside first."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    retired = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+    target.rename(retired)
+    staging.rename(target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PersonaAxisError(
+            f"{path} is not valid JSON ({exc}); the bundle is damaged. Restore the file or "
+            "re-save the bundle."
+        ) from exc
+
+
+def _read_vectors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise PersonaAxisError(
+            f"{path} is not a readable safetensors file ({exc}); the bundle is damaged. Re-save it."
+        ) from exc
+
+
+# -- import from the reference project ---------------------------------------------------------
+#
+# Facts from github safety-research/assistant-axis (read, not copied):
+# - ``assistant_axis.pt`` holds the axis [n_layers, d], either as a bare tensor (the published
+#   files) or as a dict with key "axis" (``save_axis`` and pipeline/5_axis.py). Same orientation
+#   as ours: default minus role means, + = more Assistant-like.
+# - ``default_vector.pt`` / role vectors: a bare tensor [n_layers, d], or pipeline/4_vectors.py's
+#   dict {"vector": tensor, "type": ..., "role": ...}.
+# - ``capping_config.pt``: {"vectors": {name: {"vector": tensor [d], "layer": int}},
+#   "experiments": [{"id": "layers_46:54-p0.25", "interventions": [{"vector": name,
+#   "cap": float}, ...]}]}; interventions without "cap" are not caps and are skipped there too.
+#   The stored vectors point along role − default (the negated axis; names such as
+#   "layer_46/contrast_role_pos3_default1"), possibly unnormalised.
+# - Their cap (assistant_axis/steering.py) is a CEILING along v̂ = v / (‖v‖ + 1e-8):
+#   p = <h, v̂>; h ← h − max(p − τ, 0)·v̂. With u = −v/‖v‖ this is exactly our floor
+#   ``<h, u> ≥ −τ``, up to the 1e-8 in their denominator (a relative 1e-8/‖v‖, below float32
+#   resolution for any real vector). Their "p0.25" is the 25th percentile along role − default,
+#   i.e. the 75th percentile along +axis.
+
+REFERENCE_PROJECT = "github.com/safety-research/assistant-axis"
+CAP_DIRECTION_PREFIX = "capdir/"
+SAME_DIRECTION_TOL = 1e-8
+_REFERENCE_ID = re.compile(r"layers_(\d+):(\d+)-p(\d+(?:\.\d+)?)")
+
+
+def load_reference_axis(path: str | os.PathLike[str]) -> Tensor:
+    """The reference ``assistant_axis.pt`` as a float32 [n_layers, d] tensor (+ = Assistant)."""
+    data = _safe_torch_load(path)
+    if isinstance(data, dict):
+        if "axis" not in data:
+            raise PersonaAxisError(
+                f"{path} holds a dict without an 'axis' entry (keys: {sorted(map(str, data))}); "
+                "pass the reference assistant_axis.pt."
+            )
+        data = data["axis"]
+    return _reference_matrix(data, path)
+
+
+def load_reference_vector(path: str | os.PathLike[str]) -> Tensor:
+    """A reference default or role vector (bare tensor or ``{"vector": ...}``), [n_layers, d]."""
+    data = _safe_torch_load(path)
+    if isinstance(data, dict):
+        if "vector" not in data:
+            raise PersonaAxisError(
+                f"{path} holds a dict without a 'vector' entry (keys: "
+                f"{sorted(map(str, data))}); pass a reference role or default vector file."
+            )
+        data = data["vector"]
+    return _reference_matrix(data, path)
+
+
+def import_reference_capping(
+    path: str | os.PathLike[str],
+    *,
+    axis: Tensor | None = None,
+    n_layers: int | None = None,
+    hidden_size: int | None = None,
+    same_direction_tol: float = SAME_DIRECTION_TOL,
+) -> tuple[dict[str, Tensor], dict[str, CapSetting]]:
+    """Convert a reference ``capping_config.pt`` into floor cap settings.
+
+    Each intervention "ceiling τ along v at layer L" becomes a floor ``−τ`` along ``u = −v/‖v‖``
+    at layer L. Where ``u`` is the unit ``axis[L]`` (1 − cos ≤ ``same_direction_tol``) the
+    setting uses the bundle axis; otherwise ``u`` is returned as vector
+    ``capdir/<reference vector name>`` [d] (unit, float32) and named in the setting's
+    ``notes["direction_keys"]``. Without ``axis`` every direction is returned.
+
+    Settings are renamed to our convention where the id parses and its band matches the
+    interventions: ``layers_46:54-p0.25`` → ``layers_46:54-p75`` (a p-value ≤ 1 is a fraction
+    along role − default, the reference's spelling). Other ids are kept verbatim.
+
+    Returns ``(vectors, caps)``: the direction vectors to add to a bundle, and name → setting.
+    """
+    data = _safe_torch_load(path)
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("vectors"), dict)
+        and isinstance(data.get("experiments"), list)
+    ):
+        found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise PersonaAxisError(
+            f"{path} is not a reference capping config: expected a dict with 'vectors' (name -> "
+            "{'vector', 'layer'}) and 'experiments' (list); found " + f"{found}."
+        )
+    if axis is not None:
+        if axis.ndim != 2:
+            raise PersonaAxisError(f"axis must be [n_layers, d]; got {tuple(axis.shape)}.")
+        n_layers, hidden_size = int(axis.shape[0]), int(axis.shape[1])
+    directions = {
+        str(name): _reference_direction(str(name), entry, n_layers, hidden_size, path)
+        for name, entry in data["vectors"].items()
+    }
+    vectors: dict[str, Tensor] = {}
+    caps: dict[str, CapSetting] = {}
+    for index, experiment in enumerate(data["experiments"]):
+        setting, used = _reference_setting(index, experiment, directions, axis, same_direction_tol)
+        if setting is None:
+            continue
+        if setting.name in caps:
+            raise PersonaAxisError(
+                f"{path}: two experiments map to the cap setting name {setting.name!r}; "
+                "rename one experiment id in the reference file."
+            )
+        caps[setting.name] = setting
+        vectors.update(used)
+    return vectors, caps
+
+
+def _safe_torch_load(path: str | os.PathLike[str]) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers, never objects."""
+    source = Path(path)
+    if not source.is_file():
+        raise PersonaAxisError(f"No file at {source}; check the path to the reference .pt file.")
+    try:
+        return torch.load(source, weights_only=True, map_location="cpu")
+    except Exception as exc:  # weights_only refusals are UnpicklingError; damage varies
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise PersonaAxisError(
+            f"Refused to load {source} ({reason}). persona-axis reads .pt files with "
+            "torch.load(weights_only=True) and never unpickles other objects, which could run "
+            "code. If the file is damaged, download it again; if it holds other objects and you "
+            "trust it, re-save only its tensors (torch.save({'axis': tensor}, path))."
+        ) from exc
+
+
+def _reference_matrix(data: Any, path: str | os.PathLike[str]) -> Tensor:
+    if not isinstance(data, Tensor) or data.ndim != 2:
+        shape = tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__
+        raise PersonaAxisError(f"{path} should hold a [n_layers, d] tensor; found {shape}.")
+    matrix = data.detach().to(dtype=torch.float32).contiguous()
+    if not torch.isfinite(matrix).all():
+        raise PersonaAxisError(f"{path} holds NaN or inf values; download it again.")
+    return matrix
+
+
+def _reference_direction(
+    name: str,
+    entry: Any,
+    n_layers: int | None,
+    hidden_size: int | None,
+    path: str | os.PathLike[str],
+) -> tuple[int, Tensor]:
+    """``(layer, u)`` with u = −v/‖v‖ float32 [d]: the floor direction of reference vector v."""
+    vector = entry.get("vector") if isinstance(entry, dict) else None
+    layer = entry.get("layer") if isinstance(entry, dict) else None
+    if not isinstance(vector, Tensor) or vector.ndim != 1 or not isinstance(layer, int):
+        raise PersonaAxisError(
+            f"{path}: vector {name!r} must be {{'vector': 1-D tensor, 'layer': int}}."
+        )
+    if hidden_size is not None and vector.numel() != hidden_size:
+        raise PersonaAxisError(
+            f"{path}: vector {name!r} has length {vector.numel()}, but the axis/model hidden "
+            f"size is {hidden_size}; the capping config belongs to another model."
+        )
+    if not 0 <= layer < (n_layers if n_layers is not None else layer + 1):
+        raise PersonaAxisError(
+            f"{path}: vector {name!r} sits at layer {layer}, which this model does not have "
+            f"({n_layers} layers); the capping config belongs to another model."
+        )
+    wide = vector.detach().to(torch.float64)
+    norm = wide.norm()
+    if not torch.isfinite(norm) or norm == 0:
+        raise PersonaAxisError(f"{path}: vector {name!r} is zero or non-finite.")
+    return layer, (-wide / norm).to(torch.float32)
+
+
+def _reference_setting(
+    index: int,
+    experiment: Any,
+    directions: Mapping[str, tuple[int, Tensor]],
+    axis: Tensor | None,
+    tol: float,
+) -> tuple[CapSetting | None, dict[str, Tensor]]:
+    """One reference experiment as a floor setting, plus the direction vectors it needs."""
+    if not isinstance(experiment, dict) or not isinstance(experiment.get("interventions"), list):
+        raise PersonaAxisError(
+            f"Reference experiment #{index} must be a dict with an 'interventions' list."
+        )
+    ref_id = str(experiment.get("id", index))
+    interventions = experiment["interventions"]
+    capping = [iv for iv in interventions if isinstance(iv, dict) and "cap" in iv]
+    if not capping:
+        warnings.warn(
+            f"Reference experiment {ref_id!r} has no cap interventions; skipped.", stacklevel=3
+        )
+        return None, {}
+    entries: list[tuple[int, float, str, float | None]] = []
+    used: dict[str, Tensor] = {}
+    for iv in capping:
+        vector_name = str(iv.get("vector"))
+        if vector_name not in directions:
+            raise PersonaAxisError(
+                f"Reference experiment {ref_id!r} names vector {vector_name!r}, which is not in "
+                "the config's 'vectors'; the file is inconsistent."
+            )
+        try:
+            tau = float(iv["cap"])
+        except (TypeError, ValueError) as exc:
+            raise PersonaAxisError(
+                f"Reference experiment {ref_id!r}: cap {iv['cap']!r} is not a number."
+            ) from exc
+        layer, unit = directions[vector_name]
+        cos = None if axis is None else float(unit.double() @ _unit(axis[layer].double(), "axis"))
+        if cos is not None and cos < 0:
+            warnings.warn(
+                f"Reference vector {vector_name!r} points toward the Assistant (cosine "
+                f"{-cos:.3f} with the axis), so its ceiling limits Assistant-likeness; imported "
+                "faithfully as a floor along its negation.",
+                stacklevel=3,
+            )
+        key = "axis" if cos is not None and 1 - cos <= tol else CAP_DIRECTION_PREFIX + vector_name
+        if key != "axis":
+            used[key] = unit
+        entries.append((layer, -tau, key, cos))
+    entries.sort(key=lambda entry: entry[0])
+    name, percentile = _converted_name(ref_id, [entry[0] for entry in entries])
+    notes: dict[str, Any] = {
+        "source": REFERENCE_PROJECT,
+        "reference_id": ref_id,
+        "reference_rule": "ceiling tau along the stored role - default vector v / |v|; "
+        "imported as floor -tau along -v / |v|",
+    }
+    if axis is not None:
+        notes["cos_to_axis"] = [entry[3] for entry in entries]
+    if any(entry[2] != "axis" for entry in entries):
+        notes[DIRECTION_KEYS_NOTE] = [entry[2] for entry in entries]
+    skipped = len(interventions) - len(capping)
+    if skipped:
+        notes["skipped_interventions"] = skipped
+        warnings.warn(
+            f"Reference experiment {ref_id!r}: {skipped} non-cap interventions were not imported.",
+            stacklevel=3,
+        )
+    setting = CapSetting(
+        name=name,
+        thresholds=tuple(LayerThreshold(layer=e[0], threshold=e[1]) for e in entries),
+        percentile=percentile,
+        calibrated_on="reference capping config (percentile along role - default, as +axis)",
+        notes=notes,
+    )
+    return setting, used
+
+
+def _converted_name(ref_id: str, layers: list[int]) -> tuple[str, float | None]:
+    """Our setting name and +axis percentile for reference id ``layers_A:B-pQ``."""
+    match = _REFERENCE_ID.fullmatch(ref_id)
+    if match is None:
+        return ref_id, None
+    first, stop, value = int(match[1]), int(match[2]), float(match[3])
+    fraction = value if value <= 1 else value / 100
+    percentile = round(100 * (1 - fraction), 6)
+    if layers != list(range(first, stop)):
+        return ref_id, percentile
+    return setting_name(first, stop, percentile), percentile
+
+
+def _file_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Name, size and sha256 of an imported file, for the manifest."""
+    source = Path(path)
+    digest = hashlib.sha256()
+    with source.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"name": source.name, "bytes": source.stat().st_size, "sha256": digest.hexdigest()}

@@ -1,0 +1,524 @@
+"""AxisBundle: round trip, validation, model checks, and import of the reference formats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import persona_axis
+from persona_axis import bundle as bundle_module
+from persona_axis.bundle import (
+    LAYER_CONVENTION,
+    AxisBundle,
+    BundleMismatchWarning,
+    import_reference_capping,
+    load_reference_axis,
+)
+from persona_axis.calibrate import CapSetting, LayerThreshold
+from persona_axis.errors import PersonaAxisError
+from persona_axis.models.fingerprint import weight_fingerprint
+from persona_axis.models.layers import ModelShape, model_shape
+
+N_LAYERS, HIDDEN = 6, 16
+SHAPE = ModelShape("LlamaForCausalLM", N_LAYERS, HIDDEN)
+
+
+def _vectors(seed: int = 0) -> dict[str, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    return {
+        "axis": rand(N_LAYERS, HIDDEN),
+        "default": rand(N_LAYERS, HIDDEN),
+        "role/ghost": rand(N_LAYERS, HIDDEN),
+        "role/accountant": rand(N_LAYERS, HIDDEN),
+        "trait/dramatic": rand(N_LAYERS, HIDDEN),
+        "stats/mean_norm": rand(N_LAYERS).abs(),
+    }
+
+
+def _cap(name: str = "layers_3:5-p75") -> CapSetting:
+    return CapSetting(
+        name=name,
+        thresholds=(LayerThreshold(3, 0.1 + 1e-9), LayerThreshold(4, -2.75)),
+        percentile=75.0,
+        calibrated_on="all rollouts",
+    )
+
+
+def _bundle(**kwargs: object) -> AxisBundle:
+    options: dict = {"model_shape": SHAPE, "model_id": "tiny/llama", "fingerprint": "sha256:ab"}
+    options.update(kwargs)
+    return AxisBundle.create(
+        _vectors(),
+        caps={"layers_3:5-p75": _cap()},
+        extras={"catalog": "builtin-v1", "counts": {"ghost": {"3": 12}}, "timings": {"gen": 1.5}},
+        **options,
+    )
+
+
+# -- construction and accessors ----------------------------------------------------------------
+
+
+def test_create_writes_manifest() -> None:
+    bundle = _bundle(revision="abc123")
+    manifest = bundle.manifest
+    assert manifest["format_version"] == bundle_module.FORMAT_VERSION
+    assert manifest["library_version"] == persona_axis.__version__
+    assert manifest["layer_convention"] == LAYER_CONVENTION
+    assert manifest["model"] == {
+        "id": "tiny/llama",
+        "revision": "abc123",
+        "fingerprint": "sha256:ab",
+        "architecture": "LlamaForCausalLM",
+        "n_layers": N_LAYERS,
+        "hidden_size": HIDDEN,
+    }
+    assert manifest["target_layer"] == N_LAYERS // 2 == bundle.target_layer
+    assert manifest["catalog"] == "builtin-v1"
+    assert _bundle(target_layer=2).target_layer == 2
+
+
+def test_accessors() -> None:
+    bundle = _bundle()
+    vectors = _vectors()
+    assert bundle.shape == (N_LAYERS, HIDDEN)
+    assert torch.equal(bundle.axis, vectors["axis"])
+    assert torch.equal(bundle.default, vectors["default"])
+    assert list(bundle.roles()) == ["accountant", "ghost"]
+    assert torch.equal(bundle.roles()["ghost"], vectors["role/ghost"])
+    assert list(bundle.traits()) == ["dramatic"]
+    unit = bundle.unit_axis(2)
+    assert torch.allclose(unit.norm(), torch.tensor(1.0))
+    assert torch.allclose(unit * vectors["axis"][2].norm(), vectors["axis"][2])
+    with pytest.raises(PersonaAxisError, match="0-based"):
+        bundle.unit_axis(N_LAYERS)
+
+
+def test_vectors_become_contiguous_float32_cpu() -> None:
+    vectors = {key: value.double() for key, value in _vectors().items()}
+    vectors["axis"] = vectors["axis"].t().contiguous().t()  # non-contiguous view
+    bundle = AxisBundle.create(vectors, model_shape=SHAPE, model_id=None)
+    assert all(v.dtype == torch.float32 and v.is_contiguous() for v in bundle.vectors.values())
+
+
+def test_wrong_shape_and_missing_axis_are_refused() -> None:
+    vectors = _vectors()
+    vectors["role/ghost"] = torch.zeros(N_LAYERS, HIDDEN + 1)
+    with pytest.raises(PersonaAxisError, match="role/ghost"):
+        AxisBundle.create(vectors, model_shape=SHAPE, model_id=None)
+    vectors = _vectors()
+    del vectors["axis"]
+    with pytest.raises(PersonaAxisError, match="no 'axis'"):
+        AxisBundle.create(vectors, model_shape=SHAPE, model_id=None)
+
+
+def test_extras_must_be_json_and_not_reserved() -> None:
+    with pytest.raises(PersonaAxisError, match="reserved"):
+        AxisBundle.create(_vectors(), model_shape=SHAPE, model_id=None, extras={"model": 1})
+    with pytest.raises(PersonaAxisError, match="JSON"):
+        AxisBundle.create(_vectors(), model_shape=SHAPE, model_id=None, extras={"x": object()})
+
+
+def test_caps_lookup_add_and_floors() -> None:
+    bundle = _bundle()
+    with pytest.raises(PersonaAxisError, match=r"available: layers_3:5-p75"):
+        bundle.cap("layers_0:2-p50")
+    with pytest.raises(PersonaAxisError, match="replace=True"):
+        bundle.add_cap(_cap())
+    bundle.add_cap(_cap("layers_1:2-p50"))
+    assert set(bundle.caps) == {"layers_3:5-p75", "layers_1:2-p50"}
+    with pytest.raises(PersonaAxisError, match="out of range"):
+        bundle.add_cap(CapSetting("bad", (LayerThreshold(N_LAYERS, 0.0),)))
+    floors = bundle.cap_floors("layers_3:5-p75")
+    assert [(layer, floor) for layer, _, floor in floors] == [(3, 0.1 + 1e-9), (4, -2.75)]
+    assert torch.equal(floors[0][1], bundle.unit_axis(3))
+
+
+# -- disk ---------------------------------------------------------------------------------------
+
+
+def _bits(tensor: Tensor) -> Tensor:
+    return tensor.view(torch.int32)
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path: Path) -> None:
+    bundle = _bundle()
+    path = bundle.save(tmp_path / "bundle")
+    assert sorted(p.name for p in path.iterdir()) == [
+        "caps.json",
+        "manifest.json",
+        "vectors.safetensors",
+    ]
+    loaded = AxisBundle.load(path)
+    assert loaded.vectors.keys() == bundle.vectors.keys()
+    for key, value in bundle.vectors.items():
+        assert torch.equal(_bits(loaded.vectors[key]), _bits(value)), key
+    assert loaded.manifest == bundle.manifest
+    assert loaded.caps == bundle.caps  # thresholds survive JSON exactly
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging left
+
+
+def test_save_handles_views_of_one_storage(tmp_path: Path) -> None:
+    stacked = torch.randn(3, N_LAYERS, HIDDEN)
+    vectors = {"axis": stacked[0], "default": stacked[1], "role/x": stacked[2]}
+    bundle = AxisBundle.create(vectors, model_shape=SHAPE, model_id=None)
+    loaded = AxisBundle.load(bundle.save(tmp_path / "b"))
+    assert torch.equal(loaded.vectors["role/x"], stacked[2])
+
+
+def test_save_replaces_a_bundle_but_not_other_directories(tmp_path: Path) -> None:
+    target = tmp_path / "b"
+    _bundle().save(target)
+    AxisBundle.create(_vectors(seed=1), model_shape=SHAPE, model_id="second").save(target)
+    assert AxisBundle.load(target).model_id == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("keep me")
+    with pytest.raises(PersonaAxisError, match="not part of a bundle"):
+        _bundle().save(other)
+    assert (other / "thesis.tex").read_text() == "keep me"
+
+
+def test_interrupted_save_leaves_no_half_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "b"
+    _bundle(model_id="old").save(target)
+
+    def crash(path: Path, data: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle_module, "_write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _bundle(model_id="new").save(target)
+    with pytest.raises(KeyboardInterrupt):
+        _bundle().save(tmp_path / "fresh")
+    monkeypatch.undo()
+    assert AxisBundle.load(target).model_id == "old"  # the previous bundle is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no partial directories
+
+
+def test_load_missing_directory_and_files(tmp_path: Path) -> None:
+    with pytest.raises(PersonaAxisError, match="No bundle directory"):
+        AxisBundle.load(tmp_path / "nope")
+    path = _bundle().save(tmp_path / "b")
+    (path / "manifest.json").unlink()
+    with pytest.raises(PersonaAxisError, match=r"manifest\.json missing"):
+        AxisBundle.load(path)
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "caps.json"])
+def test_corrupt_json_names_the_file(tmp_path: Path, name: str) -> None:
+    path = _bundle().save(tmp_path / "b")
+    text = (path / name).read_text()
+    (path / name).write_text(text[: len(text) // 2])
+    with pytest.raises(PersonaAxisError, match=rf"{name}.*not valid JSON"):
+        AxisBundle.load(path)
+
+
+def test_corrupt_vectors_file(tmp_path: Path) -> None:
+    path = _bundle().save(tmp_path / "b")
+    (path / "vectors.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(PersonaAxisError, match=r"vectors\.safetensors"):
+        AxisBundle.load(path)
+
+
+def _edit_manifest(path: Path, edit: dict) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    for key, value in edit.items():
+        section, _, field = key.partition(".")
+        if field:
+            manifest[section][field] = value
+        else:
+            manifest[section] = value
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"format_version": 99}, "upgrade persona-axis"),
+        ({"format_version": "1"}, "integer format_version"),
+        ({"model.hidden_size": HIDDEN * 2}, "different models"),
+        ({"model.n_layers": "six"}, "n_layers"),
+        ({"target_layer": N_LAYERS}, "target_layer"),
+    ],
+)
+def test_load_validates_manifest(tmp_path: Path, edit: dict, message: str) -> None:
+    path = _bundle().save(tmp_path / "b")
+    _edit_manifest(path, edit)
+    with pytest.raises(PersonaAxisError, match=message):
+        AxisBundle.load(path)
+
+
+def test_load_refuses_bundle_without_axis(tmp_path: Path) -> None:
+    path = _bundle().save(tmp_path / "b")
+    vectors = _vectors()
+    del vectors["axis"]
+    save_file(vectors, str(path / "vectors.safetensors"))
+    with pytest.raises(PersonaAxisError, match="no 'axis'"):
+        AxisBundle.load(path)
+
+
+def test_load_refuses_caps_outside_the_model(tmp_path: Path) -> None:
+    path = _bundle().save(tmp_path / "b")
+    caps = json.loads((path / "caps.json").read_text())
+    caps["layers_3:5-p75"]["thresholds"][0]["layer"] = N_LAYERS + 3
+    (path / "caps.json").write_text(json.dumps(caps))
+    with pytest.raises(PersonaAxisError, match="out of range"):
+        AxisBundle.load(path)
+
+
+# -- model checks -------------------------------------------------------------------------------
+
+
+def test_check_model_shape_mismatch_always_refused() -> None:
+    bundle = _bundle()
+    bundle.check_model(SHAPE, "sha256:ab")
+    other = ModelShape("LlamaForCausalLM", N_LAYERS, HIDDEN * 2)
+    for allow in (False, True):
+        with pytest.raises(PersonaAxisError) as info:
+            bundle.check_model(other, allow_mismatch=allow)
+        message = str(info.value)
+        assert "tiny/llama" in message
+        assert f"hidden size {HIDDEN}" in message and f"hidden size {HIDDEN * 2}" in message
+        assert "allow_mismatch does not override" in message
+
+
+def test_check_model_fingerprint_and_architecture() -> None:
+    bundle = _bundle()
+    with pytest.raises(PersonaAxisError, match=r"sha256:ab vs sha256:cd.*allow_mismatch=True"):
+        bundle.check_model(SHAPE, "sha256:cd")
+    with pytest.warns(BundleMismatchWarning, match="sha256:cd"):
+        bundle.check_model(SHAPE, "sha256:cd", allow_mismatch=True)
+    mistral = ModelShape("MistralForCausalLM", N_LAYERS, HIDDEN)
+    with pytest.raises(PersonaAxisError, match="architecture"):
+        bundle.check_model(mistral)
+    bundle.check_model(SHAPE, None)  # nothing to compare: accepted
+
+
+def _tiny_llama(seed: int, hidden: int = 64) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def test_check_against_real_models() -> None:
+    model = _tiny_llama(0)
+    shape = model_shape(model)
+    vectors = {"axis": torch.randn(shape.n_layers, shape.hidden_size)}
+    bundle = AxisBundle.create(
+        vectors, model_shape=shape, model_id="tiny", fingerprint=weight_fingerprint(model)
+    )
+    bundle.check_against(model)
+    with pytest.raises(PersonaAxisError, match="weight fingerprint"):
+        bundle.check_against(_tiny_llama(1))
+    with pytest.raises(PersonaAxisError, match="hidden size 32"):
+        bundle.check_against(_tiny_llama(0, hidden=32), allow_mismatch=True)
+
+
+# -- reference import ---------------------------------------------------------------------------
+
+
+def _reference_ceiling(h: Tensor, v: Tensor, tau: float) -> Tensor:
+    """The reference cap as its code computes it: ceiling along v / (|v| + 1e-8)."""
+    direction = v / (v.norm() + 1e-8)
+    excess = (h @ direction - tau).clamp(min=0.0)
+    return h - excess[:, None] * direction
+
+
+def _our_floor(h: Tensor, unit: Tensor, floor: float) -> Tensor:
+    """METHOD.md: p = <h, u>; where p < floor, h += (floor - p) u."""
+    shortfall = (floor - h @ unit).clamp(min=0.0)
+    return h + shortfall[:, None] * unit
+
+
+def _reference_config(axis: Tensor) -> tuple[dict, Tensor]:
+    """A capping_config in the reference layout; layer 2 is -3.5 x axis, layer 3 is not."""
+    noise = torch.randn(HIDDEN, generator=torch.Generator().manual_seed(7))
+    other = (-axis[3] / axis[3].norm() + 0.5 * noise / noise.norm()) * 9.0  # unnormalised
+    name2, name3 = "layer_2/contrast_role_pos3_default1", "layer_3/contrast_role_pos3_default1"
+    config = {
+        "vectors": {
+            name2: {"vector": -3.5 * axis[2], "layer": 2},
+            name3: {"vector": other, "layer": 3},
+        },
+        "experiments": [
+            {
+                "id": "layers_2:4-p0.25",
+                "interventions": [{"vector": name3, "cap": 1.25}, {"vector": name2, "cap": -0.5}],
+            },
+            {"id": "custom", "interventions": [{"vector": name3, "cap": torch.tensor(0.3)}]},
+            {"id": "steer-only", "interventions": [{"vector": name2, "coeff": 2.0}]},
+        ],
+    }
+    return config, other
+
+
+def test_load_reference_axis_both_layouts(tmp_path: Path) -> None:
+    axis = torch.randn(N_LAYERS, HIDDEN)
+    torch.save(axis.to(torch.bfloat16), tmp_path / "bare.pt")
+    torch.save({"axis": axis, "n_roles": 275, "default_mean": axis}, tmp_path / "dict.pt")
+    torch.save({"vector": axis}, tmp_path / "wrong.pt")
+    bare = load_reference_axis(tmp_path / "bare.pt")
+    assert bare.dtype == torch.float32
+    assert torch.equal(bare, axis.to(torch.bfloat16).float())
+    assert torch.equal(load_reference_axis(tmp_path / "dict.pt"), axis)
+    with pytest.raises(PersonaAxisError, match="without an 'axis'"):
+        load_reference_axis(tmp_path / "wrong.pt")
+    with pytest.raises(PersonaAxisError, match="No file"):
+        load_reference_axis(tmp_path / "missing.pt")
+
+
+def test_import_reference_capping_converts_names_and_directions(tmp_path: Path) -> None:
+    axis = torch.randn(N_LAYERS, HIDDEN)
+    config, other = _reference_config(axis)
+    torch.save(config, tmp_path / "capping_config.pt")
+    with pytest.warns(UserWarning, match="no cap interventions"):
+        vectors, caps = import_reference_capping(tmp_path / "capping_config.pt", axis=axis)
+    assert set(caps) == {"layers_2:4-p75", "custom"}
+    setting = caps["layers_2:4-p75"]
+    assert setting.percentile == 75.0
+    assert setting.thresholds == (LayerThreshold(2, 0.5), LayerThreshold(3, -1.25))
+    key3 = "capdir/layer_3/contrast_role_pos3_default1"
+    assert setting.notes["direction_keys"] == ["axis", key3]
+    assert setting.notes["reference_id"] == "layers_2:4-p0.25"
+    assert set(vectors) == {key3}
+    assert torch.allclose(vectors[key3], -other / other.norm())
+    assert caps["custom"].percentile is None
+    (only,) = caps["custom"].thresholds
+    assert only.layer == 3
+    assert only.threshold == pytest.approx(-0.3)
+
+
+def test_imported_floor_equals_reference_ceiling(tmp_path: Path) -> None:
+    axis = torch.randn(N_LAYERS, HIDDEN)
+    config, _ = _reference_config(axis)
+    torch.save(config, tmp_path / "capping_config.pt")
+    torch.save(axis, tmp_path / "assistant_axis.pt")
+    with pytest.warns(UserWarning):
+        bundle = AxisBundle.from_reference(
+            tmp_path / "assistant_axis.pt",
+            tmp_path / "capping_config.pt",
+            model_shape=SHAPE,
+            model_id="tiny",
+        )
+    bundle = AxisBundle.load(bundle.save(tmp_path / "bundle"))
+    reference = {iv["vector"]: iv["cap"] for iv in config["experiments"][0]["interventions"]}
+    by_layer = {entry["layer"]: name for name, entry in config["vectors"].items()}
+    h = torch.randn(500, HIDDEN) * 3.0
+    floors = bundle.cap_floors("layers_2:4-p75")
+    assert [layer for layer, _, _ in floors] == [2, 3]
+    for layer, unit, floor in floors:
+        name = by_layer[layer]
+        expected = _reference_ceiling(h, config["vectors"][name]["vector"], reference[name])
+        ours = _our_floor(h, unit, floor)
+        changed = (expected - h).abs().amax(dim=1) > 1e-4
+        assert 50 < int(changed.sum()) < 450  # the cap bites on part of the batch only
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_from_reference_records_provenance(tmp_path: Path) -> None:
+    axis = torch.randn(N_LAYERS, HIDDEN)
+    torch.save(axis, tmp_path / "assistant_axis.pt")
+    torch.save(axis * 0.5, tmp_path / "default_vector.pt")
+    bundle = AxisBundle.from_reference(
+        tmp_path / "assistant_axis.pt",
+        model_shape=SHAPE,
+        model_id="Qwen/Qwen3-32B",
+        default_path=tmp_path / "default_vector.pt",
+    )
+    files = bundle.manifest["imported_from"]["files"]
+    assert set(files) == {"axis", "default"}
+    digest = hashlib.sha256((tmp_path / "assistant_axis.pt").read_bytes()).hexdigest()
+    assert files["axis"]["sha256"] == digest
+    assert torch.equal(bundle.default, axis * 0.5)
+    wrong = ModelShape("Qwen3ForCausalLM", N_LAYERS + 1, HIDDEN)
+    with pytest.raises(PersonaAxisError, match="different models"):
+        AxisBundle.from_reference(tmp_path / "assistant_axis.pt", model_shape=wrong, model_id="x")
+
+
+def test_vector_toward_the_assistant_is_converted_with_a_warning(tmp_path: Path) -> None:
+    axis = torch.randn(N_LAYERS, HIDDEN)
+    config = {
+        "vectors": {"up": {"vector": 2.0 * axis[1], "layer": 1}},
+        "experiments": [{"id": "odd", "interventions": [{"vector": "up", "cap": 4.0}]}],
+    }
+    torch.save(config, tmp_path / "capping_config.pt")
+    with pytest.warns(UserWarning, match="points toward the Assistant"):
+        vectors, caps = import_reference_capping(tmp_path / "capping_config.pt", axis=axis)
+    assert caps["odd"].thresholds == (LayerThreshold(1, -4.0),)
+    assert torch.allclose(vectors["capdir/up"], -axis[1] / axis[1].norm())
+
+
+def test_capping_config_for_another_model_is_refused(tmp_path: Path) -> None:
+    axis = torch.randn(N_LAYERS, HIDDEN)
+    config, _ = _reference_config(axis)
+    torch.save(config, tmp_path / "capping_config.pt")
+    with pytest.raises(PersonaAxisError, match="hidden size"):
+        import_reference_capping(tmp_path / "capping_config.pt", axis=torch.randn(N_LAYERS, 8))
+    torch.save({"experiments": []}, tmp_path / "not_config.pt")
+    with pytest.raises(PersonaAxisError, match="not a reference capping config"):
+        import_reference_capping(tmp_path / "not_config.pt")
+
+
+class _Payload:
+    """Pickles into a call of os.system: unpickling it would run a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
+    # The payload is live: calling what it reduces to does create a file.
+    control = tmp_path / "control"
+    function, args = _Payload(control).__reduce__()
+    function(*args)
+    assert control.exists()
+
+    marker = tmp_path / "pwned"
+    axis = torch.randn(N_LAYERS, HIDDEN)
+    torch.save({"axis": axis, "extra": _Payload(marker)}, tmp_path / "assistant_axis.pt")
+    torch.save(
+        {
+            "vectors": {"v": {"vector": axis[0], "layer": 0, "x": _Payload(marker)}},
+            "experiments": [],
+        },
+        tmp_path / "capping_config.pt",
+    )
+    with pytest.raises(PersonaAxisError, match="weights_only"):
+        load_reference_axis(tmp_path / "assistant_axis.pt")
+    with pytest.raises(PersonaAxisError, match="Refused to load"):
+        import_reference_capping(tmp_path / "capping_config.pt")
+    with pytest.raises(PersonaAxisError, match="Refused to load"):
+        AxisBundle.from_reference(tmp_path / "assistant_axis.pt", model_shape=SHAPE, model_id="x")
+    assert not marker.exists()
+
+
+def test_damaged_reference_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "axis.pt").write_bytes(b"this is not a torch file")
+    with pytest.raises(PersonaAxisError, match="download it again"):
+        load_reference_axis(tmp_path / "axis.pt")
