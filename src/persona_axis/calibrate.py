@@ -6,12 +6,22 @@ the units of the residual stream projected on the *unit* axis.
 
 Setting names read ``layers_{first}:{stop}-p{percentile}``: the layer band is half-open like a
 Python slice, so ``layers_14:18-p75`` caps layers 14, 15, 16 and 17 at their 75th percentile.
+
+Thresholds are percentiles, per layer, of the projections (on the unit axis) of per-response
+activations over all rollouts, counted along +axis. The paper's best setting is the 25th percentile
+along role−default (the negated axis), which is the 75th percentile along +axis used here: roughly
+the typical Assistant response.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any
+
+import numpy as np
+from torch import Tensor
 
 from persona_axis.errors import PersonaAxisError
 
@@ -92,3 +102,97 @@ def setting_name(first: int, stop: int, percentile: float) -> str:
     """``layers_{first}:{stop}-p{percentile}`` with a half-open layer band."""
     pct = f"{percentile:g}"
     return f"layers_{first}:{stop}-p{pct}"
+
+
+def _band(layers: tuple[int, int] | range, n_layers: int) -> range:
+    """The half-open band ``layers`` as a step-1 range inside ``[0, n_layers)``."""
+    if isinstance(layers, range):
+        band = layers
+    elif (
+        isinstance(layers, tuple)
+        and len(layers) == 2
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
+    ):
+        band = range(layers[0], layers[1])
+    else:
+        raise PersonaAxisError(
+            f"Layers {layers!r} must be a half-open band (first, stop) or a range, e.g. (14, 18) "
+            "for layers 14-17."
+        )
+    if band.step != 1 or len(band) == 0 or band.start < 0 or band.stop > n_layers:
+        raise PersonaAxisError(
+            f"Layer band {band.start}:{band.stop} (step {band.step}) is not a non-empty, "
+            f"contiguous band inside 0:{n_layers}; use (first, stop) with "
+            f"0 <= first < stop <= {n_layers}."
+        )
+    return band
+
+
+def calibrate_cap(
+    projections: Tensor,
+    layers: tuple[int, int] | range,
+    percentile: float,
+    calibrated_on: str,
+) -> CapSetting:
+    """One cap setting: at each layer of the band, the ``percentile`` of the projections.
+
+    ``projections`` is ``[n_rollouts, n_layers]``: per-response activations projected on the unit
+    axis at every layer (residual-stream units). ``layers`` is the half-open band
+    ``(first, stop)`` (or ``range(first, stop)``). ``percentile`` in [0, 100] is counted along
+    +axis (75 = the paper's best, see the module docstring) and computed with
+    ``numpy.percentile(..., method="linear")`` in float64, i.e. linear interpolation between
+    order statistics. ``calibrated_on`` says which rollouts the distribution came from.
+    """
+    if projections.ndim != 2 or projections.shape[0] == 0:
+        raise PersonaAxisError(
+            f"Projections must be [n_rollouts, n_layers] with at least one rollout; got "
+            f"{tuple(projections.shape)}."
+        )
+    is_number = isinstance(percentile, Real) and not isinstance(percentile, bool)
+    pct = float(percentile) if is_number else float("nan")
+    if not 0 <= pct <= 100:
+        raise PersonaAxisError(f"Percentile must be a number in [0, 100]; got {percentile!r}.")
+    band = _band(layers, projections.shape[1])
+    values = projections[:, band.start : band.stop].detach().double().cpu().numpy()
+    if not np.isfinite(values).all():
+        raise PersonaAxisError(
+            f"Projections at layers {band.start}:{band.stop} contain NaN or inf; drop those "
+            "rollouts before calibrating."
+        )
+    thresholds = np.percentile(values, pct, axis=0, method="linear")
+    return CapSetting(
+        name=setting_name(band.start, band.stop, pct),
+        thresholds=tuple(
+            LayerThreshold(layer=layer, threshold=float(t))
+            for layer, t in zip(band, thresholds, strict=True)
+        ),
+        percentile=pct,
+        calibrated_on=calibrated_on,
+        notes={"n_rollouts": int(values.shape[0]), "percentile_method": "numpy linear"},
+    )
+
+
+def calibrate_grid(
+    projections: Tensor,
+    bands: Sequence[tuple[int, int] | range],
+    percentiles: Sequence[float],
+    calibrated_on: str,
+) -> dict[str, CapSetting]:
+    """Every band × percentile setting (see :func:`calibrate_cap`), keyed by setting name.
+
+    Bands come first in iteration order, then percentiles. Two grid points with the same name
+    (e.g. a band given twice) are refused.
+    """
+    if not bands or not percentiles:
+        raise PersonaAxisError("The grid needs at least one layer band and one percentile.")
+    settings: dict[str, CapSetting] = {}
+    for layers in bands:
+        for percentile in percentiles:
+            setting = calibrate_cap(projections, layers, percentile, calibrated_on)
+            if setting.name in settings:
+                raise PersonaAxisError(
+                    f"Grid point {setting.name!r} appears twice; list each band and percentile "
+                    "once."
+                )
+            settings[setting.name] = setting
+    return settings
