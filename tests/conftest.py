@@ -9,17 +9,16 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download; set before HF imports
 
-from functools import cache  # noqa: E402
+from functools import cache
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoTokenizer, PreTrainedTokenizerBase  # noqa: E402
+import pytest
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from templates import SPECIAL_TOKENS, TEMPLATES  # noqa: E402
-from tiny_models import CONFIGS, build_tiny  # noqa: E402
-
-from persona_axis.models import LoadedModel, load_model  # noqa: E402
-from persona_axis.models.loading import default_model_dir  # noqa: E402
+from persona_axis.models import LoadedModel, load_model
+from persona_axis.models.loading import default_model_dir
+from templates import SPECIAL_TOKENS, TEMPLATES
+from tiny_models import CONFIGS, build_tiny
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -43,7 +42,9 @@ def styled_tokenizer(style: str) -> PreTrainedTokenizerBase:
 @cache
 def tiny_lm(arch: str, style: str = "chatml") -> LoadedModel:
     """A tiny random model of ``arch`` with the test template ``style``."""
-    return LoadedModel(model=build_tiny(arch), tokenizer=styled_tokenizer(style), name=f"tiny-{arch}")
+    return LoadedModel(
+        model=build_tiny(arch), tokenizer=styled_tokenizer(style), name=f"tiny-{arch}"
+    )
 
 
 ARCHITECTURES = sorted(CONFIGS)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, tiny_lm
 
+from conftest import ARCHITECTURES, tiny_lm
 from persona_axis.capture import PoolingPlan, SpanPooler, pool_spans, response_activations
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models import LoadedModel
@@ -49,8 +49,10 @@ def hf_reference(lm: LoadedModel, sequences, spans, padding_side: str) -> list[t
     try:
         with torch.no_grad():
             out = lm.model(
-                input_ids=ids, attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1).clamp_min(0), output_hidden_states=True,
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                output_hidden_states=True,
             )
     finally:
         handle.remove()

@@ -1,8 +1,8 @@
 """Chat rendering and content spans: decoding each span gives back the message content."""
 
 import pytest
-from conftest import styled_tokenizer
 
+from conftest import styled_tokenizer
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models.chat import ChatFormat
 
@@ -64,7 +64,10 @@ def test_think_block_is_not_part_of_the_assistant_span() -> None:
     qwen = ChatFormat(styled_tokenizer("qwen3"))
     messages = [
         {"role": "user", "content": "Is seven prime?"},
-        {"role": "assistant", "content": "<think>\nIt has no divisors but 1 and 7.\n</think>\n\nYes."},
+        {
+            "role": "assistant",
+            "content": "<think>\nIt has no divisors but 1 and 7.\n</think>\n\nYes.",
+        },
     ]
     rendered = qwen.render(messages)
     assert "It has no divisors" in rendered.text
@@ -74,7 +77,9 @@ def test_think_block_is_not_part_of_the_assistant_span() -> None:
 
 def test_code_blocks_can_be_excluded_from_the_pooled_segments() -> None:
     chat = ChatFormat(styled_tokenizer("chatml"))
-    content = "Use a loop:\n```python\nfor i in range(3):\n    print(i)\n```\nThat prints three lines."
+    content = (
+        "Use a loop:\n```python\nfor i in range(3):\n    print(i)\n```\nThat prints three lines."
+    )
     messages = [{"role": "user", "content": "How?"}, {"role": "assistant", "content": content}]
     span = chat.render(messages, exclude_code=True).spans[1]
     ids = chat.render(messages).input_ids

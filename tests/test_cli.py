@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import styled_tokenizer
-from tiny_models import build_tiny
 from typer.testing import CliRunner
 
+from conftest import styled_tokenizer
 from persona_axis.bundle import AxisBundle
 from persona_axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.cli import app
 from persona_axis.models import load_model
+from tiny_models import build_tiny
 
 runner = CliRunner()
 
@@ -64,8 +64,19 @@ def test_info_on_the_default_model(smollm) -> None:
 def test_scripted_chat_prints_projections_before_and_after_capping(
     tiny_dir: Path, tiny_bundle: Path
 ) -> None:
-    args = ["chat", "--model", str(tiny_dir), "--bundle", str(tiny_bundle),
-            "-u", "Hello", "-u", "And again", "--max-new-tokens", "4"]
+    args = [
+        "chat",
+        "--model",
+        str(tiny_dir),
+        "--bundle",
+        str(tiny_bundle),
+        "-u",
+        "Hello",
+        "-u",
+        "And again",
+        "--max-new-tokens",
+        "4",
+    ]
     plain = runner.invoke(app, args)
     assert plain.exit_code == 0, plain.output
     assert plain.output.count("assistant>") == 2
@@ -95,9 +106,23 @@ def test_user_errors_are_one_clear_line(tiny_dir: Path, tiny_bundle: Path, extra
 def test_the_console_script_prints_errors_without_a_traceback(tiny_dir: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "persona_axis.cli", "chat", "--model", str(tiny_dir),
-         "--cap", "layers_1:3-p75", "-u", "Hi"],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "persona_axis.cli",
+            "chat",
+            "--model",
+            str(tiny_dir),
+            "--cap",
+            "layers_1:3-p75",
+            "-u",
+            "Hi",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

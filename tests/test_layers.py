@@ -1,12 +1,12 @@
 """Decoder-block discovery by structure, on tiny models of every supported architecture."""
 
 import pytest
-from conftest import ARCHITECTURES
-from tiny_models import HIDDEN, N_LAYERS, build_tiny
 from torch import nn
 
+from conftest import ARCHITECTURES
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models.layers import find_decoder_stack, model_shape
+from tiny_models import HIDDEN, N_LAYERS, build_tiny
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

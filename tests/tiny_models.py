@@ -26,11 +26,16 @@ _COMMON = {
 def _gemma3_multimodal() -> tf.PretrainedConfig:
     text = tf.Gemma3TextConfig(**_COMMON, head_dim=16, sliding_window=8)
     vision = tf.SiglipVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-        image_size=28, patch_size=14,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
     )
-    return tf.Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                           mm_tokens_per_image=4)
+    return tf.Gemma3Config(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4
+    )
 
 
 CONFIGS: dict[str, tuple[type[nn.Module], Callable[[], tf.PretrainedConfig]]] = {
@@ -50,14 +55,25 @@ CONFIGS: dict[str, tuple[type[nn.Module], Callable[[], tf.PretrainedConfig]]] = 
     "gpt_neox": (
         tf.GPTNeoXForCausalLM,
         lambda: tf.GPTNeoXConfig(
-            vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128,
-            num_hidden_layers=N_LAYERS, num_attention_heads=4, max_position_embeddings=512,
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            intermediate_size=128,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            max_position_embeddings=512,
         ),
     ),
     "gpt2": (
         tf.GPT2LMHeadModel,
-        lambda: tf.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=N_LAYERS, n_head=4,
-                              n_positions=512, bos_token_id=1, eos_token_id=2),
+        lambda: tf.GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=HIDDEN,
+            n_layer=N_LAYERS,
+            n_head=4,
+            n_positions=512,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
     ),
     "phi3": (
         tf.Phi3ForCausalLM,

@@ -12,6 +12,7 @@ padded sequence gets the same activations as when it runs alone (up to float rou
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,7 +49,9 @@ class PoolingPlan:
     weights: Tensor
 
     @classmethod
-    def build(cls, spans: Sequence[Sequence[Segments]], offsets: Sequence[int], width: int) -> PoolingPlan:
+    def build(
+        cls, spans: Sequence[Sequence[Segments]], offsets: Sequence[int], width: int
+    ) -> PoolingPlan:
         """``spans[b]`` are sequence b's spans, ``offsets[b]`` its left padding, ``width`` T."""
         positions: dict[int, int] = {}
         rows: list[int] = []
@@ -170,10 +173,8 @@ class SpanPooler:
         }
         if self._takes_positions:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0).to(device)
-        try:
+        with contextlib.suppress(StopForward):  # raised after the last requested layer
             self.lm.stack.module(**kwargs)
-        except StopForward:
-            pass
         pooled = torch.stack([out for out in self._out if out is not None], dim=1)
         counts = [len(row_spans) for row_spans in spans]
         return list(torch.split(pooled, counts, dim=0))
@@ -197,16 +198,18 @@ def pool_spans(
     """
     if len(sequences) != len(spans):
         raise PersonaAxisError(
-            f"Got {len(sequences)} sequences but spans for {len(spans)}; give one list per sequence."
+            f"Got {len(sequences)} sequences but spans for {len(spans)}; give one list per "
+            "sequence."
         )
     if batch_size < 1:
         raise PersonaAxisError(f"batch_size must be at least 1, not {batch_size}.")
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     results: list[Tensor | None] = [None] * len(sequences)
     pooler = SpanPooler(lm, layers, transform)
-    with pooler.hooked(), tqdm(
-        total=len(sequences), disable=not progress, desc="capture", unit="seq"
-    ) as bar:
+    with (
+        pooler.hooked(),
+        tqdm(total=len(sequences), disable=not progress, desc="capture", unit="seq") as bar,
+    ):
         for first in range(0, len(order), batch_size):
             chunk = order[first : first + batch_size]
             pooled = pooler.run(
@@ -240,6 +243,11 @@ def response_activations(
         sequences.append(rendered.input_ids)
         spans.append(turns)
     return pool_spans(
-        lm, sequences, spans, layers, batch_size=batch_size, padding_side=padding_side,
+        lm,
+        sequences,
+        spans,
+        layers,
+        batch_size=batch_size,
+        padding_side=padding_side,
         progress=progress,
     )

@@ -32,7 +32,7 @@ ModelOption = Annotated[
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")]
 
 
-def _load(model: str | None, dtype: str):  # noqa: ANN202 - LoadedModel, imported lazily
+def _load(model: str | None, dtype: str):
     import transformers
 
     from persona_axis.models import load_model
@@ -80,7 +80,9 @@ def chat(
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     message: Annotated[
         list[str] | None,
-        typer.Option("--message", "-u", help="Scripted user message (repeatable); else read stdin."),
+        typer.Option(
+            "--message", "-u", help="Scripted user message (repeatable); else read stdin."
+        ),
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 96,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
@@ -116,7 +118,11 @@ def chat(
         sampling=Sampling(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
         system=system,
     )
-    label = ", ".join(filter(None, [f"cap {cap}" if cap else "", f"steer {steer:+g}" if steer is not None else ""]))
+    label = ", ".join(
+        filter(
+            None, [f"cap {cap}" if cap else "", f"steer {steer:+g}" if steer is not None else ""]
+        )
+    )
     console.print(f"[bold]{lm.name}[/]  intervention: {label or 'none'}")
     echo = bool(message) or not sys.stdin.isatty()  # an interactive user sees their own typing
     for text in message if message else _stdin_lines():
@@ -134,7 +140,7 @@ def chat(
             console.print(f"[dim]{line}[/]")
 
 
-def _stdin_lines():  # noqa: ANN202 - Iterator[str]
+def _stdin_lines():
     interactive = sys.stdin.isatty()
     while True:
         if interactive:

@@ -55,11 +55,12 @@ CHAT_SYSTEM = ROLES["pirate"]
 
 def rollouts() -> list[tuple[str, list[dict[str, str]]]]:
     """(label, prompt messages) for every role and default prompt × question."""
-    items = []
-    for name, prompt in ROLES.items():
-        items += [(f"role/{name}", [{"role": "system", "content": prompt}]) for _ in QUESTIONS]
-    for prompt in DEFAULT_PROMPTS:
-        system = [{"role": "system", "content": prompt}] if prompt else []
+    items: list[tuple[str, list[dict[str, str]]]] = []
+    for name, role_prompt in ROLES.items():
+        system = [{"role": "system", "content": role_prompt}]
+        items += [(f"role/{name}", system) for _ in QUESTIONS]
+    for default_prompt in DEFAULT_PROMPTS:
+        system = [{"role": "system", "content": default_prompt}] if default_prompt else []
         items += [("default", system) for _ in QUESTIONS]
     return [
         (label, [*system, {"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}])
@@ -99,11 +100,16 @@ def build_demo_bundle(lm: LoadedModel, out: Path, batch_size: int = 12) -> AxisB
             for pct in (75, 50)
         )
     }
-    default_chats = [c for c, label in zip(conversations, labels, strict=True) if label == "default"]
+    default_chats = [
+        c for c, label in zip(conversations, labels, strict=True) if label == "default"
+    ]
     bundle = AxisBundle.create(
-        {"axis": axis, "default": vectors["default"],
-         **{f"role/{k}": v for k, v in roles.items()},
-         "stats/mean_norm": mean_residual_norms(lm, default_chats)},
+        {
+            "axis": axis,
+            "default": vectors["default"],
+            **{f"role/{k}": v for k, v in roles.items()},
+            "stats/mean_norm": mean_residual_norms(lm, default_chats),
+        },
         model_shape=lm.shape,
         model_id=lm.name,
         caps=caps,
@@ -138,9 +144,10 @@ def main() -> None:
         bundle_dir = OUT / "bundle"
         bundle = load_or_build(lm, bundle_dir)
         target = bundle.target_layer
-        separation = project(bundle.default, bundle.axis)[target] - torch.stack(
-            [project(v, bundle.axis)[target] for v in bundle.roles().values()]
-        ).mean()
+        separation = (
+            project(bundle.default, bundle.axis)[target]
+            - torch.stack([project(v, bundle.axis)[target] for v in bundle.roles().values()]).mean()
+        )
         cli.console.print(
             f"\nDemo axis written to {bundle_dir}/ ({len(bundle.roles())} roles; default sits "
             f"{separation:.1f} units above the mean role at layer {target}). "
@@ -150,8 +157,16 @@ def main() -> None:
         for setting in (None, cap):
             cli.console.rule(f"chat as a pirate, cap: {setting or 'none'}")
             cli.chat(
-                model=None, bundle=bundle_dir, cap=setting, steer=None, system=CHAT_SYSTEM,
-                message=CHAT, max_new_tokens=48, temperature=0.0, seed=0, dtype="auto",
+                model=None,
+                bundle=bundle_dir,
+                cap=setting,
+                steer=None,
+                system=CHAT_SYSTEM,
+                message=CHAT,
+                max_new_tokens=48,
+                temperature=0.0,
+                seed=0,
+                dtype="auto",
                 allow_mismatch=False,
             )
     except PersonaAxisError as exc:

@@ -89,7 +89,7 @@ def generate_replies(
         ids[row, width - len(prompt) :] = torch.tensor(prompt)
         mask[row, width - len(prompt) :] = 1
     torch.manual_seed(sampling.seed)
-    out = lm.model.generate(
+    out = lm.model.generate(  # type: ignore[operator]  # transformers types it loosely
         input_ids=ids.to(lm.device),
         attention_mask=mask.to(lm.device),
         generation_config=sampling.config(lm),
@@ -102,7 +102,7 @@ def generate_replies(
         tokens = new if cut is None else new[:cut]
         replies.append(
             Reply(
-                text=lm.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                text=str(lm.tokenizer.decode(tokens, skip_special_tokens=True)).strip(),
                 token_ids=tokens,
                 prompt_length=len(prompt),
                 finished=cut is not None,

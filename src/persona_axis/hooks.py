@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 
-class StopForward(Exception):
+class StopForward(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Raised by a hook after the last layer a caller needs, to skip the rest of the pass."""
 
 

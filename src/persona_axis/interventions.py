@@ -186,8 +186,11 @@ class InterventionSpec:
     ) -> InterventionSpec:
         """``h ← h + m·n̄_L·â_L`` (METHOD.md); positive m pushes toward the Assistant."""
         return cls(
-            (Intervention(layer, "add", axis[layer], coefficient=multiple * mean_norm,
-                          positions=positions),)
+            (
+                Intervention(
+                    layer, "add", axis[layer], coefficient=multiple * mean_norm, positions=positions
+                ),
+            )
         )
 
 
@@ -207,7 +210,8 @@ def _parse_item(
     unknown = set(item) - allowed
     if unknown:
         raise PersonaAxisError(
-            f"{where}: unknown keys {sorted(unknown)} for kind {kind!r}; allowed: {sorted(allowed)}."
+            f"{where}: unknown keys {sorted(unknown)} for kind {kind!r}; "
+            f"allowed: {sorted(allowed)}."
         )
     layer = item.get("layer")
     if not isinstance(layer, int) or isinstance(layer, bool):
@@ -327,9 +331,7 @@ def intervene(
     with ExitStack() as stack:
         tracker = None
         if needs_positions:
-            tracker = stack.enter_context(
-                PositionTracker(prompt_length).attached(lm.stack.module)
-            )
+            tracker = stack.enter_context(PositionTracker(prompt_length).attached(lm.stack.module))
         handles = [
             lm.stack.layers[layer].register_forward_hook(_LayerHook(items, tracker))
             for layer, items in sorted(by_layer.items())
@@ -356,7 +358,10 @@ def mean_residual_norms(
         sequences.append(rendered.input_ids)
         spans.append([span.segments for span in rendered.role_spans(role)])
     pooled = pool_spans(
-        lm, sequences, spans, batch_size=batch_size,
+        lm,
+        sequences,
+        spans,
+        batch_size=batch_size,
         transform=lambda tokens: tokens.norm(dim=-1, keepdim=True),
     )
     return torch.cat(pooled, dim=0)[:, :, 0].mean(dim=0)

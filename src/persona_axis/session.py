@@ -26,13 +26,19 @@ MEAN_NORM_KEY = "stats/mean_norm"
 NORM_SAMPLES = [
     [
         {"role": "user", "content": "What is a good way to start learning to cook?"},
-        {"role": "assistant", "content": "Start with a few simple dishes you enjoy, like eggs, "
-         "rice and a soup, and cook them until they feel easy."},
+        {
+            "role": "assistant",
+            "content": "Start with a few simple dishes you enjoy, like eggs, "
+            "rice and a soup, and cook them until they feel easy.",
+        },
     ],
     [
         {"role": "user", "content": "Can you explain what a prime number is?"},
-        {"role": "assistant", "content": "A prime number is a whole number above one whose only "
-         "divisors are one and itself, such as 2, 3, 5 and 7."},
+        {
+            "role": "assistant",
+            "content": "A prime number is a whole number above one whose only "
+            "divisors are one and itself, such as 2, 3, 5 and 7.",
+        },
     ],
 ]
 

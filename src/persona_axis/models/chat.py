@@ -137,7 +137,9 @@ class ChatFormat:
         """Whether the template accepts a system message and renders its text."""
         marker = self._placeholder(0)
         try:
-            text = self._apply([{"role": "system", "content": marker}, {"role": "user", "content": "hi"}])
+            text = self._apply(
+                [{"role": "system", "content": marker}, {"role": "user", "content": "hi"}]
+            )
         except Exception:  # templates refuse a system role by raising from Jinja
             return False
         return marker in text
@@ -146,7 +148,7 @@ class ChatFormat:
         return f"[[pa{self._nonce}m{index}]]"
 
     def _apply(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-        extra = {"enable_thinking": False} if self.thinking_switch else {}
+        extra: dict[str, Any] = {"enable_thinking": False} if self.thinking_switch else {}
         text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
         )

@@ -38,12 +38,26 @@ class DecoderStack:
     layers: nn.ModuleList
 
 
-def _is_block_list(module: nn.Module) -> bool:
-    return (
-        isinstance(module, nn.ModuleList)
-        and len(module) > 0
-        and len({type(child) for child in module}) == 1
-    )
+def _block_lists(owner: nn.Module) -> list[nn.ModuleList]:
+    """Direct children of ``owner`` that are non-empty lists of same-class blocks."""
+    return [
+        child
+        for child in owner.children()
+        if isinstance(child, nn.ModuleList)
+        and len(child) > 0
+        and len({type(block) for block in child}) == 1
+    ]
+
+
+def _input_embedding(model: nn.Module) -> nn.Module:
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embedding = get_embeddings() if callable(get_embeddings) else None
+    if not isinstance(embedding, nn.Module):
+        raise PersonaAxisError(
+            f"{type(model).__name__} exposes no input embedding (get_input_embeddings), so its "
+            "decoder blocks cannot be located; pass a Hugging Face causal language model."
+        )
+    return embedding
 
 
 def find_decoder_stack(model: nn.Module) -> DecoderStack:
@@ -52,23 +66,13 @@ def find_decoder_stack(model: nn.Module) -> DecoderStack:
     The owner is the nearest ancestor of the input embedding that holds a list of identical
     blocks as a direct child; among several such lists the longest wins.
     """
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    embedding = get_embeddings() if callable(get_embeddings) else None
-    if not isinstance(embedding, nn.Module):
-        raise PersonaAxisError(
-            f"{type(model).__name__} exposes no input embedding (get_input_embeddings), so its "
-            "decoder blocks cannot be located; pass a Hugging Face causal language model."
-        )
-    parents = {
-        id(child): parent for parent in model.modules() for child in parent.children()
-    }
+    embedding = _input_embedding(model)
+    parents = {id(child): parent for parent in model.modules() for child in parent.children()}
     owner = parents.get(id(embedding))
     while owner is not None:
-        lists = [child for child in owner.children() if _is_block_list(child)]
+        lists = _block_lists(owner)
         if lists:
-            layers = max(lists, key=len)
-            assert isinstance(layers, nn.ModuleList)
-            return DecoderStack(module=owner, layers=layers)
+            return DecoderStack(module=owner, layers=max(lists, key=len))
         owner = parents.get(id(owner))
     raise PersonaAxisError(
         f"No list of decoder blocks found beside the token embedding of "
@@ -83,8 +87,7 @@ def model_shape(model: nn.Module) -> ModelShape:
     text_config = config.get_text_config() if config is not None else None
     hidden = getattr(text_config, "hidden_size", None)
     if not isinstance(hidden, int):
-        embedding = model.get_input_embeddings()
-        hidden = int(getattr(embedding, "embedding_dim", 0))
+        hidden = int(getattr(_input_embedding(model), "embedding_dim", 0))
     architectures = getattr(config, "architectures", None) or [type(model).__name__]
     return ModelShape(
         architecture=str(architectures[0]), n_layers=len(stack.layers), hidden_size=hidden

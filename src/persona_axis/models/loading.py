@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models.chat import ChatFormat
@@ -37,7 +42,7 @@ CACHE_ENV = "PERSONA_AXIS_CACHE"
 class LoadedModel:
     """A causal LM with its tokenizer, the name it was loaded by, and derived structure."""
 
-    model: nn.Module
+    model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     name: str
     source: str = ""
@@ -58,7 +63,9 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         """Device of the input embedding (where token ids must go)."""
-        return self.model.get_input_embeddings().weight.device  # type: ignore[operator]
+        weight = self.model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)
+        return weight.device
 
 
 def cache_dir() -> Path:
@@ -96,7 +103,7 @@ def default_model_dir() -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # the weights are de-quantised floats now; a kept gguf config would make every later
         # load look for the GGUF file again
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # noqa: B010 - typed as a quantizer
         delattr(model.config, "quantization_config")
         model.config.name_or_path = DEFAULT_MODEL
         model.save_pretrained(tmp)
@@ -117,9 +124,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
         return dtype
     resolved = getattr(torch, str(dtype), None)
     if not isinstance(resolved, torch.dtype):
-        raise PersonaAxisError(
-            f"Unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto."
-        )
+        raise PersonaAxisError(f"Unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto.")
     return resolved
 
 
@@ -160,7 +165,7 @@ def load_model(
             "local cache, or a directory holding config.json and weights."
         ) from exc
     if device is not None:
-        model.to(device)
+        nn.Module.to(model, device)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,0 +1,45 @@
+"""Shared helpers for benchmark scripts: A/B alternation with medians, machine facts, RSS."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import psutil
+import torch
+
+
+def alternate(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Run every variant once per round, in rotating order; median seconds per variant."""
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def machine() -> str:
+    """One line describing where the numbers came from."""
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+
+
+def rss_mib() -> float:
+    """Current resident set size of this process, MiB."""
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
