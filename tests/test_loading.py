@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from conftest import styled_tokenizer
 from persona_axis.errors import PersonaAxisError
@@ -79,3 +81,20 @@ def test_bad_inputs_get_clear_errors(tmp_path: Path) -> None:
         load_model(tmp_path / "nothing-here")
     with pytest.raises(PersonaAxisError, match="either device or device_map"):
         load_model(tmp_path, device="cpu", device_map="auto")
+
+
+def test_device_map_is_passed_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    build_tiny("llama").save_pretrained(tmp_path)
+    styled_tokenizer("chatml").save_pretrained(tmp_path)
+    seen: list[object] = []
+    real = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("device_map"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    placement = {"model": "cpu", "lm_head": "cpu"}
+    lm = load_model(tmp_path, device_map=placement)
+    assert seen == [placement]  # reaches transformers/accelerate unchanged
+    assert lm.device == torch.device("cpu")
