@@ -251,3 +251,85 @@ def response_activations(
         padding_side=padding_side,
         progress=progress,
     )
+
+
+class GenerationPooler:
+    """Means over each reply's generated content tokens, pooled inside ``model.generate``.
+
+    In ``generate`` the prompt call covers the prompt; call k ≥ 1 feeds the token sampled at step
+    k − 1. A forward hook on each chosen block keeps the last position's output ``[batch, d]``;
+    the logits processor, which runs after every call and sees the token just fed, adds it to a
+    float32 running sum while the row is alive. A row dies when an end-of-turn token is fed, so
+    the mean covers the reply's content tokens and nothing after them. The last sampled token is
+    never fed: ask ``generate`` for one token more than the reply may keep (see
+    :func:`~persona_axis.generation.generate_replies`). No second pass over the rollout is run.
+    """
+
+    def __init__(self, lm: LoadedModel, layers: Sequence[int], stop_ids: Sequence[int]) -> None:
+        self.lm = lm
+        self.layers = sorted(set(layers))
+        bad = [layer for layer in self.layers if not 0 <= layer < lm.shape.n_layers]
+        if bad or not self.layers:
+            raise PersonaAxisError(
+                f"Layers {bad or list(layers)} are out of range; this model has layers "
+                f"0..{lm.shape.n_layers - 1}."
+            )
+        self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
+        self._step = 0
+        self._pending: list[Tensor | None] = []
+        self._sums: list[Tensor | None] = []
+        self._norm_sums: list[Tensor | None] = []
+        self.counts = torch.zeros(0, dtype=torch.long)
+        self._alive = torch.zeros(0, dtype=torch.bool)
+
+    def _hook(self, slot: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if self._step > 0:  # not the prompt call
+                self._pending[slot] = block_output(output)[:, -1].float()
+
+        return hook
+
+    @contextmanager
+    def hooked(self, batch_size: int) -> Iterator[GenerationPooler]:
+        """Hooks for one ``generate`` call over ``batch_size`` rows."""
+        self._step = 0
+        self._pending = [None] * len(self.layers)
+        self._sums = [None] * len(self.layers)
+        self._norm_sums = [None] * len(self.layers)
+        self.counts = torch.zeros(batch_size, dtype=torch.long)
+        self._alive = torch.ones(batch_size, dtype=torch.bool)
+        handles = [
+            self.lm.stack.layers[layer].register_forward_hook(self._hook(slot))
+            for slot, layer in enumerate(self.layers)
+        ]
+        with removing(handles):
+            yield self
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        """Logits-processor step: commit the fed token's activations; scores pass unchanged."""
+        if self._step > 0:
+            fed = input_ids[:, -1].cpu()
+            self._alive &= ~torch.isin(fed, self.stop_ids)
+            self.counts += self._alive.long()
+            for slot, pending in enumerate(self._pending):
+                if pending is None:
+                    raise PersonaAxisError("A hooked layer did not run during generation.")
+                alive = self._alive.to(pending.device, pending.dtype)
+                kept = pending * alive[:, None]
+                norms = torch.linalg.vector_norm(pending, dim=-1) * alive
+                total, norm_total = self._sums[slot], self._norm_sums[slot]
+                self._sums[slot] = kept if total is None else total + kept
+                self._norm_sums[slot] = norms if norm_total is None else norm_total + norms
+        self._step += 1
+        return scores
+
+    def means(self) -> tuple[Tensor, Tensor]:
+        """Per row, the content-token mean ``[batch, n_layers_chosen, d]`` and mean token norm
+        ``‖h‖`` ``[batch, n_layers_chosen]``, float32 on CPU; rows with no content tokens are 0."""
+        if any(total is None for total in self._sums):
+            batch, width = len(self.counts), len(self.layers)
+            return torch.zeros(batch, width, self.lm.shape.hidden_size), torch.zeros(batch, width)
+        sums = torch.stack([t.cpu() for t in self._sums if t is not None], dim=1)
+        norms = torch.stack([t.cpu() for t in self._norm_sums if t is not None], dim=1)
+        counts = self.counts.clamp_min(1).to(sums.dtype)
+        return sums / counts[:, None, None], norms / counts[:, None]

@@ -9,11 +9,14 @@ interventions and telemetry.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 
 import torch
-from transformers import GenerationConfig
+from torch import Tensor
+from transformers import GenerationConfig, LogitsProcessorList
 
+from persona_axis.capture import GenerationPooler
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
@@ -56,6 +59,10 @@ class Reply:
     token_ids: list[int]
     prompt_length: int
     finished: bool  # ended with an end-of-turn token rather than the length limit
+    activations: Tensor | None = None
+    """``[n_layers_chosen, d]`` float32 content-token mean when pooled during generation."""
+    norms: Tensor | None = None
+    """``[n_layers_chosen]`` mean ``‖h‖`` over the content tokens, pooled alongside."""
 
 
 def _stop_ids(lm: LoadedModel) -> list[int]:
@@ -75,8 +82,17 @@ def generate_replies(
     lm: LoadedModel,
     conversations: Sequence[Sequence[Message]],
     sampling: Sampling | None = None,
+    *,
+    pool_layers: Sequence[int] | None = None,
 ) -> list[Reply]:
-    """Generate the next assistant reply for each conversation, in one left-padded batch."""
+    """Generate the next assistant reply for each conversation, in one left-padded batch.
+
+    With ``pool_layers``, each reply's response activation (mean over its content tokens at
+    those layers, float32) is pooled in the same generation pass (see
+    :class:`~persona_axis.capture.GenerationPooler`). ``generate`` then runs one step further
+    than ``max_new_tokens`` so that every kept token has been fed through the model; a reply cut
+    by the limit keeps ``max_new_tokens`` tokens either way.
+    """
     sampling = sampling or Sampling()
     prompts = [lm.chat.render(c, add_generation_prompt=True).input_ids for c in conversations]
     if not prompts:
@@ -88,24 +104,43 @@ def generate_replies(
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt) :] = torch.tensor(prompt)
         mask[row, width - len(prompt) :] = 1
-    torch.manual_seed(sampling.seed)
-    out = lm.model.generate(  # type: ignore[operator]  # transformers types it loosely
-        input_ids=ids.to(lm.device),
-        attention_mask=mask.to(lm.device),
-        generation_config=sampling.config(lm),
-    )
-    stops = set(_stop_ids(lm))
+    stops = _stop_ids(lm)
+    pooler = None if pool_layers is None else GenerationPooler(lm, pool_layers, stops)
+    extra = 0 if pooler is None else 1
+    config = replace(sampling, max_new_tokens=sampling.max_new_tokens + extra).config(lm)
+    with ExitStack() as stack:
+        processors = LogitsProcessorList()
+        if pooler is not None:
+            processors.append(stack.enter_context(pooler.hooked(len(prompts))))
+        torch.manual_seed(sampling.seed)
+        out = lm.model.generate(  # type: ignore[operator]  # transformers types it loosely
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            generation_config=config,
+            logits_processor=processors,
+        )
+    pooled, norms = (None, None) if pooler is None else pooler.means()
     replies = []
     for row, prompt in enumerate(prompts):
         new = out[row, width:].tolist()
         cut = next((i for i, token in enumerate(new) if token in stops), None)
-        tokens = new if cut is None else new[:cut]
+        tokens = (new if cut is None else new[:cut])[: sampling.max_new_tokens]
+        activations = token_norms = None
+        if pooler is not None and pooled is not None and norms is not None:
+            if int(pooler.counts[row]) != len(tokens):  # an internal invariant, not user error
+                raise RuntimeError(
+                    f"pooled {int(pooler.counts[row])} tokens for a {len(tokens)}-token reply"
+                )
+            if tokens:
+                activations, token_norms = pooled[row], norms[row]
         replies.append(
             Reply(
                 text=str(lm.tokenizer.decode(tokens, skip_special_tokens=True)).strip(),
                 token_ids=tokens,
                 prompt_length=len(prompt),
-                finished=cut is not None,
+                finished=cut is not None and cut <= sampling.max_new_tokens,
+                activations=activations,
+                norms=token_norms,
             )
         )
     return replies
