@@ -76,3 +76,12 @@ def test_meta_parameters_cannot_be_fingerprinted() -> None:
     with pytest.raises(PersonaAxisError, match="meta"):
         weight_fingerprint(model)
     assert try_weight_fingerprint(model) is None
+
+
+def test_a_float32_model_and_its_bfloat16_cast_fingerprint_the_same() -> None:
+    model = _tiny_llama(0)
+    in_fp32 = weight_fingerprint(model)
+    assert weight_fingerprint(model.bfloat16()) == in_fp32
+    with torch.no_grad():  # a change bigger than bf16 rounding is still seen
+        model.get_input_embeddings().weight[0, 0] += 0.5
+    assert weight_fingerprint(model) != in_fp32

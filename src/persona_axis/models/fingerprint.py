@@ -3,9 +3,10 @@
 The fingerprint hashes the shapes and a fixed strided sample of a few structurally chosen
 parameters: the input embedding and every parameter of the first and last decoder blocks (found
 with :func:`find_decoder_stack`, never by name). At most ``SAMPLES_PER_TENSOR`` elements of each
-tensor are read, cast to float32 on the CPU, so the cost does not grow with model size and
-parameters may sit on any device. Casting is exact for float16/bfloat16, so one checkpoint loaded
-in bf16 or float32 fingerprints the same; a quantised load (int8, 4-bit) does not.
+tensor are read and rounded to bfloat16 on the CPU, so the cost does not grow with model size,
+parameters may sit on any device, and one checkpoint loaded in float32 or bfloat16 fingerprints
+the same (an axis built in bf16 serves the float32 model); a quantised load (int8, 4-bit) does
+not.
 
 Offloaded parameters (``meta`` tensors, as accelerate leaves them) hold no values: the strict
 :func:`weight_fingerprint` raises :class:`PersonaAxisError`, :func:`try_weight_fingerprint`
@@ -22,7 +23,7 @@ from torch import nn
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models.layers import find_decoder_stack
 
-SCHEME = b"persona-axis weight fingerprint v1"
+SCHEME = b"persona-axis weight fingerprint v2"
 SAMPLES_PER_TENSOR = 4096
 PREFIX = "sha256:"
 
@@ -47,10 +48,12 @@ def _sampled_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def _strided_sample(tensor: torch.Tensor) -> torch.Tensor:
-    """Up to ``SAMPLES_PER_TENSOR`` evenly strided elements as a float32 CPU tensor [k]."""
+    """Up to ``SAMPLES_PER_TENSOR`` evenly strided elements, rounded to bfloat16, as a float32
+    CPU tensor [k]."""
     flat = tensor.detach().reshape(-1)
     step = max(1, flat.numel() // SAMPLES_PER_TENSOR)
-    return flat[::step][:SAMPLES_PER_TENSOR].to(device="cpu", dtype=torch.float32)
+    sample = flat[::step][:SAMPLES_PER_TENSOR].to(device="cpu")
+    return sample.to(torch.bfloat16).to(torch.float32)
 
 
 def weight_fingerprint(model: nn.Module) -> str:
