@@ -1,0 +1,393 @@
+"""Chat backends against a real local HTTP server speaking the chat completions format."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from persona_axis.chat_backends import (
+    ChatBackend,
+    HFChatBackend,
+    OpenAIChatBackend,
+    backend_from_config,
+)
+from persona_axis.errors import PersonaAxisError
+
+FAST = {"backoff_base_s": 0.001, "backoff_max_s": 0.005}  # tiny waits between retries
+
+
+def echo(body: dict[str, Any]) -> str:
+    return "echo: " + body["messages"][-1]["content"]
+
+
+@dataclass
+class Scripted:
+    """One canned response: status, body text and extra headers."""
+
+    status: int
+    body: str = "{}"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FakeOpenAI:
+    """A real threaded HTTP server on 127.0.0.1 implementing ``POST /v1/chat/completions``.
+
+    Scriptable per test: ``script`` holds responses served first, in order (then normal
+    replies from ``reply``); ``delay`` sleeps per request; every request's body and
+    Authorization header are recorded, and the peak number of requests in flight is tracked.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.script: list[Scripted] = []
+        self.reply: Callable[[dict[str, Any]], str] = echo
+        self.delay: Callable[[dict[str, Any]], float] = lambda body: 0.0
+        self.bodies: list[dict[str, Any]] = []
+        self.auth: list[str | None] = []
+        self.starts: list[float] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True  # headers and body go out in two writes
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length))
+                with fake.lock:
+                    fake.starts.append(time.monotonic())
+                    fake.bodies.append(body)
+                    fake.auth.append(self.headers.get("Authorization"))
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                    scripted = fake.script.pop(0) if fake.script else None
+                try:
+                    time.sleep(fake.delay(body))
+                    if self.path != "/v1/chat/completions":
+                        scripted = Scripted(404, '{"error": "not found"}')
+                    elif scripted is None:
+                        scripted = Scripted(200, json.dumps(completion(fake.reply(body))))
+                finally:
+                    with fake.lock:  # before answering: the client may send again at once
+                        fake.in_flight -= 1
+                self.send_response(scripted.status)
+                for name, value in scripted.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(scripted.body.encode())))
+                self.end_headers()
+                self.wfile.write(scripted.body.encode())
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # clients that timed out and hung up
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+        self.thread.start()
+
+    def fail_first(self, count: int, status: int, retry_after: str | None = None) -> None:
+        headers = {} if retry_after is None else {"Retry-After": retry_after}
+        self.script += [Scripted(status, '{"error": "busy"}', headers) for _ in range(count)]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def completion(text: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "model": "test-model",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+    }
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    yield fake
+    fake.close()
+
+
+def chats(n: int) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": f"q{i}"}] for i in range(n)]
+
+
+def backend(server: FakeOpenAI, **kwargs: Any) -> OpenAIChatBackend:
+    options = {"api_key_env": "PERSONA_AXIS_TEST_KEY", **FAST, **kwargs}
+    return OpenAIChatBackend(server.base_url, "test-model", **options)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_replies_come_back_in_input_order(server: FakeOpenAI) -> None:
+    # later questions answer first
+    server.delay = lambda body: 0.06 - 0.01 * int(body["messages"][-1]["content"][1:])
+    replies = backend(server, concurrency=6).complete(chats(6), max_tokens=8)
+    assert replies == [f"echo: q{i}" for i in range(6)]
+    assert isinstance(backend(server), ChatBackend)
+
+
+def test_request_body_carries_settings_and_extra_body(server: FakeOpenAI) -> None:
+    client = backend(server, extra_body={"top_p": 0.5, "seed": 7})
+    conversation = [
+        {"role": "system", "content": "You are a pirate."},
+        {"role": "user", "content": "Hello"},
+    ]
+    assert client.complete([conversation], max_tokens=12, temperature=0.7) == ["echo: Hello"]
+    assert server.bodies == [
+        {
+            "model": "test-model",
+            "messages": conversation,
+            "max_tokens": 12,
+            "temperature": 0.7,
+            "top_p": 0.5,
+            "seed": 7,
+        }
+    ]
+    assert client.name == f"openai:test-model@{server.base_url}"
+
+
+def test_empty_batch_sends_nothing(server: FakeOpenAI) -> None:
+    assert backend(server).complete([], max_tokens=4) == []
+    assert server.bodies == []
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_concurrency_limit_is_respected(server: FakeOpenAI, limit: int) -> None:
+    server.delay = lambda body: 0.04
+    replies = backend(server, concurrency=limit).complete(chats(6), max_tokens=4)
+    assert len(replies) == 6
+    assert server.max_in_flight <= limit
+    if limit > 1:
+        assert server.max_in_flight > 1
+
+
+def test_rate_limit_spaces_requests(server: FakeOpenAI) -> None:
+    rate, n = 25.0, 6
+    client = backend(server, concurrency=6, requests_per_second=rate)
+    started = time.monotonic()
+    client.complete(chats(n), max_tokens=4)
+    assert time.monotonic() - started >= 0.9 * (n - 1) / rate
+    gaps = [b - a for a, b in zip(server.starts, server.starts[1:], strict=False)]
+    assert min(gaps) >= 0.25 / rate  # server-side clock: allow for network jitter
+    # the spacing also holds across consecutive calls
+    client.complete(chats(1), max_tokens=4)
+    assert server.starts[-1] - server.starts[-2] >= 0.9 / rate
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(429, "0"), (500, None), (503, None)])
+def test_transient_errors_are_retried_then_succeed(
+    server: FakeOpenAI, status: int, retry_after: str | None
+) -> None:
+    server.fail_first(2, status, retry_after)
+    assert backend(server, max_retries=2).complete(chats(1), max_tokens=4) == ["echo: q0"]
+    assert len(server.bodies) == 3
+
+
+def test_numeric_retry_after_is_honoured_and_capped(server: FakeOpenAI) -> None:
+    server.fail_first(1, 429, "0.3")
+    started = time.monotonic()
+    backend(server).complete(chats(1), max_tokens=4)
+    assert time.monotonic() - started >= 0.28
+    server.fail_first(1, 429, "120")
+    started = time.monotonic()
+    backend(server, retry_after_max_s=0.01).complete(chats(1), max_tokens=4)
+    assert time.monotonic() - started < 1.0
+
+
+def test_exhausted_retries_raise_with_status_and_url(server: FakeOpenAI) -> None:
+    server.fail_first(10, 502)
+    with pytest.raises(PersonaAxisError, match="502") as info:
+        backend(server, max_retries=2).complete(chats(1), max_tokens=4)
+    assert server.base_url in str(info.value)
+    assert "3 attempt" in str(info.value)
+    assert len(server.bodies) == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_other_client_errors_are_not_retried(server: FakeOpenAI, status: int) -> None:
+    server.fail_first(1, status)
+    with pytest.raises(PersonaAxisError, match=str(status)):
+        backend(server, max_retries=3).complete(chats(1), max_tokens=4)
+    assert len(server.bodies) == 1
+
+
+def test_unauthorized_names_the_key_variable(server: FakeOpenAI) -> None:
+    server.fail_first(1, 401)
+    with pytest.raises(PersonaAxisError, match="PERSONA_AXIS_TEST_KEY"):
+        backend(server).complete(chats(1), max_tokens=4)
+
+
+def test_api_key_header_follows_the_environment(
+    server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = backend(server)
+    monkeypatch.delenv("PERSONA_AXIS_TEST_KEY", raising=False)
+    client.complete(chats(1), max_tokens=4)
+    monkeypatch.setenv("PERSONA_AXIS_TEST_KEY", "sk-test-123")
+    client.complete(chats(1), max_tokens=4)  # read at call time, not construction time
+    monkeypatch.setenv("PERSONA_AXIS_TEST_KEY", "")
+    client.complete(chats(1), max_tokens=4)
+    assert server.auth == [None, "Bearer sk-test-123", None]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "this is not json",
+        "{}",
+        '{"choices": []}',
+        '{"choices": [{"message": {}}]}',
+        '{"choices": [{"message": {"role": "assistant", "content": null}}]}',
+        '["choices"]',
+    ],
+)
+def test_malformed_body_raises(server: FakeOpenAI, body: str) -> None:
+    server.script.append(Scripted(200, body))
+    with pytest.raises(PersonaAxisError, match=r"choices\[0\]\.message\.content"):
+        backend(server).complete(chats(1), max_tokens=4)
+    assert len(server.bodies) == 1
+
+
+def test_timeouts_are_retried_then_raise(server: FakeOpenAI) -> None:
+    server.delay = lambda body: 0.4
+    started = time.monotonic()
+    with pytest.raises(PersonaAxisError, match="timed out"):
+        backend(server, timeout_s=0.1, max_retries=1).complete(chats(1), max_tokens=4)
+    assert time.monotonic() - started < 0.7  # two 0.1 s attempts, not two 0.4 s replies
+    assert len(server.bodies) == 2
+
+
+def test_unreachable_server_raises_after_retries() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    client = OpenAIChatBackend(url, "m", max_retries=2, **FAST)
+    with pytest.raises(PersonaAxisError, match="3 attempt") as info:
+        client.complete(chats(1), max_tokens=4)
+    assert url in str(info.value) and "base_url" in str(info.value)
+
+
+def test_one_failure_fails_the_batch(server: FakeOpenAI) -> None:
+    server.fail_first(1, 400)
+    with pytest.raises(PersonaAxisError, match="400"):
+        backend(server, concurrency=1).complete(chats(4), max_tokens=4)
+
+
+def test_complete_works_inside_a_running_event_loop(server: FakeOpenAI) -> None:
+    async def caller() -> list[str]:
+        return backend(server).complete(chats(2), max_tokens=4)
+
+    assert asyncio.run(caller()) == ["echo: q0", "echo: q1"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"base_url": "127.0.0.1:8000/v1"}, "http"),
+        ({"model": ""}, "model"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"requests_per_second": 0}, "requests_per_second"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"timeout_s": 0}, "timeout_s"),
+    ],
+)
+def test_bad_openai_settings_are_refused(kwargs: dict[str, Any], match: str) -> None:
+    options: dict[str, Any] = {"base_url": "http://127.0.0.1:1/v1", "model": "m", **kwargs}
+    with pytest.raises(PersonaAxisError, match=match):
+        OpenAIChatBackend(**options)
+
+
+def test_bad_messages_and_sampling_are_refused(server: FakeOpenAI) -> None:
+    with pytest.raises(PersonaAxisError, match="content"):
+        backend(server).complete([[{"role": "user"}]], max_tokens=4)
+    with pytest.raises(PersonaAxisError, match="empty"):
+        backend(server).complete([[]], max_tokens=4)
+    with pytest.raises(PersonaAxisError, match="max_tokens"):
+        backend(server).complete(chats(1), max_tokens=0)
+
+
+def test_backend_from_config_builds_the_openai_backend(server: FakeOpenAI) -> None:
+    client = backend_from_config(
+        {
+            "backend": "openai",
+            "base_url": server.base_url + "/",
+            "model": "test-model",
+            "api_key_env": "PERSONA_AXIS_TEST_KEY",
+            "concurrency": "2",
+            "requests_per_second": 100,
+            "max_retries": 1,
+            "timeout_s": 5,
+        }
+    )
+    assert isinstance(client, OpenAIChatBackend)
+    assert (client.concurrency, client.requests_per_second, client.max_retries) == (2, 100.0, 1)
+    assert client.complete(chats(2), max_tokens=4) == ["echo: q0", "echo: q1"]
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"backend": "anthropic"}, "openai, hf"),
+        ({}, "openai, hf"),
+        (
+            {"backend": "openai", "model": "m", "base_url": "http://x/v1", "temp": 1},
+            "'temp'.*valid",
+        ),
+        ({"backend": "openai", "model": "m"}, "base_url"),
+        (
+            {"backend": "openai", "base_url": "http://x/v1", "model": "m", "concurrency": "a"},
+            "type",
+        ),
+        ({"backend": "hf", "model": "default", "concurrency": 2}, "'concurrency'.*batch_size"),
+        ({"backend": "hf", "batch_size": "many"}, "integers"),
+    ],
+)
+def test_backend_from_config_refuses_bad_configs(config: dict[str, Any], match: str) -> None:
+    with pytest.raises(PersonaAxisError, match=match):
+        backend_from_config(config)
+
+
+@pytest.mark.slow
+def test_hf_backend_matches_generate_replies() -> None:
+    from conftest import tiny_lm
+    from persona_axis.generation import Sampling, generate_replies
+
+    lm = tiny_lm("llama")
+    hf = HFChatBackend(lm, batch_size=2)
+    conversations = [
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "system", "content": "You are a sailor."}, {"role": "user", "content": "Ahoy"}],
+        [{"role": "user", "content": "Tell me a story about the sea"}],
+    ]
+    replies = hf.complete(conversations, max_tokens=5)
+    assert hf.name == "hf:tiny-llama" and isinstance(hf, ChatBackend)
+    assert len(replies) == 3 and all(isinstance(text, str) for text in replies)
+    expected = generate_replies(lm, conversations[2:], Sampling(max_new_tokens=5, seed=1))
+    assert replies[2] == expected[0].text  # batches are independent; greedy is deterministic
+    assert hf.complete([], max_tokens=5) == []
