@@ -58,7 +58,7 @@ MANIFEST_FILE = "manifest.json"
 CAPS_FILE = "caps.json"
 BUNDLE_FILES = frozenset({VECTORS_FILE, MANIFEST_FILE, CAPS_FILE})
 LAYERWISE_KEYS = ("axis", "default")
-LAYERWISE_PREFIXES = ("role/", "trait/")
+LAYERWISE_PREFIXES = ("role/", "role_somewhat/", "trait/")
 DIRECTION_KEYS_NOTE = "direction_keys"
 RESERVED_MANIFEST_KEYS = frozenset(
     {

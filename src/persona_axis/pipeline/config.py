@@ -1,0 +1,130 @@
+"""Build settings: one frozen dataclass, two presets, and the fields that must match on resume.
+
+Every field changes the result except those in :data:`RUNTIME_FIELDS`; a resumed build whose
+result fields differ from the stored ones is refused (the store would mix two experiments).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from persona_axis.errors import PersonaAxisError
+
+RUNTIME_FIELDS = frozenset({"progress"})
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What `persona-axis build` computes. Sizes of None mean "the whole catalog".
+
+    Sampling follows METHOD.md (temperature 0.7, top_p 0.9, 512 new tokens, thinking off).
+    ``batch_size`` fixes how rollouts are grouped and seeded (batch k uses seed ``seed + k``),
+    so it is part of the result. ``cap_bands`` are half-open ``(first, stop)`` layer windows;
+    None derives upper-middle windows from the depth (:func:`default_cap_bands`).
+    """
+
+    model: str = "default"
+    model_name: str | None = None
+    dtype: str = "auto"
+    catalog: str | None = None
+    n_roles: int | None = None
+    prompts_per_role: int | None = None
+    n_questions: int | None = None
+    n_traits: int | None = None
+    pairs_per_trait: int | None = None
+    trait_questions: int | None = 40
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 512
+    seed: int = 0
+    batch_size: int = 16
+    judge: dict[str, Any] = field(default_factory=lambda: {"backend": "heuristic"})
+    min_role_rollouts: int = 10
+    percentiles: tuple[float, ...] = (1.0, 25.0, 50.0, 75.0)
+    cap_percentiles: tuple[float, ...] = (25.0, 50.0, 75.0, 99.0)
+    cap_bands: tuple[tuple[int, int], ...] | None = None
+    token_calibration_rollouts: int = 2000
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_roles", "prompts_per_role", "n_questions", "n_traits", "pairs_per_trait"):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "n_traits" else 1):
+                raise PersonaAxisError(f"{name} must be at least 1 (or 0 traits), not {value}.")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.min_role_rollouts < 1:
+            raise PersonaAxisError("batch_size, max_new_tokens and min_role_rollouts must be ≥ 1.")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise PersonaAxisError("temperature must be ≥ 0 and top_p in (0, 1].")
+        if not isinstance(self.judge, dict) or "backend" not in self.judge:
+            raise PersonaAxisError('judge must be a dict with a "backend" key.')
+        for pct in (*self.percentiles, *self.cap_percentiles):
+            if not 0 <= pct <= 100:
+                raise PersonaAxisError(f"Percentile {pct} is outside [0, 100].")
+
+    def result_fields(self) -> dict[str, Any]:
+        """The JSON form of every field that changes the result (stored in the build dir)."""
+        data = asdict(self)
+        for name in RUNTIME_FIELDS:
+            data.pop(name)
+        data["percentiles"] = list(self.percentiles)
+        data["cap_percentiles"] = list(self.cap_percentiles)
+        data["cap_bands"] = None if self.cap_bands is None else [list(b) for b in self.cap_bands]
+        return data
+
+    def with_overrides(self, **overrides: Any) -> BuildConfig:
+        """A copy with the given fields replaced; None values are ignored (not given)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise PersonaAxisError(
+                f"Unknown build settings {sorted(unknown)}; known: {sorted(known)}."
+            )
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+PRESETS: dict[str, BuildConfig] = {
+    # A documented subset sized to finish in about three minutes on 2 CPU cores with the default
+    # model: 12 roles (3 per category) × 2 prompts × 6 questions, the 5 default prompts × 6
+    # questions, 4 traits × 1 pair × 2 polarities × 3 questions; 32 new tokens; bfloat16.
+    "quick": BuildConfig(
+        dtype="bfloat16",
+        n_roles=12,
+        prompts_per_role=2,
+        n_questions=6,
+        n_traits=4,
+        pairs_per_trait=1,
+        trait_questions=3,
+        max_new_tokens=32,
+        min_role_rollouts=2,
+        token_calibration_rollouts=200,
+    ),
+    # The paper's design: 275 roles × 5 prompts × 240 questions, all traits (5 pairs each, 40
+    # questions per trait), temperature 0.7, top_p 0.9, 512 new tokens. Meant for a GPU machine.
+    "paper": BuildConfig(),
+}
+
+
+def preset(name: str) -> BuildConfig:
+    if name not in PRESETS:
+        raise PersonaAxisError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+    return PRESETS[name]
+
+
+def default_cap_bands(n_layers: int) -> tuple[tuple[int, int], ...]:
+    """Upper-middle layer windows to calibrate caps on, as half-open ``(first, stop)``.
+
+    The paper caps 12-20% of the depth in the upper middle (Qwen3 32B: 46-53 of 64; Llama 3.3
+    70B: 56-71 of 80). Windows of 12.5% and 20% of the depth start at the middle layer, at 62.5%
+    and at 70% of the depth; duplicates are removed and windows are clipped to the model.
+    """
+    bands: list[tuple[int, int]] = []
+    for width_fraction in (0.125, 0.2):
+        width = max(1, math.ceil(width_fraction * n_layers))
+        for start_fraction in (0.5, 0.625, 0.7):
+            first = min(int(start_fraction * n_layers), n_layers - width)
+            band = (first, first + width)
+            if band not in bands:
+                bands.append(band)
+    return tuple(bands)

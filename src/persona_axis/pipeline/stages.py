@@ -1,0 +1,516 @@
+"""`persona-axis build`: generate → judge → vectors → axis → space → calibrate → AxisBundle.
+
+Each stage reads what the previous ones stored in the :class:`~persona_axis.pipeline.store.
+BuildStore`, so the command can be killed at any moment and rerun: finished batches are kept,
+the rest is redone with the same seeds, and the bundle equals an uninterrupted run's.
+
+Generation pools every reply's response activation (all layers, float32) and its mean token
+norm in the generation pass itself; nothing runs a second forward over the rollouts except the
+per-token calibration sample (projections of single tokens cannot be recovered from means).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from persona_axis.axis import assistant_axis, cosine_by_layer, project, unit
+from persona_axis.bundle import AxisBundle
+from persona_axis.calibrate import calibrate_grid, setting_name
+from persona_axis.catalog import Catalog, load_catalog
+from persona_axis.errors import PersonaAxisError
+from persona_axis.generation import Sampling, generate_replies
+from persona_axis.judge import JudgeItem, RoleJudge, judge_from_config
+from persona_axis.models.chat import Message
+from persona_axis.models.fingerprint import try_weight_fingerprint
+from persona_axis.models.loading import DEFAULT_MODEL, LoadedModel, load_model
+from persona_axis.pipeline.config import BuildConfig, default_cap_bands
+from persona_axis.pipeline.plan import RolloutSpec, make_batches, make_plan
+from persona_axis.pipeline.store import BuildStore, token_lists
+from persona_axis.space import axis_pc1_cosine, persona_space
+from persona_axis.telemetry import record_projections
+
+STORE_FORMAT = 1
+SPACE_COMPONENTS = 10  # components kept in the bundle (all explained-variance ratios are kept)
+
+
+@dataclass
+class BuildResult:
+    """The saved bundle, where it is, and the figures a person wants to see first."""
+
+    bundle: AxisBundle
+    path: Path
+    timings: dict[str, float]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def model_display_name(lm: LoadedModel, configured: str | None) -> str:
+    """The name filled into ``{model_name}``: configured, else the model id's last part."""
+    if configured:
+        return configured
+    if lm.name == DEFAULT_MODEL:
+        return "SmolLM2"
+    return Path(lm.name.rstrip("/")).name
+
+
+def build(
+    config: BuildConfig,
+    out: str | Path,
+    *,
+    lm: LoadedModel | None = None,
+    judge: RoleJudge | None = None,
+) -> BuildResult:
+    """Run (or resume) every stage and save the bundle to ``<out>/bundle``."""
+    timings: dict[str, float] = {}
+    with _timed(timings, "load"):
+        lm = lm or load_model(
+            None if config.model == "default" else config.model, dtype=config.dtype
+        )
+        catalog = _catalog(config)
+    name = model_display_name(lm, config.model_name)
+    plan = make_plan(catalog, name, config.trait_questions)
+    batches = make_batches(plan, config.batch_size)
+    header = {
+        "store_format": STORE_FORMAT,
+        "settings": config.result_fields(),
+        "catalog_sha256": catalog.digest(),
+        "model": {"id": lm.name, "name": name, **lm.shape.__dict__},
+        "rollouts": len(plan),
+        "batches": len(batches),
+    }
+    store = BuildStore.open(out, header)
+    with _timed(timings, "generate"):
+        generate_stage(lm, store, batches, config)
+    judge = judge or judge_from_config(config.judge, model_name=name)
+    with _timed(timings, "judge"):
+        judge_stage(store, batches, catalog, judge, config.progress)
+    with _timed(timings, "vectors"):
+        groups = accumulate(store, len(batches), config.progress)
+        vectors, counts = make_vectors(
+            groups, config.min_role_rollouts, judged=judge.name != "none"
+        )
+    with _timed(timings, "axis_space"):
+        axis = assistant_axis(vectors["default"], _prefixed(vectors, "role/"))
+        space = describe_space(vectors, axis, lm.shape.target_layer)
+    with _timed(timings, "calibrate"):
+        caps, calibration = calibrate(lm, store, batches, axis, config)
+    bands = config.cap_bands or default_cap_bands(lm.shape.n_layers)
+    recommended = _recommended(bands, lm.shape.n_layers)
+    bundle = AxisBundle.create(
+        {
+            "axis": axis,
+            **vectors,
+            "stats/mean_norm": groups.mean_norm(),
+            "space/components": space.pop("components"),
+            "space/mean": space.pop("mean"),
+        },
+        model_shape=lm.shape,
+        model_id=lm.name,
+        fingerprint=try_weight_fingerprint(lm.model),
+        caps=caps,
+        extras={
+            "model_name": name,
+            "catalog": catalog.summary(),
+            "sampling": {
+                "temperature": config.temperature,
+                "top_p": config.top_p,
+                "max_new_tokens": config.max_new_tokens,
+                "seed": config.seed,
+                "batch_size": config.batch_size,
+                "thinking": "off",
+            },
+            "judge": {"name": judge.name, "config": config.judge},
+            "build_settings": config.result_fields(),
+            "counts": counts,
+            "space": space,
+            "rankings": rankings(vectors, axis, lm.shape.target_layer),
+            "calibration": calibration,
+            "recommended_cap": recommended if recommended in caps else None,
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+        },
+    )
+    path = bundle.save(Path(out) / "bundle")
+    return BuildResult(bundle=bundle, path=path, timings=timings, summary=summarize(bundle))
+
+
+# -- stages -------------------------------------------------------------------------------------
+
+
+def generate_stage(
+    lm: LoadedModel, store: BuildStore, batches: list[list[RolloutSpec]], config: BuildConfig
+) -> None:
+    """Generate every batch not yet stored; batch k samples with seed ``config.seed + k``."""
+    todo = [k for k in range(len(batches)) if not store.has_batch(k)]
+    done = sum(len(batches[k]) for k in range(len(batches)) if k not in set(todo))
+    layers = list(range(lm.shape.n_layers))
+    total = sum(map(len, batches))
+    with tqdm(
+        total=total, initial=done, desc="generate", unit="rollout", disable=not config.progress
+    ) as bar:
+        for k in todo:
+            specs = batches[k]
+            sampling = Sampling(
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=config.seed + k,
+            )
+            replies = generate_replies(
+                lm, [s.messages() for s in specs], sampling, pool_layers=layers
+            )
+            zeros = torch.zeros(len(layers), lm.shape.hidden_size)
+            store.write_batch(
+                k,
+                [
+                    {
+                        **spec.__dict__,
+                        "reply": r.text,
+                        "n_tokens": len(r.token_ids),
+                        "finished": r.finished,
+                    }
+                    for spec, r in zip(specs, replies, strict=True)
+                ],
+                torch.stack([zeros if r.activations is None else r.activations for r in replies]),
+                torch.stack([zeros[:, 0] if r.norms is None else r.norms for r in replies]),
+                [r.token_ids for r in replies],
+            )
+            bar.update(len(specs))
+
+
+def judge_stage(
+    store: BuildStore,
+    batches: list[list[RolloutSpec]],
+    catalog: Catalog,
+    judge: RoleJudge,
+    progress: bool,
+) -> None:
+    """Score every role rollout (0-3) batch by batch; other rollouts are not judged."""
+    roles = {role.name: role for role in catalog.roles}
+    todo = [k for k in range(len(batches)) if not store.has_judgement(k)]
+    with tqdm(
+        total=len(batches),
+        initial=len(batches) - len(todo),
+        desc="judge",
+        unit="batch",
+        disable=not progress,
+    ) as bar:
+        for k in todo:
+            records, _ = store.read_batch(k)
+            chosen = [r for r in records if r["kind"] == "role"]
+            items = [
+                JudgeItem(
+                    role=r["name"],
+                    role_description=roles[r["name"]].description,
+                    system_prompt=r["system"] or "",
+                    question=r["question"],
+                    answer=r["reply"],
+                )
+                for r in chosen
+            ]
+            results = judge.score(items) if items else []
+            store.write_judgement(
+                k,
+                [
+                    {"id": r["id"], "score": res.score, "raw": res.raw, "judge": res.judge}
+                    for r, res in zip(chosen, results, strict=True)
+                ],
+            )
+            bar.update(1)
+
+
+@dataclass
+class Groups:
+    """Streaming sums of response activations per group: ``(kind, name, score)``."""
+
+    sums: dict[tuple[str, str, int | None], Tensor] = field(default_factory=dict)
+    counts: dict[tuple[str, str, int | None], int] = field(default_factory=dict)
+    norm_sum: Tensor | None = None
+    norm_count: int = 0
+    empty: int = 0
+
+    def add(self, key: tuple[str, str, int | None], acts: Tensor) -> None:
+        self.sums[key] = self.sums[key] + acts if key in self.sums else acts.clone()
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def mean_norm(self) -> Tensor:
+        """Mean token ``‖h‖`` per layer ``[n_layers]`` over default rollouts (steering scale)."""
+        if self.norm_sum is None:
+            raise PersonaAxisError("No default rollout produced a reply; cannot compute norms.")
+        return self.norm_sum / self.norm_count
+
+
+def accumulate(store: BuildStore, n_batches: int, progress: bool) -> Groups:
+    """One streaming pass over the store: sums per group (empty replies are skipped)."""
+    groups = Groups()
+    for k, records, tensors in tqdm(
+        store.iter_batches(n_batches),
+        total=n_batches,
+        desc="vectors",
+        unit="batch",
+        disable=not progress,
+    ):
+        scores = {j["id"]: j["score"] for j in store.read_judgement(k)}
+        for row, record in enumerate(records):
+            if record["n_tokens"] == 0:
+                groups.empty += 1
+                continue
+            score = scores.get(record["id"]) if record["kind"] == "role" else None
+            groups.add((record["kind"], record["name"], score), tensors["activations"][row])
+            if record["kind"] == "default":
+                norms = tensors["norms"][row]
+                groups.norm_sum = (
+                    norms.clone() if groups.norm_sum is None else groups.norm_sum + norms
+                )
+                groups.norm_count += 1
+    return groups
+
+
+def make_vectors(
+    groups: Groups, min_count: int, *, judged: bool
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Default, role (score 3), role_somewhat (score 2) and trait vectors, plus counts.
+
+    Without a judge (``judged`` False) every role rollout counts as in role.
+    """
+
+    def mean(keys: list[tuple[str, str, int | None]]) -> tuple[Tensor | None, int]:
+        n = sum(groups.counts.get(k, 0) for k in keys)
+        if n == 0:
+            return None, 0
+        return sum((groups.sums[k] for k in keys if k in groups.sums), torch.zeros(())) / n, n
+
+    vectors: dict[str, Tensor] = {}
+    default, n_default = mean([("default", "default", None)])
+    if default is None:
+        raise PersonaAxisError("No default rollout produced a reply; raise max_new_tokens.")
+    vectors["default"] = default
+    role_names = sorted({name for kind, name, _ in groups.counts if kind == "role"})
+    per_role: dict[str, dict[str, int]] = {}
+    dropped: list[str] = []
+    for name in role_names:
+        per_score = {str(s): groups.counts.get(("role", name, s), 0) for s in (0, 1, 2, 3)}
+        per_score["unscored"] = groups.counts.get(("role", name, None), 0)
+        per_role[name] = per_score
+        full_keys = [("role", name, 3)] if judged else [("role", name, None)]
+        full, n_full = mean(full_keys)  # type: ignore[arg-type]
+        if full is not None and n_full >= min_count:
+            vectors[f"role/{name}"] = full
+        else:
+            dropped.append(name)
+        somewhat, n_somewhat = mean([("role", name, 2)])
+        if judged and somewhat is not None and n_somewhat >= min_count:
+            vectors[f"role_somewhat/{name}"] = somewhat
+    kept = [n for n in role_names if f"role/{n}" in vectors]
+    if len(kept) < 2:
+        raise PersonaAxisError(
+            f"Only {len(kept)} role(s) had at least {min_count} in-role (score 3) replies; the "
+            "axis needs two or more. Lower --min-role-rollouts, generate more rollouts, or use "
+            "another judge (--judge none counts every reply)."
+        )
+    trait_names = sorted({name for kind, name, _ in groups.counts if kind == "trait_pos"})
+    for name in trait_names:
+        pos, _ = mean([("trait_pos", name, None)])
+        neg, _ = mean([("trait_neg", name, None)])
+        if pos is not None and neg is not None:
+            vectors[f"trait/{name}"] = pos - neg
+    counts = {
+        "default": n_default,
+        "roles": per_role,
+        "roles_kept": len(kept),
+        "roles_dropped": dropped,
+        "traits": {n: groups.counts.get(("trait_pos", n, None), 0) for n in trait_names},
+        "empty_replies": groups.empty,
+        "min_role_rollouts": min_count,
+        "judged": judged,
+    }
+    return vectors, counts
+
+
+def describe_space(vectors: dict[str, Tensor], axis: Tensor, target: int) -> dict[str, Any]:
+    """Persona space at the target layer (role and role_somewhat vectors) and cos(axis, PC1)
+    at every layer; ``components``/``mean`` tensors are returned for the bundle's vectors."""
+    points = {
+        **_prefixed(vectors, "role/"),
+        **{f"{k}@somewhat": v for k, v in _prefixed(vectors, "role_somewhat/").items()},
+    }
+    space = persona_space(points, target, default=vectors["default"])
+    per_layer = [
+        axis_pc1_cosine(
+            axis, persona_space(points, layer, n_components=1, default=vectors["default"])
+        )
+        for layer in range(axis.shape[0])
+    ]
+    keep = min(SPACE_COMPONENTS, space.components.shape[0])
+    ratios = space.explained_variance_ratio.tolist()
+    return {
+        "layer": target,
+        "names": list(space.names),
+        "loadings": [[round(x, 5) for x in row] for row in space.loadings[:, :keep].tolist()],
+        "default_loading": None
+        if space.default_loading is None
+        else [round(x, 5) for x in space.default_loading[:keep].tolist()],
+        "explained_variance_ratio": [round(x, 6) for x in ratios],
+        "components_for_70pct": space.components_for(0.7) if sum(ratios) >= 0.7 else None,
+        "cos_axis_pc1": round(axis_pc1_cosine(axis, space), 5),
+        "cos_axis_pc1_by_layer": [round(c, 5) for c in per_layer],
+        "components": space.components[:keep].clone(),
+        "mean": space.mean.clone(),
+    }
+
+
+def rankings(vectors: dict[str, Tensor], axis: Tensor, target: int) -> dict[str, Any]:
+    """Roles (by projection) and traits (by cosine) along the axis at the target layer."""
+    direction = unit(axis[target])
+    roles = {n: float(v[target] @ direction) for n, v in _prefixed(vectors, "role/").items()}
+    traits = {
+        n: float(cosine_by_layer(v, axis)[target]) for n, v in _prefixed(vectors, "trait/").items()
+    }
+    default = float(vectors["default"][target] @ direction)
+    return {
+        "layer": target,
+        "default_projection": round(default, 4),
+        "roles_by_projection": sorted(
+            ((n, round(p, 4)) for n, p in roles.items()), key=lambda x: -x[1]
+        ),
+        "traits_by_cosine": sorted(
+            ((n, round(c, 4)) for n, c in traits.items()), key=lambda x: -x[1]
+        ),
+    }
+
+
+def calibrate(
+    lm: LoadedModel,
+    store: BuildStore,
+    batches: list[list[RolloutSpec]],
+    axis: Tensor,
+    config: BuildConfig,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Cap settings from per-response projections of every rollout, plus percentile tables of
+    both per-response and per-token projections (the latter on an even sample of rollouts)."""
+    projections: list[Tensor] = []
+    sample: list[tuple[list[Message], list[int]]] = []
+    stride = max(1, sum(map(len, batches)) // max(1, config.token_calibration_rollouts))
+    for _, records, tensors in store.iter_batches(len(batches)):
+        replies = token_lists(tensors)
+        rows = [row for row, record in enumerate(records) if record["n_tokens"] > 0]
+        projections.append(project(tensors["activations"][rows], axis))
+        for row in rows:
+            record = records[row]
+            if record["id"] % stride == 0 and len(sample) < config.token_calibration_rollouts:
+                spec = RolloutSpec(**{k: record[k] for k in RolloutSpec.__dataclass_fields__})
+                sample.append((spec.messages(), replies[row]))
+    per_response = torch.cat(projections)  # [n_rollouts, n_layers]
+    per_token = token_projections(lm, axis, sample, config.progress)
+    bands = config.cap_bands or default_cap_bands(lm.shape.n_layers)
+    described = (
+        f"per-response projections of all {per_response.shape[0]} rollouts "
+        "(roles at every score, traits both ways, default)"
+    )
+    caps = calibrate_grid(per_response, bands, config.cap_percentiles, described)
+    token_table = _percentiles(per_token, config.cap_percentiles)
+    for setting in caps.values():
+        pct_index = list(config.cap_percentiles).index(float(setting.percentile or 0))
+        setting.notes["per_token_thresholds"] = [
+            round(token_table[t.layer][pct_index], 5) for t in setting.thresholds
+        ]
+        setting.notes["per_token_rollouts"] = len(sample)
+    calibration = {
+        "percentiles": list(config.percentiles),
+        "per_response": _percentiles(per_response, config.percentiles),
+        "per_token": _percentiles(per_token, config.percentiles),
+        "n_rollouts": int(per_response.shape[0]),
+        "n_token_rollouts": len(sample),
+        "n_tokens": int(per_token.shape[0]),
+        "bands": [list(b) for b in bands],
+    }
+    return caps, calibration
+
+
+@torch.no_grad()
+def token_projections(
+    lm: LoadedModel,
+    axis: Tensor,
+    sample: list[tuple[list[Message], list[int]]],
+    progress: bool,
+) -> Tensor:
+    """``[n_tokens, n_layers]`` projections of every content token of the sampled rollouts,
+    teacher-forced one rollout at a time (prompt + the reply's own tokens)."""
+    rows: list[Tensor] = []
+    layers = list(range(lm.shape.n_layers))
+    for messages, reply in tqdm(sample, desc="calibrate", unit="rollout", disable=not progress):
+        prompt = lm.chat.render(messages, add_generation_prompt=True).input_ids
+        ids = torch.tensor([prompt + reply], device=lm.device)
+        with record_projections(lm, axis, layers, stage="pre") as log:
+            lm.stack.module(input_ids=ids)
+        rows.append(log.all_positions()[0, len(prompt) :])
+    if not rows:
+        raise PersonaAxisError("No rollout with a reply to calibrate on.")
+    return torch.cat(rows)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _catalog(config: BuildConfig) -> Catalog:
+    return load_catalog(config.catalog).subset(
+        n_roles=config.n_roles,
+        prompts_per_role=config.prompts_per_role,
+        n_questions=config.n_questions,
+        n_traits=config.n_traits,
+        pairs_per_trait=config.pairs_per_trait,
+    )
+
+
+def _prefixed(vectors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k.removeprefix(prefix): v for k, v in vectors.items() if k.startswith(prefix)}
+
+
+def _percentiles(values: Tensor, percentiles: tuple[float, ...]) -> list[list[float]]:
+    """Per layer, the percentiles of ``values`` ``[n, n_layers]`` (numpy linear, float64)."""
+    table = np.percentile(values.double().numpy(), list(percentiles), axis=0, method="linear")
+    return [[round(float(x), 5) for x in column] for column in table.T]
+
+
+def _recommended(bands: tuple[tuple[int, int], ...], n_layers: int) -> str:
+    """The paper's best kind of setting: p75 along +axis on the band nearest 70% depth."""
+    first, stop = min(bands, key=lambda b: (abs(b[0] - 0.7 * n_layers), b[1] - b[0]))
+    return setting_name(first, stop, 75.0)
+
+
+def summarize(bundle: AxisBundle) -> dict[str, Any]:
+    """Top and bottom roles on the axis, cos(axis, PC1), variance explained, caps."""
+    manifest = bundle.manifest
+    ranked = manifest["rankings"]["roles_by_projection"]
+    return {
+        "model": manifest["model"]["id"],
+        "target_layer": bundle.target_layer,
+        "roles_kept": manifest["counts"]["roles_kept"],
+        "top_roles": ranked[:5],
+        "bottom_roles": ranked[-5:],
+        "default_projection": manifest["rankings"]["default_projection"],
+        "cos_axis_pc1": manifest["space"]["cos_axis_pc1"],
+        "pc1_variance": manifest["space"]["explained_variance_ratio"][0],
+        "traits_top": manifest["rankings"]["traits_by_cosine"][:3],
+        "traits_bottom": manifest["rankings"]["traits_by_cosine"][-3:],
+        "caps": sorted(bundle.caps),
+        "recommended_cap": manifest["recommended_cap"],
+        "timings": manifest["timings"],
+    }
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = time.perf_counter() - started

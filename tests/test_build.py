@@ -1,0 +1,170 @@
+"""`persona-axis build` end to end on a tiny model: the bundle, resumption after real SIGKILLs
+(the result equals an uninterrupted run's, bit for bit), and refusal of changed settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import styled_tokenizer
+from persona_axis.bundle import AxisBundle
+from persona_axis.errors import PersonaAxisError
+from persona_axis.pipeline import BuildConfig, build
+from tiny_models import build_tiny
+
+pytestmark = pytest.mark.slow
+
+ROLES = [
+    ("pirate", "archetype", "You are a pirate captain.", "Speak as a sea robber."),
+    ("ghost", "mystical", "You are a ghost in an old manor.", "You haunt a cold attic."),
+    ("baker", "professional", "You are a village baker.", "You bake bread before dawn."),
+    ("crow", "nonhuman", "You are a clever crow.", "You collect shiny things."),
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> BuildConfig:
+    root = tmp_path_factory.mktemp("build")
+    model_dir = root / "model"
+    build_tiny("llama").save_pretrained(model_dir)
+    styled_tokenizer("chatml").save_pretrained(model_dir)
+    catalog = root / "catalog"
+    (catalog / "roles").mkdir(parents=True)
+    (catalog / "traits").mkdir()
+    roles = [
+        {"name": n, "category": c, "description": f"a {n}", "prompts": [a, b]}
+        for n, c, a, b in ROLES
+    ]
+    (catalog / "roles" / "r.json").write_text(json.dumps({"roles": roles}))
+    traits = [
+        {"name": "calm", "description": "d", "pairs": [{"pos": "Stay calm.", "neg": "Panic."}]},
+        {"name": "wry", "description": "d", "pairs": [{"pos": "Be wry.", "neg": "Be earnest."}]},
+    ]
+    (catalog / "traits" / "t.json").write_text(json.dumps({"traits": traits}))
+    questions = ["Who are you?", "What do you fear?", "How do you spend a long evening alone?"]
+    (catalog / "questions.json").write_text(json.dumps({"questions": questions}))
+    return BuildConfig(
+        model=str(model_dir),
+        model_name="Tiny",
+        dtype="float32",
+        catalog=str(catalog),
+        trait_questions=2,
+        max_new_tokens=12,
+        batch_size=2,
+        judge={"backend": "none"},
+        min_role_rollouts=1,
+        token_calibration_rollouts=8,
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(setup: BuildConfig, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return out, build(setup, out)
+
+
+def test_build_writes_a_complete_bundle(reference_run) -> None:
+    out, result = reference_run
+    bundle = AxisBundle.load(out / "bundle")
+    assert bundle.shape == (4, 64)
+    assert sorted(bundle.roles()) == sorted(name for name, *_ in ROLES)
+    assert sorted(bundle.traits()) == ["calm", "wry"]
+    manifest = bundle.manifest
+    n_rollouts = 5 * 3 + 4 * 2 * 3 + 2 * 2 * 2
+    assert manifest["calibration"]["n_rollouts"] + manifest["counts"]["empty_replies"] == n_rollouts
+    assert manifest["catalog"]["roles"] == 4 and manifest["judge"]["name"] == "none"
+    assert len(manifest["space"]["cos_axis_pc1_by_layer"]) == 4
+    assert bundle.caps and manifest["recommended_cap"] in bundle.caps
+    for setting in bundle.caps.values():
+        assert len(setting.notes["per_token_thresholds"]) == len(setting.thresholds)
+    assert set(result.timings) >= {"generate", "judge", "vectors", "calibrate"}
+    assert result.summary["roles_kept"] == 4
+    assert "Tiny" in json.dumps(manifest["catalog"]) or manifest["model_name"] == "Tiny"
+
+
+WORKER = """
+import json, sys
+from persona_axis.pipeline import BuildConfig, build
+config = BuildConfig(**json.loads(sys.argv[1]))
+build(config, sys.argv[2])
+"""
+
+
+def start_worker(config: BuildConfig, out: Path) -> subprocess.Popen:
+    settings = asdict(config)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, json.dumps(settings), str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def kill_after(config: BuildConfig, out: Path, batches_done: int) -> int:
+    """Start a build and SIGKILL it once ``batches_done`` batches are stored; returns the count."""
+    worker = start_worker(config, out)
+    rollouts = out / "work" / "rollouts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and worker.poll() is None:
+        if rollouts.is_dir() and len(list(rollouts.glob("*.json"))) >= batches_done:
+            break
+        time.sleep(0.002)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    return len(list(rollouts.glob("*.json"))) if rollouts.is_dir() else 0
+
+
+def test_resumes_after_sigkill_with_an_identical_result(setup, reference_run, tmp_path) -> None:
+    reference_out, _ = reference_run
+    total = len(list((reference_out / "work" / "rollouts").glob("*.json")))
+    first = kill_after(setup, tmp_path, 2)
+    second = kill_after(setup, tmp_path, first + 3)
+    assert 0 < first <= second < total, (first, second, total)  # both were real interruptions
+    assert not (tmp_path / "bundle").exists()
+    build(setup, tmp_path)
+    for kind in ("rollouts", "judge"):
+        names = sorted(p.name for p in (reference_out / "work" / kind).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / "work" / kind).iterdir())
+        for name in names:
+            assert (reference_out / "work" / kind / name).read_bytes() == (
+                tmp_path / "work" / kind / name
+            ).read_bytes()
+    want = load_file(str(reference_out / "bundle" / "vectors.safetensors"))
+    got = load_file(str(tmp_path / "bundle" / "vectors.safetensors"))
+    assert want.keys() == got.keys()
+    assert all(bool((want[k] == got[k]).all()) for k in want)
+    assert (reference_out / "bundle" / "caps.json").read_bytes() == (
+        tmp_path / "bundle" / "caps.json"
+    ).read_bytes()
+    manifests = [
+        json.loads((d / "bundle" / "manifest.json").read_text()) for d in (reference_out, tmp_path)
+    ]
+    for manifest in manifests:
+        manifest.pop("timings"), manifest.pop("created_utc")
+    assert manifests[0] == manifests[1]
+    assert not list(tmp_path.rglob("*.tmp")), "no temporary files are left behind"
+
+
+def test_a_finished_build_reruns_without_regenerating(setup, reference_run) -> None:
+    out, _ = reference_run
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "work" / "rollouts").iterdir()}
+    build(setup, out)
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "work" / "rollouts").iterdir()}
+
+
+def test_changed_settings_in_an_existing_build_are_refused(setup, reference_run) -> None:
+    out, _ = reference_run
+    with pytest.raises(PersonaAxisError, match=r"settings\.seed: stored 0, now 1"):
+        build(setup.with_overrides(seed=1), out)
