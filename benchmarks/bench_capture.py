@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import alternate, machine, peak_rss_mib, rss_mib
+from common import alternate, machine, peak_rss_mib, reset_peak_rss, rss_mib
 from persona_axis.capture import pool_spans
 from persona_axis.models import LoadedModel, load_model
 
@@ -123,37 +123,42 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-only", action="store_true", help="skip the timing rounds")
     args = parser.parse_args()
     lm = load_model(dtype=args.dtype)
     sequences, spans = rollouts(lm)
     runs = variants(lm, sequences, spans)
     if args.memory:
         baseline = rss_mib()
+        reset_peak_rss()
         runs[args.memory]()
         print(json.dumps({"activation_mib": peak_rss_mib() - baseline}))
         return
     n_tokens = sum(map(len, sequences))
-    ours, theirs = runs["capture_all"](), runs["plain_all"]()
-    worst = max(
-        (a[:, :-1] - b[:, :-1]).abs().max().item() / b[:, :-1].abs().max().item()
-        for a, b in zip(ours, theirs, strict=True)
-    )
     print(
         f"{machine()}; dtype {args.dtype}; {N_ROLLOUTS} rollouts, {n_tokens} tokens, batch {BATCH}"
+    )
+    memory = {name: memory_of(name, args.dtype) for name in runs}
+    for scope in ("all", "target"):
+        mine, theirs = memory[f"capture_{scope}"], memory[f"plain_{scope}"]
+        print(
+            f"{scope:6s} layers: activation memory {mine:.0f} MiB vs {theirs:.0f} MiB "
+            f"= {mine / theirs:.3f}x (peak minus after-load RSS, fresh process each)"
+        )
+    if args.memory_only:
+        return
+    ours, plain_result = runs["capture_all"](), runs["plain_all"]()
+    worst = max(
+        (a[:, :-1] - b[:, :-1]).abs().max().item() / b[:, :-1].abs().max().item()
+        for a, b in zip(ours, plain_result, strict=True)
     )
     print(f"max relative difference capture vs plain: {worst:.2e}")
     medians = alternate(runs, args.rounds)
     for name, seconds in medians.items():
         print(f"  {name:15s} {seconds:7.2f} s  {n_tokens / seconds:8.0f} tokens/s")
-    memory = {name: memory_of(name, args.dtype) for name in runs}
     for scope in ("all", "target"):
         speed = medians[f"plain_{scope}"] / medians[f"capture_{scope}"]
-        mem = memory[f"capture_{scope}"] / memory[f"plain_{scope}"]
-        print(
-            f"{scope:6s} layers: throughput {speed:.2f}x plain; activation memory "
-            f"{memory[f'capture_{scope}']:.0f} MiB vs {memory[f'plain_{scope}']:.0f} MiB "
-            f"= {mem:.3f}x"
-        )
+        print(f"{scope:6s} layers: throughput {speed:.2f}x plain (median of {args.rounds} rounds)")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import torch
@@ -40,6 +40,15 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (Linux ``clear_refs`` 5), so a later
+    :func:`peak_rss_mib` covers only what runs after this call, not model loading."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size since the last :func:`reset_peak_rss`, MiB (``VmHWM``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
