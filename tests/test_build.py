@@ -168,3 +168,20 @@ def test_changed_settings_in_an_existing_build_are_refused(setup, reference_run)
     out, _ = reference_run
     with pytest.raises(PersonaAxisError, match=r"settings\.seed: stored 0, now 1"):
         build(setup.with_overrides(seed=1), out)
+
+
+def test_token_calibration_batches_equal_one_at_a_time() -> None:
+    from conftest import tiny_lm
+    from persona_axis.pipeline.stages import token_projections
+
+    lm = tiny_lm("qwen2")
+    axis = torch.randn(lm.shape.n_layers, lm.shape.hidden_size)
+    sample = [
+        ([{"role": "user", "content": "Who are you?"}], [11, 12, 13]),
+        ([{"role": "system", "content": "Be a ghost."}, {"role": "user", "content": "Hi"}], [7]),
+        ([{"role": "user", "content": "A longer question about the sea?"}], [21, 22, 23, 24, 25]),
+    ]
+    batched = token_projections(lm, axis, sample, batch_size=3, progress=False)
+    alone = token_projections(lm, axis, sample, batch_size=1, progress=False)
+    assert batched.shape == (9, lm.shape.n_layers)
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)

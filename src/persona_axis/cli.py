@@ -229,8 +229,11 @@ def print_summary(summary: dict, path: Path) -> None:
     table.add_row("cos(axis, PC1)", f"{summary['cos_axis_pc1']:.3f}")
     table.add_row("PC1 variance explained", f"{summary['pc1_variance']:.1%}")
     if summary["traits_top"]:
-        table.add_row("traits toward Assistant", ", ".join(n for n, _ in summary["traits_top"]))
-        table.add_row("traits away", ", ".join(n for n, _ in summary["traits_bottom"]))
+        for label, key in (
+            ("traits toward Assistant", "traits_top"),
+            ("traits away", "traits_bottom"),
+        ):
+            table.add_row(label, ", ".join(f"{n} {c:+.2f}" for n, c in summary[key]))
     table.add_row("cap settings", ", ".join(summary["caps"]))
     table.add_row("recommended cap", str(summary["recommended_cap"]))
     table.add_row(

@@ -20,6 +20,7 @@ class BuildConfig:
     """What `persona-axis build` computes. Sizes of None mean "the whole catalog".
 
     Sampling follows METHOD.md (temperature 0.7, top_p 0.9, 512 new tokens, thinking off).
+    ``role_scores`` are the judge scores whose rollouts make a role vector (METHOD.md: 3 only).
     ``batch_size`` fixes how rollouts are grouped and seeded (batch k uses seed ``seed + k``),
     so it is part of the result. ``cap_bands`` are half-open ``(first, stop)`` layer windows;
     None derives upper-middle windows from the depth (:func:`default_cap_bands`).
@@ -42,6 +43,7 @@ class BuildConfig:
     batch_size: int = 16
     judge: dict[str, Any] = field(default_factory=lambda: {"backend": "heuristic"})
     min_role_rollouts: int = 10
+    role_scores: tuple[int, ...] = (3,)
     percentiles: tuple[float, ...] = (1.0, 25.0, 50.0, 75.0)
     cap_percentiles: tuple[float, ...] = (25.0, 50.0, 75.0, 99.0)
     cap_bands: tuple[tuple[int, int], ...] | None = None
@@ -57,6 +59,8 @@ class BuildConfig:
             raise PersonaAxisError("batch_size, max_new_tokens and min_role_rollouts must be ≥ 1.")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise PersonaAxisError("temperature must be ≥ 0 and top_p in (0, 1].")
+        if not self.role_scores or not set(self.role_scores) <= {0, 1, 2, 3}:
+            raise PersonaAxisError(f"role_scores must be judge scores 0-3, not {self.role_scores}.")
         if not isinstance(self.judge, dict) or "backend" not in self.judge:
             raise PersonaAxisError('judge must be a dict with a "backend" key.')
         for pct in (*self.percentiles, *self.cap_percentiles):
@@ -70,6 +74,7 @@ class BuildConfig:
             data.pop(name)
         data["percentiles"] = list(self.percentiles)
         data["cap_percentiles"] = list(self.cap_percentiles)
+        data["role_scores"] = list(self.role_scores)
         data["cap_bands"] = None if self.cap_bands is None else [list(b) for b in self.cap_bands]
         return data
 
@@ -88,6 +93,8 @@ PRESETS: dict[str, BuildConfig] = {
     # A documented subset sized to finish in about three minutes on 2 CPU cores with the default
     # model: 12 roles (3 per category) × 2 prompts × 6 questions, the 5 default prompts × 6
     # questions, 4 traits × 1 pair × 2 polarities × 3 questions; 32 new tokens; bfloat16.
+    # A 135M model rarely plays a role fully (the offline judge gives most replies a 1), so the
+    # quick role vectors keep every non-refusal reply (scores 1-3) instead of score 3 only.
     "quick": BuildConfig(
         dtype="bfloat16",
         n_roles=12,
@@ -98,6 +105,7 @@ PRESETS: dict[str, BuildConfig] = {
         trait_questions=3,
         max_new_tokens=32,
         min_role_rollouts=2,
+        role_scores=(1, 2, 3),
         token_calibration_rollouts=200,
     ),
     # The paper's design: 275 roles × 5 prompts × 240 questions, all traits (5 pairs each, 40

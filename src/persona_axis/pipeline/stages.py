@@ -96,7 +96,7 @@ def build(
     with _timed(timings, "vectors"):
         groups = accumulate(store, len(batches), config.progress)
         vectors, counts = make_vectors(
-            groups, config.min_role_rollouts, judged=judge.name != "none"
+            groups, config.min_role_rollouts, config.role_scores, judged=judge.name != "none"
         )
     with _timed(timings, "axis_space"):
         axis = assistant_axis(vectors["default"], _prefixed(vectors, "role/"))
@@ -275,9 +275,10 @@ def accumulate(store: BuildStore, n_batches: int, progress: bool) -> Groups:
 
 
 def make_vectors(
-    groups: Groups, min_count: int, *, judged: bool
+    groups: Groups, min_count: int, role_scores: tuple[int, ...] = (3,), *, judged: bool
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Default, role (score 3), role_somewhat (score 2) and trait vectors, plus counts.
+    """Default, role (rollouts scored in ``role_scores``; METHOD.md: 3), role_somewhat
+    (score 2) and trait vectors, plus counts.
 
     Without a judge (``judged`` False) every role rollout counts as in role.
     """
@@ -300,19 +301,22 @@ def make_vectors(
         per_score = {str(s): groups.counts.get(("role", name, s), 0) for s in (0, 1, 2, 3)}
         per_score["unscored"] = groups.counts.get(("role", name, None), 0)
         per_role[name] = per_score
-        full_keys = [("role", name, 3)] if judged else [("role", name, None)]
-        full, n_full = mean(full_keys)  # type: ignore[arg-type]
+        full_keys: list[tuple[str, str, int | None]] = (
+            [("role", name, score) for score in role_scores] if judged else [("role", name, None)]
+        )
+        full, n_full = mean(full_keys)
         if full is not None and n_full >= min_count:
             vectors[f"role/{name}"] = full
         else:
             dropped.append(name)
         somewhat, n_somewhat = mean([("role", name, 2)])
-        if judged and somewhat is not None and n_somewhat >= min_count:
+        if judged and 2 not in role_scores and somewhat is not None and n_somewhat >= min_count:
             vectors[f"role_somewhat/{name}"] = somewhat
     kept = [n for n in role_names if f"role/{n}" in vectors]
     if len(kept) < 2:
         raise PersonaAxisError(
-            f"Only {len(kept)} role(s) had at least {min_count} in-role (score 3) replies; the "
+            f"Only {len(kept)} role(s) had at least {min_count} in-role replies (scores "
+            f"{list(role_scores)}); the "
             "axis needs two or more. Lower --min-role-rollouts, generate more rollouts, or use "
             "another judge (--judge none counts every reply)."
         )
@@ -330,6 +334,7 @@ def make_vectors(
         "traits": {n: groups.counts.get(("trait_pos", n, None), 0) for n in trait_names},
         "empty_replies": groups.empty,
         "min_role_rollouts": min_count,
+        "role_scores": list(role_scores),
         "judged": judged,
     }
     return vectors, counts
@@ -409,7 +414,7 @@ def calibrate(
                 spec = RolloutSpec(**{k: record[k] for k in RolloutSpec.__dataclass_fields__})
                 sample.append((spec.messages(), replies[row]))
     per_response = torch.cat(projections)  # [n_rollouts, n_layers]
-    per_token = token_projections(lm, axis, sample, config.progress)
+    per_token = token_projections(lm, axis, sample, config.batch_size, config.progress)
     bands = config.cap_bands or default_cap_bands(lm.shape.n_layers)
     described = (
         f"per-response projections of all {per_response.shape[0]} rollouts "
@@ -440,18 +445,32 @@ def token_projections(
     lm: LoadedModel,
     axis: Tensor,
     sample: list[tuple[list[Message], list[int]]],
+    batch_size: int,
     progress: bool,
 ) -> Tensor:
     """``[n_tokens, n_layers]`` projections of every content token of the sampled rollouts,
-    teacher-forced one rollout at a time (prompt + the reply's own tokens)."""
+    teacher-forced (prompt + the reply's own tokens) in right-padded batches: under a causal
+    mask, padding after a sequence leaves its positions and activations untouched."""
     rows: list[Tensor] = []
     layers = list(range(lm.shape.n_layers))
-    for messages, reply in tqdm(sample, desc="calibrate", unit="rollout", disable=not progress):
-        prompt = lm.chat.render(messages, add_generation_prompt=True).input_ids
-        ids = torch.tensor([prompt + reply], device=lm.device)
-        with record_projections(lm, axis, layers, stage="pre") as log:
-            lm.stack.module(input_ids=ids)
-        rows.append(log.all_positions()[0, len(prompt) :])
+    pad = lm.tokenizer.pad_token_id or 0
+    prompts = [lm.chat.render(m, add_generation_prompt=True).input_ids for m, _ in sample]
+    sequences = [p + reply for p, (_, reply) in zip(prompts, sample, strict=True)]
+    with tqdm(total=len(sample), desc="calibrate", unit="rollout", disable=not progress) as bar:
+        for first in range(0, len(sequences), batch_size):
+            chunk = sequences[first : first + batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, sequence in enumerate(chunk):
+                ids[row, : len(sequence)] = torch.tensor(sequence)
+                mask[row, : len(sequence)] = 1
+            with record_projections(lm, axis, layers, stage="pre") as log:
+                lm.stack.module(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
+            values = log.all_positions()
+            for row, sequence in enumerate(chunk):
+                rows.append(values[row, len(prompts[first + row]) : len(sequence)])
+            bar.update(len(chunk))
     if not rows:
         raise PersonaAxisError("No rollout with a reply to calibrate on.")
     return torch.cat(rows)
@@ -490,17 +509,20 @@ def summarize(bundle: AxisBundle) -> dict[str, Any]:
     """Top and bottom roles on the axis, cos(axis, PC1), variance explained, caps."""
     manifest = bundle.manifest
     ranked = manifest["rankings"]["roles_by_projection"]
+    traits = manifest["rankings"]["traits_by_cosine"]
+    ends = min(5, len(ranked) // 2)  # top and bottom never overlap
+    trait_ends = min(3, len(traits) // 2)
     return {
         "model": manifest["model"]["id"],
         "target_layer": bundle.target_layer,
         "roles_kept": manifest["counts"]["roles_kept"],
-        "top_roles": ranked[:5],
-        "bottom_roles": ranked[-5:],
+        "top_roles": ranked[:ends],
+        "bottom_roles": ranked[len(ranked) - ends :],
         "default_projection": manifest["rankings"]["default_projection"],
         "cos_axis_pc1": manifest["space"]["cos_axis_pc1"],
         "pc1_variance": manifest["space"]["explained_variance_ratio"][0],
-        "traits_top": manifest["rankings"]["traits_by_cosine"][:3],
-        "traits_bottom": manifest["rankings"]["traits_by_cosine"][-3:],
+        "traits_top": traits[:trait_ends],
+        "traits_bottom": traits[len(traits) - trait_ends :],
         "caps": sorted(bundle.caps),
         "recommended_cap": manifest["recommended_cap"],
         "timings": manifest["timings"],
