@@ -330,3 +330,11 @@ def test_check_against_real_models() -> None:
         bundle.check_against(_tiny_llama(1))
     with pytest.raises(PersonaAxisError, match="hidden size 32"):
         bundle.check_against(_tiny_llama(0, hidden=32), allow_mismatch=True)
+
+
+def test_a_build_directory_loads_its_bundle(tmp_path: Path) -> None:
+    bundle = AxisBundle.create(
+        {"axis": torch.ones(2, 3)}, model_shape=ModelShape("LlamaForCausalLM", 2, 3), model_id="m"
+    )
+    bundle.save(tmp_path / "bundle")
+    assert torch.equal(AxisBundle.load(tmp_path).axis, bundle.axis)

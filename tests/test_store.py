@@ -61,3 +61,12 @@ def test_damaged_files_get_a_fix_in_the_message(tmp_path: Path) -> None:
     (store.root / "activations" / "000000.safetensors").write_bytes(b"junk")
     with pytest.raises(PersonaAxisError, match=r"delete it and 000000\.json"):
         store.read_batch(0)
+
+
+def test_activations_can_be_stored_in_bfloat16(tmp_path: Path) -> None:
+    store = BuildStore.open(tmp_path, HEADER)
+    acts = torch.randn(1, 2, 8)
+    store.write_batch(0, [{"id": 0}], acts, torch.ones(1, 2), [[1, 2]], dtype=torch.bfloat16)
+    stored = store.read_batch(0)[1]["activations"]
+    assert stored.dtype == torch.bfloat16
+    torch.testing.assert_close(stored.float(), acts, rtol=1e-2, atol=1e-2)

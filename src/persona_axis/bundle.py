@@ -346,8 +346,11 @@ class AxisBundle:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> AxisBundle:
-        """Read and validate a bundle written by :meth:`save`."""
+        """Read and validate a bundle written by :meth:`save` (a build directory works too: its
+        ``bundle/`` is read)."""
         root = Path(directory)
+        if not (root / MANIFEST_FILE).is_file() and (root / "bundle" / MANIFEST_FILE).is_file():
+            root = root / "bundle"
         if not root.is_dir():
             raise PersonaAxisError(
                 f"No bundle directory at {root}; pass the directory written by AxisBundle.save "

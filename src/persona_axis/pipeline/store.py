@@ -4,7 +4,8 @@ Layout under ``<out>/work``::
 
     header.json                    settings, catalog hash and model facts of this build
     rollouts/<batch>.json          the batch's rollouts (written last: marks the batch done)
-    activations/<batch>.safetensors  "activations" [n, n_layers, d] float32 (response means),
+    activations/<batch>.safetensors  "activations" [n, n_layers, d] (response means, float32
+                                   or bfloat16 as configured),
                                    "norms" [n, n_layers] mean token norms, "token_ids" int32
                                    (all replies concatenated), "lengths" [n] int64
     judge/<batch>.json             judge scores and raw replies for the batch's role rollouts
@@ -119,12 +120,16 @@ class BuildStore:
         activations: Tensor,
         norms: Tensor,
         token_ids: list[list[int]],
+        *,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
-        """Store one generated batch: activations first, then the rollouts that mark it done."""
+        """Store one generated batch: activations first, then the rollouts that mark it done.
+
+        ``activations`` are stored in ``dtype`` (float32 or bfloat16); norms stay float32."""
         lengths = torch.tensor([len(t) for t in token_ids], dtype=torch.int64)
         flat = [token for tokens in token_ids for token in tokens]
         tensors = {
-            "activations": activations.to(torch.float32).contiguous(),
+            "activations": activations.to(dtype).contiguous(),
             "norms": norms.to(torch.float32).contiguous(),
             "token_ids": torch.tensor(flat, dtype=torch.int32),
             "lengths": lengths,
