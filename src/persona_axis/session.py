@@ -5,10 +5,12 @@ bundle's target layer L, read in the generation pass itself: ``before`` at the b
 ahead of any intervention at L, ``after`` once the intervention at L has run (equal when L is
 not intervened on; upstream interventions affect both). ``touched`` is the fraction of
 (token, capped layer) pairs whose projection was below the floor and got raised.
+:func:`generate_turns` does the same for a batch of conversations (the server's micro-batches).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -18,6 +20,7 @@ from persona_axis.bundle import AxisBundle
 from persona_axis.errors import PersonaAxisError
 from persona_axis.generation import Reply, Sampling, generate_replies
 from persona_axis.interventions import InterventionSpec, intervene, mean_residual_norms
+from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
 from persona_axis.telemetry import record_projections
 
@@ -45,12 +48,91 @@ NORM_SAMPLES = [
 
 @dataclass(frozen=True)
 class Turn:
-    """One exchange: the reply, and its target-layer projections (None without a bundle)."""
+    """One exchange: the reply, and its target-layer projections (None without a bundle).
+
+    ``before``/``after`` are content-token means of ``⟨h, â_L⟩`` at the target layer L;
+    ``touched`` the fraction of (token, capped layer) values the cap raised and
+    ``touched_tokens`` how many content tokens had at least one capped layer raised (None
+    without a cap). ``cap_layers`` maps each capped layer to its content-token mean projection
+    on the cap direction before and after the floor, ``(before, after)``.
+    """
 
     reply: Reply
     before: float | None
     after: float | None
     touched: float | None
+    touched_tokens: int | None = None
+    cap_layers: dict[int, tuple[float, float]] | None = None
+
+
+def generate_turns(
+    lm: LoadedModel,
+    conversations: Sequence[Sequence[Message]],
+    spec: InterventionSpec | None = None,
+    sampling: Sampling | None = None,
+    bundle: AxisBundle | None = None,
+) -> list[Turn]:
+    """The next reply of each conversation, generated in one batch under ``spec``.
+
+    With a ``bundle``, each reply's projections are read in the generation pass itself (see the
+    module docstring); rows are left padded, so row r's content tokens are the first
+    ``len(reply.token_ids)`` generated positions of that row. ``generate`` runs one step past
+    the last kept token (``pool_layers``), so every content token, also of a reply cut by the
+    length limit, has been fed back: the means equal a teacher-forced monitor pass.
+    """
+    spec = InterventionSpec() if spec is None else spec
+    if not conversations:
+        return []
+    if bundle is None:
+        with intervene(lm, spec):
+            replies = generate_replies(lm, conversations, sampling)
+        return [Turn(reply, None, None, None) for reply in replies]
+    axis, target = bundle.axis, bundle.target_layer
+    caps = {item.layer: item for item in spec.interventions if item.floor is not None}
+    cap_directions = axis.clone()
+    for layer, item in caps.items():  # the last floor per layer is the one counted
+        cap_directions[layer] = item.direction
+    with ExitStack() as stack:
+        before = stack.enter_context(record_projections(lm, axis, [target], stage="pre"))
+        raised = None
+        if caps:
+            raised = stack.enter_context(
+                record_projections(lm, cap_directions, list(caps), stage="pre")
+            )
+        stack.enter_context(intervene(lm, spec))
+        after = stack.enter_context(record_projections(lm, axis, [target]))
+        replies = generate_replies(lm, conversations, sampling, pool_layers=[target])
+    pre, post = before.generated(), after.generated()  # [batch, fed tokens, 1]
+    cap_values = None if raised is None else raised.generated()  # [batch, fed, capped layers]
+    floors = torch.tensor([caps[layer].floor for layer in (raised.layers if raised else [])])
+    turns = []
+    for row, reply in enumerate(replies):
+        n = len(reply.token_ids)  # content tokens, all fed back (one step past the last)
+        if pre.shape[1] == 0 or n == 0:
+            turns.append(Turn(reply, None, None, None))  # nothing was generated past the prompt
+            continue
+        touched = touched_tokens = cap_layers = None
+        if raised is not None and cap_values is not None:
+            values = cap_values[row, :n]  # [tokens, capped layers]
+            below = values < floors
+            touched = below.float().mean().item()
+            touched_tokens = int(below.any(dim=-1).sum())
+            capped = torch.maximum(values, floors)
+            cap_layers = {
+                layer: (values[:, i].mean().item(), capped[:, i].mean().item())
+                for i, layer in enumerate(raised.layers)
+            }
+        turns.append(
+            Turn(
+                reply,
+                pre[row, :n, 0].mean().item(),
+                post[row, :n, 0].mean().item(),
+                touched,
+                touched_tokens,
+                cap_layers,
+            )
+        )
+    return turns
 
 
 def mean_norms(lm: LoadedModel, bundle: AxisBundle) -> torch.Tensor:
@@ -78,38 +160,6 @@ class ChatSession:
         if not text.strip():
             raise PersonaAxisError("Empty message; type something to send.")
         conversation = [*self.history, {"role": "user", "content": text}]
-        if self.bundle is None:
-            with intervene(self.lm, self.spec):
-                reply = generate_replies(self.lm, [conversation], self.sampling)[0]
-            self.history = [*conversation, {"role": "assistant", "content": reply.text}]
-            return Turn(reply, None, None, None)
-        axis, target = self.bundle.axis, self.bundle.target_layer
-        caps = {item.layer: item for item in self.spec.interventions if item.floor is not None}
-        cap_directions = axis.clone()
-        for layer, item in caps.items():  # the last floor per layer is the one counted
-            cap_directions[layer] = item.direction
-        with ExitStack() as stack:
-            before = stack.enter_context(record_projections(self.lm, axis, [target], stage="pre"))
-            raised = None
-            if caps:
-                raised = stack.enter_context(
-                    record_projections(self.lm, cap_directions, list(caps), stage="pre")
-                )
-            stack.enter_context(intervene(self.lm, self.spec))
-            after = stack.enter_context(record_projections(self.lm, axis, [target]))
-            reply = generate_replies(self.lm, [conversation], self.sampling)[0]
-        self.history = [*conversation, {"role": "assistant", "content": reply.text}]
-        n = len(reply.token_ids)  # content tokens, all fed back when the reply finished
-        if before.generated().shape[1] == 0 or n == 0:
-            return Turn(reply, None, None, None)  # nothing was generated past the prompt
-        touched = None
-        if raised is not None:
-            values = raised.generated()[0, :n]  # [tokens, capped layers]
-            floors = torch.tensor([caps[layer].floor for layer in raised.layers])
-            touched = (values < floors).float().mean().item()
-        return Turn(
-            reply,
-            before.generated()[0, :n, 0].mean().item(),
-            after.generated()[0, :n, 0].mean().item(),
-            touched,
-        )
+        turn = generate_turns(self.lm, [conversation], self.spec, self.sampling, self.bundle)[0]
+        self.history = [*conversation, {"role": "assistant", "content": turn.reply.text}]
+        return turn

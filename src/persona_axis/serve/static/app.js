@@ -1,0 +1,309 @@
+// persona-axis chat page: streams replies from /v1/chat/completions and draws each assistant
+// turn's projection on the Assistant Axis (before/after capping) against the calibrated band.
+"use strict";
+
+const state = { info: null, messages: [], turns: [], busy: false };
+const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("api-key").value.trim();
+  if (key) h.Authorization = "Bearer " + key;
+  return h;
+}
+
+function fmt(x) {
+  return x === null || x === undefined ? "–" : Number(x).toFixed(2);
+}
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+async function loadInfo() {
+  let res;
+  try {
+    res = await fetch("/v1/persona_axis", { headers: headers() });
+  } catch (err) {
+    $("model-name").textContent = "server unreachable";
+    return;
+  }
+  if (!res.ok) {
+    $("model-name").textContent = res.status === 401 ? "enter the API key, then reload settings" : "server error";
+    return;
+  }
+  const info = await res.json();
+  state.info = info;
+  $("model-name").textContent = info.model;
+  $("layer").textContent = info.target_layer;
+  $("max-tokens").max = info.limits.max_tokens;
+  $("max-tokens").value = Math.min(64, info.limits.max_tokens);
+  const select = $("cap-setting");
+  select.replaceChildren();
+  const names = Object.keys(info.caps);
+  for (const name of names) {
+    const option = el("option", null, name);
+    option.value = name;
+    select.append(option);
+  }
+  const preferred = info.default_cap !== "none" ? info.default_cap : info.recommended_cap;
+  if (preferred && names.includes(preferred)) select.value = preferred;
+  $("cap-toggle").checked = info.default_cap !== "none" && names.length > 0;
+  $("cap-toggle").disabled = names.length === 0;
+  select.disabled = names.length === 0;
+  updateCapNote();
+  if (info.band) {
+    const b = info.band;
+    const pct = b.percentiles.map((p) => "p" + p).join("/");
+    $("band-desc").textContent = `${pct} = ${b.values.map(fmt).join(" / ")}; red = drift, below p${b.percentiles[0]}`;
+  }
+  drawChart();
+}
+
+function updateCapNote() {
+  const info = state.info;
+  if (!info) return;
+  const names = Object.keys(info.caps);
+  if (names.length === 0) {
+    $("cap-note").textContent = "This bundle has no cap settings.";
+    return;
+  }
+  const cap = info.caps[$("cap-setting").value];
+  const on = $("cap-toggle").checked;
+  const layers = cap ? cap.layers : [];
+  const band = layers.length ? `layers ${layers[0]}–${layers[layers.length - 1]}` : "";
+  const upstream = layers.length && !layers.includes(info.target_layer)
+    ? ` The meter's layer ${info.target_layer} is ${layers[0] > info.target_layer ? "upstream of" : "downstream of"} the capped layers.`
+    : "";
+  $("cap-note").textContent = on ? `Floors on ${band}.${upstream}` : "No cap: the model runs unchanged.";
+}
+
+function capValue() {
+  return $("cap-toggle").checked && $("cap-setting").value ? $("cap-setting").value : "none";
+}
+
+function addMessage(role, text) {
+  const box = el("div", "msg " + role);
+  box.append(el("div", "text", text));
+  $("log").append(box);
+  $("log").scrollTop = $("log").scrollHeight;
+  return box;
+}
+
+function showError(message) {
+  const box = addMessage("error", message);
+  box.dataset.testid = "error";
+}
+
+function zoneLabel(t) {
+  if (!t.zone) return "";
+  return t.zone === "drift" ? "drift" : t.zone === "low" ? "low" : "typical";
+}
+
+function meterText(t) {
+  if (t.projection_before === null) return `layer ${t.layer}: no reply tokens to measure`;
+  let text = `layer ${t.layer}: before ${fmt(t.projection_before)} → after ${fmt(t.projection_after)}`;
+  if (t.zone) text += ` (${zoneLabel(t)})`;
+  if (t.cap) text += ` · cap ${t.cap} raised ${(100 * (t.cap_touched_fraction || 0)).toFixed(0)}% of token×layer values`;
+  else text += " · no cap";
+  return text;
+}
+
+function domain(values, band) {
+  const all = values.filter((v) => v !== null && v !== undefined);
+  if (band) all.push(...band.values);
+  if (all.length === 0) return [0, 1];
+  let lo = Math.min(...all);
+  let hi = Math.max(...all);
+  const pad = Math.max((hi - lo) * 0.1, 1e-3);
+  return [lo - pad, hi + pad];
+}
+
+function renderMeter(box, t) {
+  const meter = el("div", "meter");
+  const band = state.info && state.info.band;
+  const [lo, hi] = domain([t.projection_before, t.projection_after], band);
+  const x = (v) => `${(100 * (v - lo)) / (hi - lo)}%`;
+  const track = el("div", "track");
+  if (band) {
+    const v = band.values;
+    const zones = [["drift", lo, v[0]], ["low", v[0], v[Math.min(1, v.length - 1)]], ["typical", v[Math.min(1, v.length - 1)], v[v.length - 1]]];
+    for (const [cls, a, b] of zones) {
+      const zone = el("div", "zone " + cls);
+      zone.style.left = x(a);
+      zone.style.width = `${(100 * (b - a)) / (hi - lo)}%`;
+      track.append(zone);
+    }
+    const median = v[Math.floor(v.length / 2)];
+    const tick = el("div", "tick");
+    tick.style.left = x(median);
+    track.append(tick);
+  }
+  for (const [cls, value] of [["before", t.projection_before], ["after", t.projection_after]]) {
+    if (value === null || value === undefined) continue;
+    const mark = el("div", "mark " + cls);
+    mark.style.left = x(value);
+    mark.title = `${cls} capping: ${fmt(value)}`;
+    track.append(mark);
+  }
+  const label = el("div", "zone-label " + (t.zone || ""), meterText(t));
+  label.dataset.testid = "meter-value";
+  meter.append(track, label);
+  box.append(meter);
+}
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  return node;
+}
+
+function drawChart() {
+  const chart = $("chart");
+  chart.replaceChildren();
+  const band = state.info && state.info.band;
+  const width = 320;
+  const height = 160;
+  const values = state.turns.flatMap((t) => [t.projection_before, t.projection_after]);
+  const [lo, hi] = domain(values, band);
+  const y = (v) => height - 8 - ((height - 16) * (v - lo)) / (hi - lo);
+  const n = Math.max(state.turns.length, 1);
+  const x = (i) => 12 + ((width - 24) * (n === 1 ? 0.5 : i / (n - 1)));
+  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none" });
+  if (band) {
+    const v = band.values;
+    const mid = v[Math.min(1, v.length - 1)];
+    root.append(svg("rect", { x: 0, width, y: y(v[0]), height: Math.max(0, y(lo) - y(v[0])), fill: "#f6c7c3" }));
+    root.append(svg("rect", { x: 0, width, y: y(mid), height: Math.max(0, y(v[0]) - y(mid)), fill: "#fbe7b5" }));
+    root.append(svg("rect", { x: 0, width, y: y(v[v.length - 1]), height: Math.max(0, y(mid) - y(v[v.length - 1])), fill: "#cdebd3" }));
+  }
+  for (const [key, dash, fill] of [["projection_before", "4 3", "#fff"], ["projection_after", "", "#1d2330"]]) {
+    const points = state.turns
+      .map((t, i) => [i, t[key]])
+      .filter(([, v]) => v !== null && v !== undefined);
+    if (points.length > 1) {
+      root.append(svg("polyline", {
+        points: points.map(([i, v]) => `${x(i)},${y(v)}`).join(" "),
+        fill: "none", stroke: "#1d2330", "stroke-width": 1.2, "stroke-dasharray": dash,
+      }));
+    }
+    for (const [i, v] of points) {
+      root.append(svg("circle", { cx: x(i), cy: y(v), r: 3.5, fill, stroke: "#1d2330", "stroke-width": 1.2 }));
+    }
+  }
+  chart.append(root);
+}
+
+async function readStream(res, onDelta) {
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  let telemetry = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const raw = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of raw.split("\n")) {
+        if (!line.startsWith("data: ")) continue;
+        const data = line.slice(6);
+        if (data === "[DONE]") return telemetry;
+        const event = JSON.parse(data);
+        if (event.error) throw new Error(event.error.message);
+        const choice = event.choices && event.choices[0];
+        if (choice && choice.delta && choice.delta.content) onDelta(choice.delta.content);
+        if (event.persona_axis) telemetry = event.persona_axis;
+      }
+    }
+  }
+  return telemetry;
+}
+
+async function send(text) {
+  if (!state.info) await loadInfo();
+  if (!state.info) {
+    showError("Could not read the server settings (check the API key).");
+    return;
+  }
+  state.busy = true;
+  $("send").disabled = true;
+  state.messages.push({ role: "user", content: text });
+  addMessage("user", text);
+  const box = addMessage("assistant", "");
+  const textNode = box.querySelector(".text");
+  const system = $("system").value.trim();
+  const messages = system ? [{ role: "system", content: system }, ...state.messages] : [...state.messages];
+  let reply = "";
+  try {
+    const res = await fetch("/v1/chat/completions", {
+      method: "POST",
+      headers: headers(),
+      body: JSON.stringify({
+        model: state.info.model,
+        messages,
+        stream: true,
+        max_tokens: Number($("max-tokens").value) || 64,
+        persona_axis: { cap: capValue() },
+      }),
+    });
+    if (!res.ok) {
+      const body = await res.json().catch(() => null);
+      throw new Error(body && body.error ? body.error.message : `HTTP ${res.status}`);
+    }
+    const telemetry = await readStream(res, (delta) => {
+      reply += delta;
+      textNode.textContent = reply;
+      $("log").scrollTop = $("log").scrollHeight;
+    });
+    state.messages.push({ role: "assistant", content: reply });
+    if (telemetry) {
+      renderMeter(box, telemetry);
+      state.turns.push(telemetry);
+      $("last-meter").textContent = `turn ${state.turns.length}: ${meterText(telemetry)}`;
+      drawChart();
+    }
+  } catch (err) {
+    box.remove();
+    state.messages.pop();
+    showError(err.message);
+  } finally {
+    state.busy = false;
+    $("send").disabled = false;
+  }
+}
+
+function reset() {
+  state.messages = [];
+  state.turns = [];
+  $("log").replaceChildren();
+  $("last-meter").textContent = "no reply yet";
+  drawChart();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("input").value.trim();
+    if (!text || state.busy) return;
+    $("input").value = "";
+    send(text);
+  });
+  $("input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  $("cap-toggle").addEventListener("change", updateCapNote);
+  $("cap-setting").addEventListener("change", updateCapNote);
+  $("api-key").addEventListener("change", loadInfo);
+  $("reset").addEventListener("click", reset);
+  loadInfo();
+});

@@ -1,0 +1,72 @@
+"""The chat page in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright): send a
+message, see the streamed reply and its drift-meter value, toggle the cap, no console errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from browser import CHROMIUM, launch_chromium
+from conftest import tiny_lm
+from persona_axis.serve.app import create_app
+from persona_axis.serve.runner import background_server
+from test_serve import CAP, make_bundle
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium"),
+]
+
+
+@pytest.fixture(scope="module")
+def page_url() -> Iterator[str]:
+    lm = tiny_lm("llama")
+    app = create_app(lm, make_bundle(lm), default_cap=CAP, max_tokens_limit=32)
+    with background_server(app) as base:
+        yield base
+
+
+def test_chat_page_shows_the_reply_and_its_meter(page_url: str) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    problems: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = browser.new_page()
+            page.on(
+                "console",
+                lambda msg: problems.append(msg.text) if msg.type in {"error", "warning"} else None,
+            )
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.on("requestfailed", lambda req: problems.append(f"failed: {req.url}"))
+            page.goto(page_url)
+            expect = sync_api.expect
+            expect(page.locator("#model-name")).to_have_text("tiny-llama")
+            expect(page.locator("#cap-toggle")).to_be_checked()
+            expect(page.locator("#cap-setting")).to_have_value(CAP)
+
+            page.fill("#max-tokens", "8")
+            page.fill("#input", "Hello, who are you?")
+            page.click("#send")
+            reply = page.locator(".msg.assistant").first
+            meter = reply.locator("[data-testid=meter-value]")
+            expect(meter).to_be_visible(timeout=30_000)
+            assert re.search(r"layer 2: before -?\d+\.\d\d → after -?\d+\.\d\d", meter.inner_text())
+            assert f"cap {CAP}" in meter.inner_text()
+            assert reply.locator(".mark.before").count() == 1
+            assert reply.locator(".zone.typical").count() == 1  # the calibrated band is drawn
+            expect(page.locator("[data-testid=live-meter]")).to_contain_text("turn 1")
+
+            page.uncheck("#cap-toggle")  # second turn without the cap
+            page.fill("#input", "And now?")
+            page.click("#send")
+            second = page.locator(".msg.assistant").nth(1)
+            expect(second.locator("[data-testid=meter-value]")).to_contain_text("no cap")
+            expect(page.locator("[data-testid=live-meter]")).to_contain_text("turn 2")
+            assert page.locator("#chart circle").count() == 4  # before and after, two turns
+            assert page.locator(".msg.error").count() == 0
+        finally:
+            browser.close()
+    assert not problems, problems
