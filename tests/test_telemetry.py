@@ -77,3 +77,32 @@ def test_bad_layers_are_refused() -> None:
         record_projections(lm, torch.randn(4, D), [4]),
     ):
         pass
+
+
+def test_generate_with_telemetry_batches_like_single_calls() -> None:
+    from persona_axis.generation import Sampling
+    from persona_axis.telemetry import generate_with_telemetry
+
+    lm = tiny_lm("llama")
+    axis = torch.randn(4, D, generator=torch.Generator().manual_seed(2))
+    chats = [
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "user", "content": "A much longer question about the weather today?"}],
+    ]
+    sampling = Sampling(max_new_tokens=5)
+    batched = generate_with_telemetry(lm, chats, axis, [3, 1], sampling=sampling)
+    for chat, (reply, telemetry) in zip(chats, batched, strict=True):
+        ((alone_reply, alone),) = generate_with_telemetry(
+            lm, [chat], axis, [1, 3], sampling=sampling
+        )
+        assert reply.token_ids == alone_reply.token_ids
+        assert telemetry is not None and alone is not None
+        assert telemetry.layers == (1, 3) and telemetry.n_tokens == len(reply.token_ids)
+        torch.testing.assert_close(
+            torch.tensor(telemetry.before), torch.tensor(alone.before), rtol=1e-4, atol=1e-5
+        )
+        assert telemetry.to_dict()["before"] == list(telemetry.before)
+    first = batched[0][1]
+    assert first is not None
+    with pytest.raises(PersonaAxisError, match="Layer 2 was not recorded"):
+        first.at(2)

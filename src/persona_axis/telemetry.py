@@ -10,6 +10,9 @@ In ``model.generate`` the prompt call covers the prompt tokens; each later call 
 generated one step earlier. A reply's content activations are therefore the generated-position
 records (the last sampled token is never fed back, which for a reply ended by an end-of-turn
 token is exactly the content).
+
+:func:`generate_with_telemetry` is the Python API for live telemetry: replies plus, per reply,
+its mean projection at chosen layers before and after an intervention, with zero extra passes.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ import torch
 from torch import Tensor
 
 from persona_axis.errors import PersonaAxisError
+from persona_axis.generation import Reply, Sampling, generate_replies
 from persona_axis.hooks import PositionTracker, block_output, removing
+from persona_axis.interventions import InterventionSpec, intervene
+from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
 
 
@@ -90,3 +96,101 @@ def record_projections(
         ]
         stack.enter_context(removing(handles))
         yield log
+
+
+@dataclass(frozen=True)
+class ReplyTelemetry:
+    """Projections of one generated reply on the unit axis, read in its own generation pass.
+
+    ``before[i]`` and ``after[i]`` are means over the reply's ``n_tokens`` content tokens of
+    ``⟨h, â_L⟩`` at decoder block ``layers[i]`` (float32 sums, residual-stream units): ``before``
+    reads the block output ahead of any intervention at that layer, ``after`` once it has run
+    (equal where the layer is not intervened on; upstream interventions move both). ``touched``
+    is the fraction of (token, capped layer) pairs whose projection on the cap direction was
+    below the floor before capping; None when the spec caps nothing.
+    """
+
+    layers: tuple[int, ...]
+    before: tuple[float, ...]
+    after: tuple[float, ...]
+    n_tokens: int
+    touched: float | None = None
+
+    def at(self, layer: int) -> tuple[float, float]:
+        """``(before, after)`` at ``layer``."""
+        if layer not in self.layers:
+            raise PersonaAxisError(
+                f"Layer {layer} was not recorded; recorded layers: {list(self.layers)}."
+            )
+        index = self.layers.index(layer)
+        return self.before[index], self.after[index]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": list(self.layers),
+            "before": list(self.before),
+            "after": list(self.after),
+            "n_tokens": self.n_tokens,
+            "touched": self.touched,
+        }
+
+
+def generate_with_telemetry(
+    lm: LoadedModel,
+    conversations: Sequence[Sequence[Message]],
+    axis: Tensor,
+    layers: Sequence[int],
+    *,
+    spec: InterventionSpec | None = None,
+    sampling: Sampling | None = None,
+) -> list[tuple[Reply, ReplyTelemetry | None]]:
+    """Generate the next reply of each conversation (one left-padded batch) under ``spec`` and
+    read its projections on ``axis`` ``[n_layers, d]`` at ``layers`` in the same pass.
+
+    No extra forward pass is run: the hooks record while ``generate`` runs, and ``generate``
+    takes one step past the last kept token so every content token has been fed (as when
+    pooling, :func:`~persona_axis.generation.generate_replies`). A reply with no content
+    tokens gets ``None``. The values equal a teacher-forced pass over the finished conversation
+    (:func:`persona_axis.monitor.turn_projections`) up to float rounding.
+    """
+    spec = spec or InterventionSpec()
+    chosen = sorted(set(layers))
+    caps = {item.layer: item for item in spec.interventions if item.floor is not None}
+    cap_directions = axis.detach().float().clone()
+    for layer, item in caps.items():  # the last floor per layer is the one counted
+        cap_directions[layer] = item.direction
+    with ExitStack() as stack:
+        before = stack.enter_context(record_projections(lm, axis, chosen, stage="pre"))
+        raised = None
+        if caps:
+            raised = stack.enter_context(
+                record_projections(lm, cap_directions, list(caps), stage="pre")
+            )
+        stack.enter_context(intervene(lm, spec))
+        after = stack.enter_context(record_projections(lm, axis, chosen))
+        replies = generate_replies(lm, conversations, sampling, pool_layers=chosen[:1])
+    if not replies:
+        return []
+    has_generated = bool(before.calls) and before.generated().shape[1] > 0
+    pre = before.generated() if has_generated else None
+    post = after.generated() if has_generated else None
+    lifted = raised.generated() if raised is not None and has_generated else None
+    floors = torch.tensor([caps[layer].floor for layer in raised.layers]) if raised else None
+    results: list[tuple[Reply, ReplyTelemetry | None]] = []
+    for row, reply in enumerate(replies):
+        n = len(reply.token_ids)
+        if n == 0 or pre is None or post is None:
+            results.append((reply, None))
+            continue
+        touched = None
+        if lifted is not None and floors is not None:
+            touched = float((lifted[row, :n] < floors).float().mean())
+        telemetry = ReplyTelemetry(
+            layers=tuple(chosen),
+            before=tuple(float(x) for x in pre[row, :n].mean(dim=0)),
+            after=tuple(float(x) for x in post[row, :n].mean(dim=0)),
+            n_tokens=n,
+            touched=touched,
+        )
+        results.append((reply, telemetry))
+    return results
