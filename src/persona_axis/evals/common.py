@@ -1,0 +1,162 @@
+"""Shared pieces of the evaluations: Wilson intervals, conditions, batched generation, output.
+
+A *condition* is a name plus an :class:`~persona_axis.interventions.InterventionSpec`:
+``"none"`` (no intervention), a cap setting of the bundle (``layers_A:B-pP``, floors along
++axis at every position) or ``"steer:M"`` (adds ``M × mean residual norm`` along the unit axis
+at the target layer; positive = toward the Assistant).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from persona_axis.errors import PersonaAxisError
+
+if TYPE_CHECKING:
+    from persona_axis.bundle import AxisBundle
+    from persona_axis.generation import Sampling
+    from persona_axis.interventions import InterventionSpec
+    from persona_axis.models.chat import Message
+    from persona_axis.models.loading import LoadedModel
+
+SMALL_MODEL_NOTE = (
+    "Small-size run: a 135M model (the embedded SmolLM2) scores low on capability and its "
+    "absolute rates are noisy and say little about large chat models; the offline heuristic "
+    "judge is a rough stand-in. Compare conditions, and use a GPU model with a real judge "
+    "endpoint for paper-size figures."
+)
+HEURISTIC_NOTE = "OFFLINE HEURISTIC JUDGE (keyword rules), not an LLM judge and not the paper's."
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for a binomial rate ``successes / total`` (default 95%).
+
+    Returns ``(low, high)`` in [0, 1]; ``(0.0, 1.0)`` when ``total`` is 0.
+    """
+    if total < 0 or not 0 <= successes <= total:
+        raise ValueError(f"need 0 <= successes <= total, got {successes}/{total}")
+    if total == 0:
+        return 0.0, 1.0
+    p = successes / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == total else min(1.0, centre + half)
+    return low, high
+
+
+def rate_summary(successes: int, total: int) -> dict[str, Any]:
+    """``{"k", "n", "rate", "ci95"}`` for a binomial count; rate None when ``total`` is 0."""
+    low, high = wilson_interval(successes, total)
+    return {
+        "k": successes,
+        "n": total,
+        "rate": successes / total if total else None,
+        "ci95": [low, high],
+    }
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A named intervention; ``spec`` None means none."""
+
+    name: str
+    spec: InterventionSpec | None = None
+
+
+def resolve_cap_name(bundle: AxisBundle, cap: str) -> str:
+    """``"recommended"`` -> the bundle's recommended setting; other names are checked."""
+    if cap == "recommended":
+        name = bundle.manifest.get("recommended_cap")
+        if not name:
+            raise PersonaAxisError(
+                "The bundle has no recommended cap; pass --cap with a setting name "
+                f"({', '.join(sorted(bundle.caps)) or 'none available'}) or run persona-axis sweep."
+            )
+        return str(name)
+    bundle.cap(cap)  # raises with the available names
+    return cap
+
+
+def cap_condition(bundle: AxisBundle, cap: str) -> Condition:
+    """The condition capping with setting ``cap`` (or ``"recommended"``) of ``bundle``."""
+    from persona_axis.interventions import InterventionSpec
+
+    name = resolve_cap_name(bundle, cap)
+    return Condition(name, InterventionSpec.from_floors(bundle.cap_floors(name)))
+
+
+def steer_condition(lm: LoadedModel, bundle: AxisBundle, multiple: float) -> Condition:
+    """Steering by ``multiple × mean residual norm`` along the unit axis at the target layer."""
+    from persona_axis.interventions import InterventionSpec
+    from persona_axis.session import mean_norms
+
+    target = bundle.target_layer
+    norm = float(mean_norms(lm, bundle)[target])
+    spec = InterventionSpec.steer(bundle.axis, target, multiple, norm)
+    return Condition(f"steer:{multiple:+g}", spec)
+
+
+def generate_texts(
+    lm: LoadedModel,
+    conversations: Sequence[Sequence[Message]],
+    condition: Condition,
+    sampling: Sampling,
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> list[str]:
+    """Reply texts for ``conversations`` under ``condition``, ``batch_size`` at a time.
+
+    Batch ``i`` is seeded with ``sampling.seed + i``, so results are reproducible.
+    """
+    from dataclasses import replace
+
+    from persona_axis.generation import generate_replies
+    from persona_axis.interventions import InterventionSpec, intervene
+
+    if batch_size < 1:
+        raise PersonaAxisError(f"batch_size must be at least 1, not {batch_size}.")
+    spec = condition.spec or InterventionSpec()
+    starts = list(range(0, len(conversations), batch_size))
+    texts: list[str] = []
+    iterator: Any = enumerate(starts)
+    if progress:
+        from rich.progress import track
+
+        iterator = track(iterator, total=len(starts), description=f"generate [{condition.name}]")
+    with intervene(lm, spec):
+        for index, start in iterator:
+            batch = conversations[start : start + batch_size]
+            seeded = replace(sampling, seed=sampling.seed + index)
+            texts.extend(reply.text for reply in generate_replies(lm, batch, seeded))
+    return texts
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON (parents created); returns the path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return target
+
+
+def bundle_dir(path: str | os.PathLike[str]) -> Path:
+    """The directory holding ``manifest.json``: ``path`` itself or its ``bundle/`` (a build)."""
+    directory = Path(path)
+    if (directory / "manifest.json").is_file():
+        return directory
+    if (directory / "bundle" / "manifest.json").is_file():
+        return directory / "bundle"
+    raise PersonaAxisError(
+        f"No AxisBundle at {directory}; pass a bundle directory (with manifest.json) or a build "
+        "directory (with bundle/), e.g. from persona-axis build --out DIR."
+    )
