@@ -16,56 +16,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import styled_tokenizer
 from persona_axis.bundle import AxisBundle
 from persona_axis.errors import PersonaAxisError
 from persona_axis.pipeline import BuildConfig, build
-from tiny_models import build_tiny
+from small_catalog import ROLES, tiny_build_config
 
 pytestmark = pytest.mark.slow
-
-ROLES = [
-    ("pirate", "archetype", "You are a pirate captain.", "Speak as a sea robber."),
-    ("ghost", "mystical", "You are a ghost in an old manor.", "You haunt a cold attic."),
-    ("baker", "professional", "You are a village baker.", "You bake bread before dawn."),
-    ("crow", "nonhuman", "You are a clever crow.", "You collect shiny things."),
-]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> BuildConfig:
-    root = tmp_path_factory.mktemp("build")
-    model_dir = root / "model"
-    build_tiny("llama").save_pretrained(model_dir)
-    styled_tokenizer("chatml").save_pretrained(model_dir)
-    catalog = root / "catalog"
-    (catalog / "roles").mkdir(parents=True)
-    (catalog / "traits").mkdir()
-    roles = [
-        {"name": n, "category": c, "description": f"a {n}", "prompts": [a, b]}
-        for n, c, a, b in ROLES
-    ]
-    (catalog / "roles" / "r.json").write_text(json.dumps({"roles": roles}))
-    traits = [
-        {"name": "calm", "description": "d", "pairs": [{"pos": "Stay calm.", "neg": "Panic."}]},
-        {"name": "wry", "description": "d", "pairs": [{"pos": "Be wry.", "neg": "Be earnest."}]},
-    ]
-    (catalog / "traits" / "t.json").write_text(json.dumps({"traits": traits}))
-    questions = ["Who are you?", "What do you fear?", "How do you spend a long evening alone?"]
-    (catalog / "questions.json").write_text(json.dumps({"questions": questions}))
-    return BuildConfig(
-        model=str(model_dir),
-        model_name="Tiny",
-        dtype="float32",
-        catalog=str(catalog),
-        trait_questions=2,
-        max_new_tokens=12,
-        batch_size=2,
-        judge={"backend": "none"},
-        min_role_rollouts=1,
-        token_calibration_rollouts=8,
-        progress=False,
-    )
+    return tiny_build_config(tmp_path_factory.mktemp("build"))
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +46,7 @@ def test_build_writes_a_complete_bundle(reference_run) -> None:
     assert manifest["calibration"]["n_rollouts"] + manifest["counts"]["empty_replies"] == n_rollouts
     assert manifest["catalog"]["roles"] == 4 and manifest["judge"]["name"] == "none"
     assert len(manifest["space"]["cos_axis_pc1_by_layer"]) == 4
+    assert set(manifest["calibration"]["per_response_by_kind"]) == {"default", "role"}
     assert bundle.caps and manifest["recommended_cap"] in bundle.caps
     for setting in bundle.caps.values():
         assert len(setting.notes["per_token_thresholds"]) == len(setting.thresholds)

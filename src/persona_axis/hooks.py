@@ -66,6 +66,11 @@ class PositionTracker:
             self._generated[device] = mask
         return mask
 
+    def generated_count(self, n_tokens: int) -> int:
+        """How many of the call's ``n_tokens`` positions lie past the prompt, on the host (no
+        device tensor is read, so hooks need not wait for the device to decide)."""
+        return min(n_tokens, max(0, self.offset + n_tokens - self.prompt_length))
+
     @contextmanager
     def attached(self, stack_module: nn.Module) -> Iterator[PositionTracker]:
         handle = stack_module.register_forward_pre_hook(self.pre_hook, with_kwargs=True)

@@ -292,12 +292,16 @@ class _LayerHook:
             if item.positions == "all" or self.tracker is None:
                 h = item.apply(h, u)
                 continue
-            generated = self.tracker.generated_mask(h.shape[1], h.device)
-            chosen = generated if item.positions == "generated" else ~generated
-            if bool(chosen.all()):
+            n_tokens = h.shape[1]
+            generated = self.tracker.generated_count(n_tokens)
+            chosen = generated if item.positions == "generated" else n_tokens - generated
+            if chosen == n_tokens:  # decided on the host: no device sync per layer and step
                 h = item.apply(h, u)
-            elif bool(chosen.any()):
-                h = torch.where(chosen[None, :, None], item.apply(h, u), h)
+            elif chosen > 0:
+                mask = self.tracker.generated_mask(n_tokens, h.device)
+                if item.positions == "prompt":
+                    mask = ~mask
+                h = torch.where(mask[None, :, None], item.apply(h, u), h)
         return with_block_output(output, h)
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from persona_axis.errors import PersonaAxisError
 
-RUNTIME_FIELDS = frozenset({"progress"})
+RUNTIME_FIELDS = frozenset({"progress", "workers", "ray_address", "gpus_per_worker"})
+"""Fields that change how a build runs but never what it computes (not stored, not checked)."""
 
 
 @dataclass(frozen=True)
@@ -20,10 +21,17 @@ class BuildConfig:
     """What `persona-axis build` computes. Sizes of None mean "the whole catalog".
 
     Sampling follows METHOD.md (temperature 0.7, top_p 0.9, 512 new tokens, thinking off).
+    ``activation_dtype`` is how per-rollout activations are stored (float32 or bfloat16: half
+    the disk, n_layers × d × 2 bytes per rollout; sums are always taken in float32).
     ``role_scores`` are the judge scores whose rollouts make a role vector (METHOD.md: 3 only).
     ``batch_size`` fixes how rollouts are grouped and seeded (batch k uses seed ``seed + k``),
     so it is part of the result. ``cap_bands`` are half-open ``(first, stop)`` layer windows;
     None derives upper-middle windows from the depth (:func:`default_cap_bands`).
+
+    ``workers``, ``ray_address`` and ``gpus_per_worker`` only say how generation runs
+    (:mod:`persona_axis.pipeline.sharding`): workers > 1 or an address shards the batches over
+    Ray actors; each actor with GPUs loads the model with ``device_map="auto"`` over its own.
+    They are runtime fields: a build may be resumed with other values.
     """
 
     model: str = "default"
@@ -48,7 +56,11 @@ class BuildConfig:
     cap_percentiles: tuple[float, ...] = (25.0, 50.0, 75.0, 99.0)
     cap_bands: tuple[tuple[int, int], ...] | None = None
     token_calibration_rollouts: int = 2000
+    activation_dtype: str = "float32"
     progress: bool = True
+    workers: int = 1
+    ray_address: str | None = None
+    gpus_per_worker: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("n_roles", "prompts_per_role", "n_questions", "n_traits", "pairs_per_trait"):
@@ -57,8 +69,17 @@ class BuildConfig:
                 raise PersonaAxisError(f"{name} must be at least 1 (or 0 traits), not {value}.")
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.min_role_rollouts < 1:
             raise PersonaAxisError("batch_size, max_new_tokens and min_role_rollouts must be ≥ 1.")
+        if self.workers < 1 or self.gpus_per_worker < 0:
+            raise PersonaAxisError(
+                f"workers must be ≥ 1 and gpus_per_worker ≥ 0, not {self.workers} and "
+                f"{self.gpus_per_worker}."
+            )
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise PersonaAxisError("temperature must be ≥ 0 and top_p in (0, 1].")
+        if self.activation_dtype not in ("float32", "bfloat16"):
+            raise PersonaAxisError(
+                f"activation_dtype must be float32 or bfloat16, not {self.activation_dtype!r}."
+            )
         if not self.role_scores or not set(self.role_scores) <= {0, 1, 2, 3}:
             raise PersonaAxisError(f"role_scores must be judge scores 0-3, not {self.role_scores}.")
         if not isinstance(self.judge, dict) or "backend" not in self.judge:
@@ -110,7 +131,9 @@ PRESETS: dict[str, BuildConfig] = {
     ),
     # The paper's design: 275 roles × 5 prompts × 240 questions, all traits (5 pairs each, 40
     # questions per trait), temperature 0.7, top_p 0.9, 512 new tokens. Meant for a GPU machine.
-    "paper": BuildConfig(),
+    # Activations are stored in bfloat16 here: Qwen3 32B takes 64 × 5120 × 2 bytes = 655 KB per
+    # rollout, about 216 GB for the 330,000 rollouts.
+    "paper": BuildConfig(activation_dtype="bfloat16"),
 }
 
 

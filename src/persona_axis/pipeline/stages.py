@@ -12,11 +12,11 @@ per-token calibration sample (projections of single tokens cannot be recovered f
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from persona_axis.pipeline.store import BuildStore, token_lists
 from persona_axis.space import axis_pc1_cosine, persona_space
 from persona_axis.telemetry import record_projections
 
+if TYPE_CHECKING:
+    from persona_axis.pipeline.sharding import ShardReport, WorkerInfo
+
 STORE_FORMAT = 1
 SPACE_COMPONENTS = 10  # components kept in the bundle (all explained-variance ratios are kept)
 
@@ -51,6 +54,8 @@ class BuildResult:
     path: Path
     timings: dict[str, float]
     summary: dict[str, Any] = field(default_factory=dict)
+    generation: ShardReport | None = None
+    """What the Ray workers did when generation was sharded (``config.workers``); else None."""
 
 
 def model_display_name(lm: LoadedModel, configured: str | None) -> str:
@@ -68,8 +73,13 @@ def build(
     *,
     lm: LoadedModel | None = None,
     judge: RoleJudge | None = None,
+    on_batch: Callable[[int, WorkerInfo], None] | None = None,
 ) -> BuildResult:
-    """Run (or resume) every stage and save the bundle to ``<out>/bundle``."""
+    """Run (or resume) every stage and save the bundle to ``<out>/bundle``.
+
+    With ``config.workers`` > 1 or a ``config.ray_address``, generation is sharded over Ray
+    actors (:mod:`~persona_axis.pipeline.sharding`; ``on_batch`` is its per-batch callback);
+    the other stages run here."""
     timings: dict[str, float] = {}
     with _timed(timings, "load"):
         lm = lm or load_model(
@@ -89,7 +99,7 @@ def build(
     }
     store = BuildStore.open(out, header)
     with _timed(timings, "generate"):
-        generate_stage(lm, store, batches, config)
+        report = generate_stage(lm, store, batches, config, header=header, on_batch=on_batch)
     judge = judge or judge_from_config(config.judge, model_name=name)
     with _timed(timings, "judge"):
         judge_stage(store, batches, catalog, judge, config.progress)
@@ -139,51 +149,76 @@ def build(
         },
     )
     path = bundle.save(Path(out) / "bundle")
-    return BuildResult(bundle=bundle, path=path, timings=timings, summary=summarize(bundle))
+    return BuildResult(
+        bundle=bundle, path=path, timings=timings, summary=summarize(bundle), generation=report
+    )
 
 
 # -- stages -------------------------------------------------------------------------------------
 
 
 def generate_stage(
-    lm: LoadedModel, store: BuildStore, batches: list[list[RolloutSpec]], config: BuildConfig
-) -> None:
-    """Generate every batch not yet stored; batch k samples with seed ``config.seed + k``."""
+    lm: LoadedModel,
+    store: BuildStore,
+    batches: list[list[RolloutSpec]],
+    config: BuildConfig,
+    *,
+    header: dict[str, Any] | None = None,
+    on_batch: Callable[[int, WorkerInfo], None] | None = None,
+) -> ShardReport | None:
+    """Generate every batch not yet stored; batch k samples with seed ``config.seed + k``.
+
+    Sharded over Ray actors when ``config.workers`` > 1 or ``config.ray_address`` is set
+    (``header`` is the store's header, which each actor checks); else in this process."""
+    if config.workers > 1 or config.ray_address is not None:
+        from persona_axis.pipeline.sharding import generate_sharded
+
+        if header is None:
+            raise PersonaAxisError("Sharded generation needs the build header; call build().")
+        return generate_sharded(
+            store,
+            batches,
+            config,
+            header,
+            fingerprint=try_weight_fingerprint(lm.model),
+            on_batch=on_batch,
+        )
     todo = [k for k in range(len(batches)) if not store.has_batch(k)]
     done = sum(len(batches[k]) for k in range(len(batches)) if k not in set(todo))
-    layers = list(range(lm.shape.n_layers))
     total = sum(map(len, batches))
     with tqdm(
         total=total, initial=done, desc="generate", unit="rollout", disable=not config.progress
     ) as bar:
         for k in todo:
-            specs = batches[k]
-            sampling = Sampling(
-                max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                seed=config.seed + k,
-            )
-            replies = generate_replies(
-                lm, [s.messages() for s in specs], sampling, pool_layers=layers
-            )
-            zeros = torch.zeros(len(layers), lm.shape.hidden_size)
-            store.write_batch(
-                k,
-                [
-                    {
-                        **spec.__dict__,
-                        "reply": r.text,
-                        "n_tokens": len(r.token_ids),
-                        "finished": r.finished,
-                    }
-                    for spec, r in zip(specs, replies, strict=True)
-                ],
-                torch.stack([zeros if r.activations is None else r.activations for r in replies]),
-                torch.stack([zeros[:, 0] if r.norms is None else r.norms for r in replies]),
-                [r.token_ids for r in replies],
-            )
-            bar.update(len(specs))
+            generate_batch(lm, store, k, batches[k], config)
+            bar.update(len(batches[k]))
+    return None
+
+
+def generate_batch(
+    lm: LoadedModel, store: BuildStore, k: int, specs: list[RolloutSpec], config: BuildConfig
+) -> None:
+    """Generate batch ``k`` (seed ``config.seed + k``) with pooled activations; store it."""
+    layers = list(range(lm.shape.n_layers))
+    sampling = Sampling(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=config.seed + k,
+    )
+    replies = generate_replies(lm, [s.messages() for s in specs], sampling, pool_layers=layers)
+    zeros = torch.zeros(len(layers), lm.shape.hidden_size)
+    store.write_batch(
+        k,
+        [
+            {**spec.__dict__, "reply": r.text, "n_tokens": len(r.token_ids), "finished": r.finished}
+            for spec, r in zip(specs, replies, strict=True)
+        ],
+        torch.stack([zeros if r.activations is None else r.activations for r in replies]),
+        torch.stack([zeros[:, 0] if r.norms is None else r.norms for r in replies]),
+        [r.token_ids for r in replies],
+        dtype=getattr(torch, config.activation_dtype),
+    )
 
 
 def judge_stage(
@@ -264,7 +299,8 @@ def accumulate(store: BuildStore, n_batches: int, progress: bool) -> Groups:
                 groups.empty += 1
                 continue
             score = scores.get(record["id"]) if record["kind"] == "role" else None
-            groups.add((record["kind"], record["name"], score), tensors["activations"][row])
+            acts = tensors["activations"][row].float()
+            groups.add((record["kind"], record["name"], score), acts)
             if record["kind"] == "default":
                 norms = tensors["norms"][row]
                 groups.norm_sum = (
@@ -400,14 +436,20 @@ def calibrate(
     config: BuildConfig,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Cap settings from per-response projections of every rollout, plus percentile tables of
-    both per-response and per-token projections (the latter on an even sample of rollouts)."""
+    both per-response and per-token projections (the latter on an even sample of rollouts).
+
+    Tables are ``[n_layers][n_percentiles]`` (projections on the unit axis); the per-response
+    table also exists for default rollouts and role rollouts alone (``per_response_by_kind``),
+    the reference points a drift monitor compares against."""
     projections: list[Tensor] = []
+    kinds: list[str] = []
     sample: list[tuple[list[Message], list[int]]] = []
     stride = max(1, sum(map(len, batches)) // max(1, config.token_calibration_rollouts))
     for _, records, tensors in store.iter_batches(len(batches)):
         replies = token_lists(tensors)
         rows = [row for row, record in enumerate(records) if record["n_tokens"] > 0]
         projections.append(project(tensors["activations"][rows], axis))
+        kinds += [records[row]["kind"] for row in rows]
         for row in rows:
             record = records[row]
             if record["id"] % stride == 0 and len(sample) < config.token_calibration_rollouts:
@@ -431,6 +473,13 @@ def calibrate(
     calibration = {
         "percentiles": list(config.percentiles),
         "per_response": _percentiles(per_response, config.percentiles),
+        "per_response_by_kind": {
+            kind: _percentiles(
+                per_response[torch.tensor([k == kind for k in kinds])], config.percentiles
+            )
+            for kind in ("default", "role")
+            if kind in kinds
+        },
         "per_token": _percentiles(per_token, config.percentiles),
         "n_rollouts": int(per_response.shape[0]),
         "n_token_rollouts": len(sample),
