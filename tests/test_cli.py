@@ -16,6 +16,7 @@ from persona_axis.bundle import AxisBundle
 from persona_axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.cli import app
 from persona_axis.models import load_model
+from small_catalog import write_small_catalog
 from tiny_models import build_tiny
 
 runner = CliRunner()
@@ -128,3 +129,40 @@ def test_the_console_script_prints_errors_without_a_traceback(tiny_dir: Path) ->
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "--bundle" in lines[0]
+
+
+def test_build_command_writes_a_bundle_and_prints_its_summary(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    catalog = write_small_catalog(tmp_path / "catalog")
+    args = [
+        "build",
+        "--model",
+        str(tiny_dir),
+        "--catalog",
+        str(catalog),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    args += ["--judge", "none", "--min-role-rollouts", "1", "--max-new-tokens", "6"]
+    args += ["--batch-size", "8", "--dtype", "float32", "--trait-questions", "1", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Assistant Axis of" in result.output and "recommended cap" in result.output
+    bundle = AxisBundle.load(tmp_path / "out" / "bundle")
+    assert len(bundle.roles()) == 4 and bundle.manifest["judge"]["name"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--judge", "openai"], "--judge openai needs --judge-url"),
+        (["--preset", "huge"], "Unknown preset 'huge'"),
+        (["--catalog", "/nonexistent/catalog"], "is not a directory"),
+    ],
+)
+def test_build_user_errors(tiny_dir: Path, tmp_path: Path, extra: list[str], message: str) -> None:
+    args = ["build", "--model", str(tiny_dir), "--out", str(tmp_path / "out"), *extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0
+    assert message in str(result.exception)

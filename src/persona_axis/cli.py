@@ -182,8 +182,20 @@ def build(
     min_role_rollouts: Annotated[int | None, typer.Option(min=1)] = None,
     token_calibration_rollouts: OptInt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Ray workers for generation (each loads the model).")
+    ] = 1,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (e.g. ray://head:10001); else local.")
+    ] = None,
+    gpus_per_worker: Annotated[
+        float, typer.Option(min=0.0, help="GPUs per Ray worker (device_map='auto' over them).")
+    ] = 0.0,
 ) -> None:
-    """Compute the Assistant Axis: generate, judge, vectors, axis, persona space, caps."""
+    """Compute the Assistant Axis: generate, judge, vectors, axis, persona space, caps.
+
+    --workers N (or --ray-address) shards generation over Ray actors; the result equals a
+    one-process build's, and a killed worker's batches are redone by a fresh one."""
     from persona_axis.pipeline import build as run_build
     from persona_axis.pipeline import judge_settings
     from persona_axis.pipeline import preset as get_preset
@@ -208,6 +220,9 @@ def build(
         min_role_rollouts=min_role_rollouts,
         token_calibration_rollouts=token_calibration_rollouts,
         progress=progress,
+        workers=workers,
+        ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker,
     )
     lm = _load(config.model if config.model != "default" else None, config.dtype)
     result = run_build(config, out, lm=lm)
@@ -240,6 +255,23 @@ def print_summary(summary: dict, path: Path) -> None:
         "stage times (s)", ", ".join(f"{k} {v:.1f}" for k, v in summary["timings"].items())
     )
     console.print(table)
+
+
+# -- sub-commands defined in their own modules are registered below (one line each) --------
+from persona_axis.serve.command import serve  # noqa: E402
+
+app.command()(serve)
+from persona_axis.evals.commands import eval_app, sweep  # noqa: E402
+
+app.add_typer(eval_app, name="eval")
+app.command()(sweep)
+from persona_axis.monitor_command import monitor  # noqa: E402
+from persona_axis.report_command import report  # noqa: E402
+from persona_axis.simulate_command import simulate  # noqa: E402
+
+app.command()(monitor)
+app.command()(simulate)
+app.command()(report)
 
 
 def _stdin_lines():
