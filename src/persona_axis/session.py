@@ -11,7 +11,6 @@ not intervened on; upstream interventions affect both). ``touched`` is the fract
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +21,7 @@ from persona_axis.generation import Reply, Sampling, generate_replies
 from persona_axis.interventions import InterventionSpec, intervene, mean_residual_norms
 from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
-from persona_axis.telemetry import record_projections
+from persona_axis.telemetry import generate_with_telemetry
 
 MEAN_NORM_KEY = "stats/mean_norm"
 # Short chats, ours, for estimating the mean residual norm when a bundle stores none.
@@ -87,49 +86,24 @@ def generate_turns(
         with intervene(lm, spec):
             replies = generate_replies(lm, conversations, sampling)
         return [Turn(reply, None, None, None) for reply in replies]
-    axis, target = bundle.axis, bundle.target_layer
-    caps = {item.layer: item for item in spec.interventions if item.floor is not None}
-    cap_directions = axis.clone()
-    for layer, item in caps.items():  # the last floor per layer is the one counted
-        cap_directions[layer] = item.direction
-    with ExitStack() as stack:
-        before = stack.enter_context(record_projections(lm, axis, [target], stage="pre"))
-        raised = None
-        if caps:
-            raised = stack.enter_context(
-                record_projections(lm, cap_directions, list(caps), stage="pre")
-            )
-        stack.enter_context(intervene(lm, spec))
-        after = stack.enter_context(record_projections(lm, axis, [target]))
-        replies = generate_replies(lm, conversations, sampling, pool_layers=[target])
-    pre, post = before.generated(), after.generated()  # [batch, fed tokens, 1]
-    cap_values = None if raised is None else raised.generated()  # [batch, fed, capped layers]
-    floors = torch.tensor([caps[layer].floor for layer in (raised.layers if raised else [])])
+    target = bundle.target_layer
+    results = generate_with_telemetry(
+        lm, conversations, bundle.axis, [target], spec=spec, sampling=sampling
+    )
     turns = []
-    for row, reply in enumerate(replies):
-        n = len(reply.token_ids)  # content tokens, all fed back (one step past the last)
-        if pre.shape[1] == 0 or n == 0:
-            turns.append(Turn(reply, None, None, None))  # nothing was generated past the prompt
+    for reply, telemetry in results:
+        if telemetry is None:  # nothing was generated past the prompt
+            turns.append(Turn(reply, None, None, None))
             continue
-        touched = touched_tokens = cap_layers = None
-        if raised is not None and cap_values is not None:
-            values = cap_values[row, :n]  # [tokens, capped layers]
-            below = values < floors
-            touched = below.float().mean().item()
-            touched_tokens = int(below.any(dim=-1).sum())
-            capped = torch.maximum(values, floors)
-            cap_layers = {
-                layer: (values[:, i].mean().item(), capped[:, i].mean().item())
-                for i, layer in enumerate(raised.layers)
-            }
+        before, after = telemetry.at(target)
         turns.append(
             Turn(
                 reply,
-                pre[row, :n, 0].mean().item(),
-                post[row, :n, 0].mean().item(),
-                touched,
-                touched_tokens,
-                cap_layers,
+                before,
+                after,
+                telemetry.touched,
+                telemetry.touched_tokens,
+                telemetry.cap_layers,
             )
         )
     return turns

@@ -107,7 +107,9 @@ class ReplyTelemetry:
     reads the block output ahead of any intervention at that layer, ``after`` once it has run
     (equal where the layer is not intervened on; upstream interventions move both). ``touched``
     is the fraction of (token, capped layer) pairs whose projection on the cap direction was
-    below the floor before capping; None when the spec caps nothing.
+    below the floor before capping; None when the spec caps nothing. ``touched_tokens`` counts
+    the content tokens raised at one capped layer at least; ``cap_layers`` maps each capped
+    layer to the mean projection on its cap direction before and after the floor.
     """
 
     layers: tuple[int, ...]
@@ -115,6 +117,8 @@ class ReplyTelemetry:
     after: tuple[float, ...]
     n_tokens: int
     touched: float | None = None
+    touched_tokens: int | None = None
+    cap_layers: dict[int, tuple[float, float]] | None = None
 
     def at(self, layer: int) -> tuple[float, float]:
         """``(before, after)`` at ``layer``."""
@@ -132,6 +136,10 @@ class ReplyTelemetry:
             "after": list(self.after),
             "n_tokens": self.n_tokens,
             "touched": self.touched,
+            "touched_tokens": self.touched_tokens,
+            "cap_layers": None
+            if self.cap_layers is None
+            else {str(layer): list(pair) for layer, pair in self.cap_layers.items()},
         }
 
 
@@ -182,15 +190,25 @@ def generate_with_telemetry(
         if n == 0 or pre is None or post is None:
             results.append((reply, None))
             continue
-        touched = None
-        if lifted is not None and floors is not None:
-            touched = float((lifted[row, :n] < floors).float().mean())
+        touched = touched_tokens = cap_layers = None
+        if lifted is not None and floors is not None and raised is not None:
+            values = lifted[row, :n]  # [tokens, capped layers]
+            below = values < floors
+            touched = float(below.float().mean())
+            touched_tokens = int(below.any(dim=-1).sum())
+            capped = torch.maximum(values, floors)
+            cap_layers = {
+                layer: (float(values[:, i].mean()), float(capped[:, i].mean()))
+                for i, layer in enumerate(raised.layers)
+            }
         telemetry = ReplyTelemetry(
             layers=tuple(chosen),
             before=tuple(float(x) for x in pre[row, :n].mean(dim=0)),
             after=tuple(float(x) for x in post[row, :n].mean(dim=0)),
             n_tokens=n,
             touched=touched,
+            touched_tokens=touched_tokens,
+            cap_layers=cap_layers,
         )
         results.append((reply, telemetry))
     return results
