@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from conftest import styled_tokenizer
-from small_catalog import write_small_catalog
-from tiny_models import build_tiny
+from small_catalog import tiny_build_config
 
 
 @dataclass(frozen=True)
@@ -25,25 +23,12 @@ class TinyAxis:
 
 @cache
 def tiny_axis() -> TinyAxis:
-    from persona_axis.pipeline import BuildConfig, build
+    from persona_axis.pipeline import build
 
     root = Path(tempfile.mkdtemp(prefix="persona-axis-tiny-"))
     atexit.register(shutil.rmtree, root, True)
-    model_dir = root / "model"
-    build_tiny("llama").save_pretrained(model_dir)
-    styled_tokenizer("chatml").save_pretrained(model_dir)
-    config = BuildConfig(
-        model=str(model_dir),
-        model_name="Tiny",
-        dtype="float32",
-        catalog=str(write_small_catalog(root / "catalog")),
-        trait_questions=2,
-        max_new_tokens=8,
-        batch_size=8,
-        judge={"backend": "none"},
-        min_role_rollouts=1,
-        token_calibration_rollouts=4,
-        progress=False,
+    config = tiny_build_config(root).with_overrides(
+        max_new_tokens=8, batch_size=8, token_calibration_rollouts=4
     )
     result = build(config, root / "build")
-    return TinyAxis(model=model_dir, bundle=result.path)
+    return TinyAxis(model=Path(config.model), bundle=result.path)
