@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m persona_axis.demo
+	$(BIN)/persona-axis demo
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import alternate, machine
-from persona_axis.generation import Sampling
-from persona_axis.interventions import InterventionSpec, intervene
+from persona_axis.inference.generation import Sampling
+from persona_axis.inference.interventions import InterventionSpec, intervene
+from persona_axis.inference.telemetry import record_projections
 from persona_axis.models import LoadedModel, load_model
-from persona_axis.telemetry import record_projections
 
 QUESTIONS = [
     "Who are you, and what do you care about?",

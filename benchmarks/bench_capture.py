@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import alternate, machine, peak_rss_mib, reset_peak_rss, rss_mib
-from persona_axis.capture import pool_spans
+from persona_axis.inference.capture import pool_spans
 from persona_axis.models import LoadedModel, load_model
 
 N_ROLLOUTS = 256

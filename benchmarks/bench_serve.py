@@ -29,7 +29,7 @@ import torch
 import transformers
 
 from common import machine
-from persona_axis.bundle import AxisBundle
+from persona_axis.axis.bundle import AxisBundle
 from persona_axis.models import load_model
 from persona_axis.serve.app import create_app
 from persona_axis.serve.runner import background_server

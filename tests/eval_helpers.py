@@ -6,11 +6,10 @@ from pathlib import Path
 
 import torch
 
-from conftest import styled_tokenizer
-from persona_axis.bundle import AxisBundle
-from persona_axis.calibrate import CapSetting, LayerThreshold
+from persona_axis.axis.bundle import AxisBundle
+from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.models.layers import ModelShape
-from tiny_models import HIDDEN, N_LAYERS, build_tiny
+from tiny_models import HIDDEN, N_LAYERS, build_tiny, styled_tokenizer
 
 STRONG = "layers_2:4-p75"  # floors far above any projection: always raises
 NOOP = "layers_1:3-p50"  # floors far below any projection: never touches

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from persona_axis.axis import (
+from persona_axis.axis.vectors import (
     assistant_axis,
     cosine_by_layer,
     mean_vector,

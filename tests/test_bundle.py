@@ -12,13 +12,14 @@ from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import persona_axis
-from persona_axis import bundle as bundle_module
-from persona_axis.bundle import (
+from persona_axis import files
+from persona_axis.axis import bundle as bundle_module
+from persona_axis.axis.bundle import (
     LAYER_CONVENTION,
     AxisBundle,
     BundleMismatchWarning,
 )
-from persona_axis.calibrate import CapSetting, LayerThreshold
+from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models.fingerprint import weight_fingerprint
 from persona_axis.models.layers import ModelShape, model_shape
@@ -193,10 +194,10 @@ def test_interrupted_save_leaves_no_half_bundle(
     target = tmp_path / "b"
     _bundle(model_id="old").save(target)
 
-    def crash(path: Path, data: object) -> None:
+    def crash(path: Path, data: object, **options: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bundle_module, "_write_json", crash)
+    monkeypatch.setattr(files, "write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         _bundle(model_id="new").save(target)
     with pytest.raises(KeyboardInterrupt):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from persona_axis.calibrate import (
+from persona_axis.axis.calibrate import (
     CAP_RULE,
     CapSetting,
     calibrate_cap,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ARCHITECTURES, tiny_lm
-from persona_axis.capture import PoolingPlan, SpanPooler, pool_spans, response_activations
 from persona_axis.errors import PersonaAxisError
+from persona_axis.inference.capture import PoolingPlan, SpanPooler, pool_spans, response_activations
 from persona_axis.models import LoadedModel
+from tiny_models import ARCHITECTURES, tiny_lm
 
 CONVERSATIONS = [
     [

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from persona_axis.catalog import CATEGORIES, NAME_PATTERN, load_catalog
+from persona_axis.catalog import CATEGORIES, load_catalog
+from persona_axis.catalog.model import NAME_PATTERN
 from persona_axis.errors import PersonaAxisError
 
 

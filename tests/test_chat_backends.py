@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from persona_axis.chat_backends import (
+from persona_axis.errors import PersonaAxisError
+from persona_axis.judges.backends import (
     ChatBackend,
     HFChatBackend,
     OpenAIChatBackend,
     backend_from_config,
 )
-from persona_axis.errors import PersonaAxisError
 
 FAST = {"backoff_base_s": 0.001, "backoff_max_s": 0.005}  # tiny waits between retries
 
@@ -375,8 +375,8 @@ def test_backend_from_config_refuses_bad_configs(config: dict[str, Any], match: 
 
 @pytest.mark.slow
 def test_hf_backend_matches_generate_replies() -> None:
-    from conftest import tiny_lm
-    from persona_axis.generation import Sampling, generate_replies
+    from persona_axis.inference.generation import Sampling, generate_replies
+    from tiny_models import tiny_lm
 
     lm = tiny_lm("llama")
     hf = HFChatBackend(lm, batch_size=2)

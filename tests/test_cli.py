@@ -11,13 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import styled_tokenizer
-from persona_axis.bundle import AxisBundle
-from persona_axis.calibrate import CapSetting, LayerThreshold
+from persona_axis.axis.bundle import AxisBundle
+from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.cli import app
 from persona_axis.models import load_model
 from small_catalog import write_small_catalog
-from tiny_models import build_tiny
+from tiny_models import build_tiny, styled_tokenizer
 
 runner = CliRunner()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from persona_axis.conversations import (
+from persona_axis.drift.conversations import (
     Conversation,
     parse_record,
     read_conversations,

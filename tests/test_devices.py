@@ -24,14 +24,23 @@ import pytest
 import torch
 from accelerate import dispatch_model
 
-from conftest import styled_tokenizer
-from persona_axis.capture import GenerationPooler, PoolingPlan, SpanPooler, response_activations
-from persona_axis.generation import Sampling, generate_replies
-from persona_axis.hooks import PositionTracker
-from persona_axis.interventions import Intervention, InterventionSpec, _LayerHook, intervene
+from persona_axis.inference.capture import (
+    GenerationPooler,
+    PoolingPlan,
+    SpanPooler,
+    response_activations,
+)
+from persona_axis.inference.generation import Sampling, generate_replies
+from persona_axis.inference.hooks import PositionTracker
+from persona_axis.inference.interventions import (
+    Intervention,
+    InterventionSpec,
+    _LayerHook,
+    intervene,
+)
+from persona_axis.inference.telemetry import record_projections
 from persona_axis.models import LoadedModel, load_model
-from persona_axis.telemetry import record_projections
-from tiny_models import N_LAYERS, build_tiny
+from tiny_models import N_LAYERS, build_tiny, styled_tokenizer
 
 pytestmark = pytest.mark.slow
 

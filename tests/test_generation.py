@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ARCHITECTURES, tiny_lm
-from persona_axis.capture import pool_spans
 from persona_axis.errors import PersonaAxisError
-from persona_axis.generation import Sampling, generate_replies
+from persona_axis.inference.capture import pool_spans
+from persona_axis.inference.generation import Sampling, generate_replies
 from persona_axis.models import LoadedModel
+from tiny_models import ARCHITECTURES, tiny_lm
 
 PROMPTS = [
     [{"role": "user", "content": "Who are you?"}],

@@ -8,9 +8,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from conftest import tiny_lm
 from persona_axis.errors import PersonaAxisError
-from persona_axis.interventions import (
+from persona_axis.inference.interventions import (
     Intervention,
     InterventionSpec,
     ablate,
@@ -20,6 +19,7 @@ from persona_axis.interventions import (
     mean_residual_norms,
 )
 from persona_axis.models import LoadedModel
+from tiny_models import tiny_lm
 
 D = 64
 

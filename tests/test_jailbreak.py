@@ -12,34 +12,35 @@ from typing import Any
 
 import pytest
 
-from persona_axis.chat_backends import OpenAIChatBackend
 from persona_axis.errors import PersonaAxisError
 from persona_axis.evals.common import (
     HEURISTIC_NOTE,
     Condition,
     cap_condition,
     rate_summary,
-    resolve_cap_name,
     wilson_interval,
 )
 from persona_axis.evals.jailbreak import (
+    TEMPLATES,
+    harmbench_path,
+    load_behaviours,
+    plot_jailbreak,
+    run_jailbreak,
+    sample_prompts,
+    summarize_verdicts,
+)
+from persona_axis.judges import harm_judge
+from persona_axis.judges.backends import OpenAIChatBackend
+from persona_axis.judges.harm import (
     CATEGORIES,
     HARM_JUDGE_PROMPT,
-    TEMPLATES,
     HarmItem,
     HarmJudge,
     HarmVerdict,
     HeuristicHarmJudge,
     LLMHarmJudge,
-    harm_judge_from_config,
     harm_judge_prompt,
-    harmbench_path,
-    load_behaviours,
     parse_category,
-    plot_jailbreak,
-    run_jailbreak,
-    sample_prompts,
-    summarize_verdicts,
 )
 from test_chat_backends import FAST, FakeOpenAI
 
@@ -187,16 +188,16 @@ def test_llm_harm_judge_retries_then_gives_up(server: FakeOpenAI) -> None:
 
 
 def test_harm_judge_from_config(server: FakeOpenAI) -> None:
-    assert isinstance(harm_judge_from_config({"backend": "heuristic"}), HeuristicHarmJudge)
+    assert isinstance(harm_judge({"backend": "heuristic"}), HeuristicHarmJudge)
     config = {"backend": "openai", "base_url": server.base_url, "model": "m", "max_tokens": "64"}
-    judge = harm_judge_from_config(config)
-    assert isinstance(judge, LLMHarmJudge) and judge.max_tokens == 64
-    with pytest.raises(PersonaAxisError, match="Unknown openai harm-judge"):
-        harm_judge_from_config({**config, "temperature": 1})
-    with pytest.raises(PersonaAxisError, match="Unknown harm judge"):
-        harm_judge_from_config({"backend": "magic"})
+    judge = harm_judge(config)
+    assert isinstance(judge, LLMHarmJudge) and judge.engine.max_tokens == 64
+    with pytest.raises(PersonaAxisError, match="Unknown openai judge setting"):
+        harm_judge({**config, "temperature": 1})
+    with pytest.raises(PersonaAxisError, match="Unknown harm judge backend"):
+        harm_judge({"backend": "magic"})
     with pytest.raises(PersonaAxisError, match="no settings"):
-        harm_judge_from_config({"backend": "heuristic", "model": "x"})
+        harm_judge({"backend": "heuristic", "model": "x"})
     assert "{" not in harm_judge_prompt(ITEM) and "{behaviour}" in HARM_JUDGE_PROMPT
 
 
@@ -238,17 +239,17 @@ def test_plot_jailbreak_writes_a_png(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_run_jailbreak_on_a_tiny_model(tmp_path: Path) -> None:
-    from conftest import tiny_lm
     from eval_helpers import NOOP, STRONG, tiny_bundle
-    from persona_axis.bundle import AxisBundle
-    from persona_axis.generation import Sampling
+    from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.inference.generation import Sampling
+    from tiny_models import tiny_lm
 
     lm = tiny_lm("llama")
     hooks_before = [len(layer._forward_hooks) for layer in lm.stack.layers]
     bundle = AxisBundle.load(tiny_bundle(tmp_path, lm.shape))
-    assert resolve_cap_name(bundle, "recommended") == NOOP
+    assert bundle.resolve_cap("recommended") == NOOP
     with pytest.raises(PersonaAxisError, match="available"):
-        resolve_cap_name(bundle, "layers_0:1-p5")
+        bundle.resolve_cap("layers_0:1-p5")
     prompts = sample_prompts(4, seed=1, behaviours=BEHAVIOURS)
     conditions = [Condition("none"), cap_condition(bundle, NOOP), cap_condition(bundle, STRONG)]
     result = run_jailbreak(

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from persona_axis.chat_backends import OpenAIChatBackend
 from persona_axis.errors import PersonaAxisError
-from persona_axis.judge import (
+from persona_axis.judges import judge_from_config
+from persona_axis.judges.backends import OpenAIChatBackend
+from persona_axis.judges.role import (
     JUDGE_PROMPT,
     HeuristicRoleJudge,
     JudgeItem,
@@ -18,7 +19,6 @@ from persona_axis.judge import (
     LLMRoleJudge,
     NoJudge,
     RoleJudge,
-    judge_from_config,
     judge_prompt,
     parse_score,
 )
@@ -226,7 +226,8 @@ def test_judge_from_config_builds_each_kind(server: FakeOpenAI) -> None:
         model_name=MODEL,
     )
     assert isinstance(judge, LLMRoleJudge)
-    assert (judge.max_tokens, judge.retries_on_unparseable, judge.model_name) == (32, 0, MODEL)
+    engine = judge.engine
+    assert (engine.max_tokens, engine.retries_on_unparseable, judge.model_name) == (32, 0, MODEL)
     assert [r.score for r in judge.score(ITEMS)] == [3, 3]
 
 

@@ -3,10 +3,9 @@
 import pytest
 from torch import nn
 
-from conftest import ARCHITECTURES
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models.layers import find_decoder_stack, model_shape
-from tiny_models import HIDDEN, N_LAYERS, build_tiny
+from tiny_models import ARCHITECTURES, HIDDEN, N_LAYERS, build_tiny
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -11,11 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import styled_tokenizer
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models import loading
 from persona_axis.models.loading import default_model_dir, load_model
-from tiny_models import build_tiny
+from tiny_models import build_tiny, styled_tokenizer
 
 
 @pytest.mark.slow

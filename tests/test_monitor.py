@@ -11,14 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from persona_axis.bundle import AxisBundle
+from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app
-from persona_axis.conversations import Conversation
-from persona_axis.errors import PersonaAxisError
-from persona_axis.generation import Sampling
-from persona_axis.interventions import InterventionSpec, intervene
-from persona_axis.models import LoadedModel, load_model
-from persona_axis.monitor import (
+from persona_axis.drift.conversations import Conversation
+from persona_axis.drift.monitor import (
     DriftRule,
     cusum_lower,
     default_band,
@@ -27,8 +23,12 @@ from persona_axis.monitor import (
     projections_from_tokens,
     turn_projections,
 )
-from persona_axis.session import ChatSession
-from persona_axis.telemetry import generate_with_telemetry
+from persona_axis.errors import PersonaAxisError
+from persona_axis.inference.generation import Sampling
+from persona_axis.inference.interventions import InterventionSpec, intervene
+from persona_axis.inference.session import ChatSession
+from persona_axis.inference.telemetry import generate_with_telemetry
+from persona_axis.models import LoadedModel, load_model
 from tiny_axis import tiny_axis
 
 runner = CliRunner()

@@ -6,7 +6,8 @@ import pytest
 
 from persona_axis.catalog import Catalog, Role, Trait, TraitPair
 from persona_axis.errors import PersonaAxisError
-from persona_axis.pipeline import PRESETS, BuildConfig, default_cap_bands, judge_settings, preset
+from persona_axis.judges import settings_from_flags as judge_settings
+from persona_axis.pipeline import PRESETS, BuildConfig, default_cap_bands, preset
 from persona_axis.pipeline.plan import make_batches, make_plan
 
 CATALOG = Catalog(

@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from persona_axis.bundle import AxisBundle
-from persona_axis.calibrate import LayerThreshold
-from persona_axis.errors import PersonaAxisError
-from persona_axis.models.layers import ModelShape
-from persona_axis.reference import (
+from persona_axis.axis.bundle import AxisBundle
+from persona_axis.axis.calibrate import LayerThreshold
+from persona_axis.axis.reference import (
     bundle_from_reference,
     import_reference_capping,
     load_reference_axis,
 )
+from persona_axis.errors import PersonaAxisError
+from persona_axis.models.layers import ModelShape
 
 N_LAYERS, HIDDEN = 6, 16
 SHAPE = ModelShape("LlamaForCausalLM", N_LAYERS, HIDDEN)
@@ -33,7 +33,7 @@ def _reference_ceiling(h: Tensor, v: Tensor, tau: float) -> Tensor:
 
 
 def _our_floor(h: Tensor, unit: Tensor, floor: float) -> Tensor:
-    """METHOD.md: p = <h, u>; where p < floor, h += (floor - p) u."""
+    """docs/method.md: p = <h, u>; where p < floor, h += (floor - p) u."""
     shortfall = (floor - h @ unit).clamp(min=0.0)
     return h + shortfall[:, None] * unit
 

@@ -12,15 +12,15 @@ import torch
 from typer.testing import CliRunner
 
 from browser import CHROMIUM, launch_chromium
-from persona_axis.bundle import AxisBundle
+from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app
-from persona_axis.conversations import Conversation
+from persona_axis.drift.conversations import Conversation
+from persona_axis.drift.monitor import monitor
+from persona_axis.drift.simulate import SimulationSettings, simulate
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models import load_model
 from persona_axis.models.layers import ModelShape
-from persona_axis.monitor import monitor
 from persona_axis.report import build_report, write_report
-from persona_axis.simulate import SimulationSettings, simulate
 from tiny_axis import tiny_axis
 
 runner = CliRunner()

@@ -22,20 +22,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import styled_tokenizer, tiny_lm
-from persona_axis.bundle import AxisBundle
-from persona_axis.calibrate import CapSetting, LayerThreshold
+from persona_axis.axis.bundle import AxisBundle
+from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.cli import app as cli_app
 from persona_axis.errors import PersonaAxisError
-from persona_axis.generation import Sampling
-from persona_axis.interventions import InterventionSpec
+from persona_axis.inference.generation import Sampling
+from persona_axis.inference.interventions import InterventionSpec
+from persona_axis.inference.session import ChatSession
 from persona_axis.models import LoadedModel
 from persona_axis.serve.app import STATIC, create_app
 from persona_axis.serve.drift import DriftBand
 from persona_axis.serve.engine import LOCK_KEY, DeltaDecoder
 from persona_axis.serve.runner import background_server
-from persona_axis.session import ChatSession
-from tiny_models import build_tiny
+from tiny_models import build_tiny, styled_tokenizer, tiny_lm
 
 CAP = "layers_1:3-p75"
 WEAK_CAP = "layers_0:1-p25"

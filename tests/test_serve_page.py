@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from browser import CHROMIUM, launch_chromium
-from conftest import tiny_lm
 from persona_axis.serve.app import create_app
 from persona_axis.serve.runner import background_server
 from test_serve import CAP, make_bundle
+from tiny_models import tiny_lm
 
 pytestmark = [
     pytest.mark.slow,

@@ -11,14 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from persona_axis.bundle import AxisBundle
-from persona_axis.chat_backends import ChatBackend, HFChatBackend
+from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app
-from persona_axis.conversations import read_conversations
-from persona_axis.errors import PersonaAxisError
-from persona_axis.models import LoadedModel, load_model
-from persona_axis.monitor import monitor
-from persona_axis.simulate import (
+from persona_axis.drift.conversations import read_conversations
+from persona_axis.drift.monitor import monitor
+from persona_axis.drift.personas import DOMAINS, PERSONAS
+from persona_axis.drift.simulate import (
     UNCAPPED,
     SimConversation,
     SimTurn,
@@ -27,7 +25,9 @@ from persona_axis.simulate import (
     plan_conversations,
     simulate,
 )
-from persona_axis.simulate_personas import DOMAINS, PERSONAS
+from persona_axis.errors import PersonaAxisError
+from persona_axis.judges.backends import ChatBackend, HFChatBackend
+from persona_axis.models import LoadedModel, load_model
 from tiny_axis import tiny_axis
 
 runner = CliRunner()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from persona_axis.axis import assistant_axis
+from persona_axis.axis.space import axis_pc1_cosine, persona_space
+from persona_axis.axis.vectors import assistant_axis
 from persona_axis.errors import PersonaAxisError
-from persona_axis.space import axis_pc1_cosine, persona_space
 
 N_LAYERS, D, LAYER = 3, 6, 1
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from persona_axis.errors import PersonaAxisError
-from persona_axis.pipeline.store import BuildStore, token_lists, write_json_atomic
+from persona_axis.files import write_json
+from persona_axis.pipeline.store import BuildStore, token_lists
 
 HEADER = {"settings": {"seed": 0, "n_roles": 3}, "catalog_sha256": "abc"}
 
@@ -38,9 +39,9 @@ def test_changed_settings_are_refused_with_the_difference(tmp_path: Path) -> Non
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporaries(tmp_path: Path) -> None:
     target = tmp_path / "file.json"
-    write_json_atomic(target, {"v": 1})
+    write_json(target, {"v": 1})
     with pytest.raises(ValueError):
-        write_json_atomic(target, {"v": float("nan")})  # refused before anything is renamed
+        write_json(target, {"v": float("nan")})  # refused before anything is renamed
     assert target.read_text().strip().startswith("{") and '"v": 1' in target.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.json"]
 

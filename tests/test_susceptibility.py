@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from persona_axis.catalog import load_catalog
-from persona_axis.chat_backends import OpenAIChatBackend
 from persona_axis.errors import PersonaAxisError
 from persona_axis.evals.susceptibility import (
     IDENTITY_QUESTIONS,
@@ -18,7 +17,8 @@ from persona_axis.evals.susceptibility import (
     sample_items,
     summarize_scores,
 )
-from persona_axis.judge import HeuristicRoleJudge, LLMRoleJudge
+from persona_axis.judges.backends import OpenAIChatBackend
+from persona_axis.judges.role import HeuristicRoleJudge, LLMRoleJudge
 from test_chat_backends import FAST, FakeOpenAI
 
 
@@ -49,11 +49,11 @@ def test_summarize_scores() -> None:
 
 @pytest.mark.slow
 def test_run_susceptibility_on_a_tiny_model(tmp_path: Path) -> None:
-    from conftest import tiny_lm
     from eval_helpers import STRONG, tiny_bundle
-    from persona_axis.bundle import AxisBundle
+    from persona_axis.axis.bundle import AxisBundle
     from persona_axis.evals.common import Condition, cap_condition, steer_condition
-    from persona_axis.generation import Sampling
+    from persona_axis.inference.generation import Sampling
+    from tiny_models import tiny_lm
 
     lm = tiny_lm("llama")
     bundle = AxisBundle.load(tiny_bundle(tmp_path, lm.shape))

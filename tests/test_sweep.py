@@ -85,7 +85,7 @@ def test_sweep_command_writes_the_recommendation(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from eval_helpers import NOOP, STRONG, tiny_bundle, tiny_model_dir
-    from persona_axis.bundle import AxisBundle
+    from persona_axis.axis.bundle import AxisBundle
     from persona_axis.cli import app
     from persona_axis.evals.sweep import write_recommendation
     from persona_axis.models.loading import load_model

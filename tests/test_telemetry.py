@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_lm
 from persona_axis.errors import PersonaAxisError
-from persona_axis.interventions import InterventionSpec, intervene
-from persona_axis.telemetry import record_projections
+from persona_axis.inference.interventions import InterventionSpec, intervene
+from persona_axis.inference.telemetry import record_projections
+from tiny_models import tiny_lm
 
 D = 64
 
@@ -80,8 +80,8 @@ def test_bad_layers_are_refused() -> None:
 
 
 def test_generate_with_telemetry_batches_like_single_calls() -> None:
-    from persona_axis.generation import Sampling
-    from persona_axis.telemetry import generate_with_telemetry
+    from persona_axis.inference.generation import Sampling
+    from persona_axis.inference.telemetry import generate_with_telemetry
 
     lm = tiny_lm("llama")
     axis = torch.randn(4, D, generator=torch.Generator().manual_seed(2))

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 
 import torch
 import transformers as tf
 from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from persona_axis.models import LoadedModel
+from persona_axis.models.loading import default_model_dir
+from templates import SPECIAL_TOKENS, TEMPLATES
 
 VOCAB = 49152 + 16  # the SmolLM2 tokenizer's vocabulary plus room for template tokens
 N_LAYERS = 4
@@ -90,3 +96,24 @@ def build_tiny(name: str, seed: int = 0) -> nn.Module:
     config._attn_implementation = "eager" if name.startswith("gemma") else "sdpa"
     model = model_class(config).float().eval()
     return model
+
+
+@cache
+def styled_tokenizer(style: str) -> PreTrainedTokenizerBase:
+    """The SmolLM2 tokenizer with a test template of ``style`` and its special tokens."""
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    if SPECIAL_TOKENS[style]:
+        tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[style]})
+    tokenizer.chat_template = TEMPLATES[style]
+    return tokenizer
+
+
+@cache
+def tiny_lm(arch: str, style: str = "chatml") -> LoadedModel:
+    """A tiny random model of ``arch`` with the test template ``style``."""
+    return LoadedModel(
+        model=build_tiny(arch), tokenizer=styled_tokenizer(style), name=f"tiny-{arch}"
+    )
+
+
+ARCHITECTURES = sorted(CONFIGS)

@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from persona_axis.catalog import Catalog, Role, Trait, TraitPair, builtin_default_prompts
+from persona_axis.catalog.model import Catalog, Role, Trait, TraitPair
+from persona_axis.catalog.ours import builtin_default_prompts
 from persona_axis.errors import PersonaAxisError
 
 ROLES = Path("roles") / "instructions"

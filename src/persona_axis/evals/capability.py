@@ -25,7 +25,7 @@ from persona_axis.errors import PersonaAxisError
 from persona_axis.evals.common import Condition, generate_texts, rate_summary
 
 if TYPE_CHECKING:
-    from persona_axis.generation import Sampling
+    from persona_axis.inference.generation import Sampling
     from persona_axis.models.loading import LoadedModel
 
 FAMILIES = ("arithmetic", "word_problem", "instruction")

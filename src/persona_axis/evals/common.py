@@ -1,6 +1,6 @@
 """Shared pieces of the evaluations: Wilson intervals, conditions, batched generation, output.
 
-A *condition* is a name plus an :class:`~persona_axis.interventions.InterventionSpec`:
+A *condition* is a name plus an :class:`~persona_axis.inference.interventions.InterventionSpec`:
 ``"none"`` (no intervention), a cap setting of the bundle (``layers_A:B-pP``, floors along
 +axis at every position) or ``"steer:M"`` (adds ``M × mean residual norm`` along the unit axis
 at the target layer; positive = toward the Assistant).
@@ -8,20 +8,17 @@ at the target layer; positive = toward the Assistant).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from persona_axis.errors import PersonaAxisError
 
 if TYPE_CHECKING:
-    from persona_axis.bundle import AxisBundle
-    from persona_axis.generation import Sampling
-    from persona_axis.interventions import InterventionSpec
+    from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.inference.generation import Sampling
+    from persona_axis.inference.interventions import InterventionSpec
     from persona_axis.models.chat import Message
     from persona_axis.models.loading import LoadedModel
 
@@ -72,37 +69,18 @@ class Condition:
     spec: InterventionSpec | None = None
 
 
-def resolve_cap_name(bundle: AxisBundle, cap: str) -> str:
-    """``"recommended"`` -> the bundle's recommended setting; other names are checked."""
-    if cap == "recommended":
-        name = bundle.manifest.get("recommended_cap")
-        if not name:
-            raise PersonaAxisError(
-                "The bundle has no recommended cap; pass --cap with a setting name "
-                f"({', '.join(sorted(bundle.caps)) or 'none available'}) or run persona-axis sweep."
-            )
-        return str(name)
-    bundle.cap(cap)  # raises with the available names
-    return cap
-
-
 def cap_condition(bundle: AxisBundle, cap: str) -> Condition:
-    """The condition capping with setting ``cap`` (or ``"recommended"``) of ``bundle``."""
-    from persona_axis.interventions import InterventionSpec
-
-    name = resolve_cap_name(bundle, cap)
-    return Condition(name, InterventionSpec.from_floors(bundle.cap_floors(name)))
+    """The condition capping with setting ``cap`` (or ``"recommended"``) of ``bundle``; named
+    after the setting it resolves to."""
+    name = bundle.resolve_cap(cap)
+    if name is None:
+        return Condition("none")
+    return Condition(name, bundle.intervention(name))
 
 
 def steer_condition(lm: LoadedModel, bundle: AxisBundle, multiple: float) -> Condition:
     """Steering by ``multiple × mean residual norm`` along the unit axis at the target layer."""
-    from persona_axis.interventions import InterventionSpec
-    from persona_axis.session import mean_norms
-
-    target = bundle.target_layer
-    norm = float(mean_norms(lm, bundle)[target])
-    spec = InterventionSpec.steer(bundle.axis, target, multiple, norm)
-    return Condition(f"steer:{multiple:+g}", spec)
+    return Condition(f"steer:{multiple:+g}", bundle.intervention(steer=multiple, lm=lm))
 
 
 def generate_texts(
@@ -120,8 +98,8 @@ def generate_texts(
     """
     from dataclasses import replace
 
-    from persona_axis.generation import generate_replies
-    from persona_axis.interventions import InterventionSpec, intervene
+    from persona_axis.inference.generation import generate_replies
+    from persona_axis.inference.interventions import InterventionSpec, intervene
 
     if batch_size < 1:
         raise PersonaAxisError(f"batch_size must be at least 1, not {batch_size}.")
@@ -139,24 +117,3 @@ def generate_texts(
             seeded = replace(sampling, seed=sampling.seed + index)
             texts.extend(reply.text for reply in generate_replies(lm, batch, seeded))
     return texts
-
-
-def write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as indented JSON (parents created); returns the path."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    return target
-
-
-def bundle_dir(path: str | os.PathLike[str]) -> Path:
-    """The directory holding ``manifest.json``: ``path`` itself or its ``bundle/`` (a build)."""
-    directory = Path(path)
-    if (directory / "manifest.json").is_file():
-        return directory
-    if (directory / "bundle" / "manifest.json").is_file():
-        return directory / "bundle"
-    raise PersonaAxisError(
-        f"No AxisBundle at {directory}; pass a bundle directory (with manifest.json) or a build "
-        "directory (with bundle/), e.g. from persona-axis build --out DIR."
-    )

@@ -2,7 +2,8 @@
 
 Importing this module registers the model ``"persona-axis"`` with lm-eval. It is lm-eval's
 ``HFLM`` on a model loaded by :func:`persona_axis.models.load_model` (HF id, local path or
-``default`` = the embedded SmolLM2), with an :class:`~persona_axis.interventions.InterventionSpec`
+``default`` = the embedded SmolLM2), with an
+:class:`~persona_axis.inference.interventions.InterventionSpec`
 installed around every forward pass (loglikelihood scoring) and every ``generate`` call
 (generate_until), and removed after each. Model arguments:
 
@@ -34,7 +35,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from persona_axis.errors import PersonaAxisError
-from persona_axis.interventions import InterventionSpec, intervene
+from persona_axis.inference.interventions import InterventionSpec, intervene
 from persona_axis.models.loading import LoadedModel, load_model
 
 MODEL_NAME = "persona-axis"
@@ -59,7 +60,7 @@ class PersonaAxisLM(HFLM):
         loaded: LoadedModel | None = None,
         **kwargs: Any,
     ) -> None:
-        from persona_axis.bundle import AxisBundle
+        from persona_axis.axis.bundle import AxisBundle
         from persona_axis.evals.common import cap_condition, steer_condition
 
         bundle, cap, steer = _none(bundle), _none(cap), _none(steer)

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 from persona_axis.errors import PersonaAxisError
 
 if TYPE_CHECKING:
-    from persona_axis.bundle import AxisBundle
+    from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.judges.harm import HarmJudge
+    from persona_axis.models.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -182,3 +184,97 @@ def select_settings(
             f"persona-axis build, or pick from {sorted(bundle.caps) or 'none'}."
         )
     return chosen
+
+
+@dataclass
+class SweepRun:
+    """What :func:`run_sweep` measured: ``summary`` (the ``sweep.json`` content), the full
+    jailbreak and capability results, every point and the chosen one (None when no setting
+    lowered the harmful rate)."""
+
+    summary: dict[str, Any]
+    harm: dict[str, Any]
+    capability: dict[str, Any]
+    points: list[SweepPoint]
+    chosen: SweepPoint | None
+
+    def evidence(self, results_file: Path) -> dict[str, Any]:
+        """The evidence stored with the recommendation in the bundle."""
+        assert self.chosen is not None
+        settings = self.summary["settings"]
+        return {
+            "source": "persona-axis sweep",
+            "judge": self.harm["judge"],
+            "model": self.summary["model"],
+            "n_jailbreak_prompts": settings["n"],
+            "n_probes_per_family": settings["n_capability"],
+            "seed": settings["seed"],
+            "harmful_rate_without": self.summary["baseline"]["harmful"],
+            "harmful_rate_with": self.harm["conditions"][self.chosen.name]["harmful"],
+            "harm_change": self.chosen.harm_change,
+            "capability_summed_change": self.chosen.capability_change,
+            "capability_with": self.capability["conditions"][self.chosen.name],
+            "max_capability_loss": settings["max_capability_loss"],
+            "settings_swept": [p.name for p in self.points],
+            "results_file": str(results_file.resolve()),
+        }
+
+
+def run_sweep(
+    lm: LoadedModel,
+    bundle: AxisBundle,
+    judge: HarmJudge,
+    *,
+    settings: Sequence[str] | None = None,
+    percentiles: Sequence[float] = (),
+    n: int = 32,
+    n_capability: int = 12,
+    max_capability_loss: float = 0.1,
+    max_new_tokens: int = 48,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = False,
+) -> SweepRun:
+    """Score cap settings (all, or ``settings`` / ``percentiles``) on ``n`` persona jailbreaks
+    (judged by ``judge``) and ``n_capability`` probes per family, find the Pareto frontier and
+    choose the recommendation (module docstring). Nothing is written."""
+    from persona_axis.evals.capability import make_probes, run_capability
+    from persona_axis.evals.common import Condition, cap_condition
+    from persona_axis.evals.jailbreak import run_jailbreak, sample_prompts
+    from persona_axis.inference.generation import Sampling
+
+    names = select_settings(bundle, settings, percentiles)
+    conditions = [Condition("none"), *(cap_condition(bundle, name) for name in names)]
+    harm = run_jailbreak(
+        lm, conditions, sample_prompts(n, seed=seed), judge,
+        Sampling(max_new_tokens=max_new_tokens, seed=seed), batch_size=batch_size,
+        progress=progress,
+    )  # fmt: skip
+    capability = run_capability(
+        lm, conditions, make_probes(n_capability, seed=seed),
+        Sampling(max_new_tokens=40, seed=seed), batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+    points = sweep_points(harm, capability)
+    chosen = choose_setting(points, max_capability_loss=max_capability_loss)
+    summary: dict[str, Any] = {
+        "eval": "sweep",
+        "model": lm.name,
+        "settings": {
+            "n": n,
+            "n_capability": n_capability,
+            "seed": seed,
+            "max_new_tokens": max_new_tokens,
+            "max_capability_loss": max_capability_loss,
+        },
+        "judge": harm["judge"],
+        "baseline": {
+            "harmful": harm["conditions"]["none"]["harmful"],
+            "capability": capability["conditions"]["none"],
+        },
+        "table": sweep_table(points, harm),
+        "points": [dataclasses.asdict(p) for p in points],
+        "recommended": None if chosen is None else chosen.name,
+    }
+    if "judge_note" in harm:
+        summary["judge_note"] = harm["judge_note"]
+    return SweepRun(summary, harm, capability, points, chosen)

@@ -2,7 +2,13 @@
 
 from persona_axis.models.chat import ChatFormat, MessageSpan, RenderedChat, validate_messages
 from persona_axis.models.layers import DecoderStack, ModelShape, find_decoder_stack, model_shape
-from persona_axis.models.loading import DEFAULT_MODEL, LoadedModel, cache_dir, load_model
+from persona_axis.models.loading import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    cache_dir,
+    load_model,
+    model_facts,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -15,6 +21,7 @@ __all__ = [
     "cache_dir",
     "find_decoder_stack",
     "load_model",
+    "model_facts",
     "model_shape",
     "validate_messages",
 ]

@@ -1,7 +1,8 @@
 """Render chats with the tokenizer's own template and find each message's content tokens.
 
 A message's span is the ``[start, end)`` range of token positions holding its *content* only:
-no role header, no end-of-turn token, no ``<think>...</think>`` block (METHOD.md). Spans are found
+no role header, no end-of-turn token, no ``<think>...</think>`` block (docs/method.md). Spans are
+found
 without guessing at a template's syntax: every content is rendered once as a unique placeholder,
 the placeholders' places in the rendered text give the character ranges of the contents, and
 the tokenizer's offset mapping turns characters into tokens. A template that rewrites contents

@@ -26,7 +26,8 @@ class ModelShape:
 
     @property
     def target_layer(self) -> int:
-        """The middle layer, ``n_layers // 2`` (METHOD.md), where the axis is read by default."""
+        """The middle layer, ``n_layers // 2`` (docs/method.md), where the axis is read by
+        default."""
         return self.n_layers // 2
 
 

@@ -170,3 +170,19 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, source=source)
+
+
+def model_facts(lm: LoadedModel) -> dict[str, str]:
+    """What ``persona-axis info`` shows: architecture, depth, width, target layer, dtype, chat
+    template facts and where the weights came from (layer L = decoder block L output)."""
+    shape = lm.shape
+    return {
+        "architecture": shape.architecture,
+        "decoder layers": str(shape.n_layers),
+        "hidden size": str(shape.hidden_size),
+        "target layer": f"{shape.target_layer} (n_layers // 2; layer L = block L output)",
+        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+        "system role": "yes" if lm.chat.supports_system else "no (folded into first user turn)",
+        "thinking switch": "yes (rendered off)" if lm.chat.thinking_switch else "no",
+        "source": lm.source,
+    }

@@ -20,10 +20,10 @@ RUNTIME_FIELDS = frozenset({"progress", "workers", "ray_address", "gpus_per_work
 class BuildConfig:
     """What `persona-axis build` computes. Sizes of None mean "the whole catalog".
 
-    Sampling follows METHOD.md (temperature 0.7, top_p 0.9, 512 new tokens, thinking off).
+    Sampling follows docs/method.md (temperature 0.7, top_p 0.9, 512 new tokens, thinking off).
     ``activation_dtype`` is how per-rollout activations are stored (float32 or bfloat16: half
     the disk, n_layers × d × 2 bytes per rollout; sums are always taken in float32).
-    ``role_scores`` are the judge scores whose rollouts make a role vector (METHOD.md: 3 only).
+    ``role_scores`` are the judge scores whose rollouts make a role vector (docs/method.md: 3 only).
     ``batch_size`` fixes how rollouts are grouped and seeded (batch k uses seed ``seed + k``),
     so it is part of the result. ``cap_bands`` are half-open ``(first, stop)`` layer windows;
     None derives upper-middle windows from the depth (:func:`default_cap_bands`).

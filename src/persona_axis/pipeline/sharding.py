@@ -172,7 +172,7 @@ class _Worker:
     def generate(self, batch: int, specs: list[RolloutSpec]) -> bool:
         """Generate batch ``batch`` (seed ``config.seed + batch``) into the store; False when
         it was stored already (nothing is written twice)."""
-        from persona_axis.pipeline.stages import generate_batch
+        from persona_axis.pipeline.rollouts import generate_batch
 
         if self.store.has_batch(batch):
             return False

@@ -23,21 +23,22 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from persona_axis.axis import assistant_axis, cosine_by_layer, project, unit
-from persona_axis.bundle import AxisBundle
-from persona_axis.calibrate import calibrate_grid, setting_name
+from persona_axis.axis.bundle import AxisBundle
+from persona_axis.axis.calibrate import calibrate_grid, setting_name
+from persona_axis.axis.space import axis_pc1_cosine, persona_space
+from persona_axis.axis.vectors import assistant_axis, cosine_by_layer, project, unit
 from persona_axis.catalog import Catalog, load_catalog
 from persona_axis.errors import PersonaAxisError
-from persona_axis.generation import Sampling, generate_replies
-from persona_axis.judge import JudgeItem, RoleJudge, judge_from_config
+from persona_axis.inference.telemetry import record_projections
+from persona_axis.judges import role_judge
+from persona_axis.judges.role import JudgeItem, RoleJudge
 from persona_axis.models.chat import Message
 from persona_axis.models.fingerprint import try_weight_fingerprint
 from persona_axis.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 from persona_axis.pipeline.config import BuildConfig, default_cap_bands
 from persona_axis.pipeline.plan import RolloutSpec, make_batches, make_plan
+from persona_axis.pipeline.rollouts import generate_batch
 from persona_axis.pipeline.store import BuildStore, token_lists
-from persona_axis.space import axis_pc1_cosine, persona_space
-from persona_axis.telemetry import record_projections
 
 if TYPE_CHECKING:
     from persona_axis.pipeline.sharding import ShardReport, WorkerInfo
@@ -100,7 +101,7 @@ def build(
     store = BuildStore.open(out, header)
     with _timed(timings, "generate"):
         report = generate_stage(lm, store, batches, config, header=header, on_batch=on_batch)
-    judge = judge or judge_from_config(config.judge, model_name=name)
+    judge = judge or role_judge(config.judge, name)
     with _timed(timings, "judge"):
         judge_stage(store, batches, catalog, judge, config.progress)
     with _timed(timings, "vectors"):
@@ -195,32 +196,6 @@ def generate_stage(
     return None
 
 
-def generate_batch(
-    lm: LoadedModel, store: BuildStore, k: int, specs: list[RolloutSpec], config: BuildConfig
-) -> None:
-    """Generate batch ``k`` (seed ``config.seed + k``) with pooled activations; store it."""
-    layers = list(range(lm.shape.n_layers))
-    sampling = Sampling(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        seed=config.seed + k,
-    )
-    replies = generate_replies(lm, [s.messages() for s in specs], sampling, pool_layers=layers)
-    zeros = torch.zeros(len(layers), lm.shape.hidden_size)
-    store.write_batch(
-        k,
-        [
-            {**spec.__dict__, "reply": r.text, "n_tokens": len(r.token_ids), "finished": r.finished}
-            for spec, r in zip(specs, replies, strict=True)
-        ],
-        torch.stack([zeros if r.activations is None else r.activations for r in replies]),
-        torch.stack([zeros[:, 0] if r.norms is None else r.norms for r in replies]),
-        [r.token_ids for r in replies],
-        dtype=getattr(torch, config.activation_dtype),
-    )
-
-
 def judge_stage(
     store: BuildStore,
     batches: list[list[RolloutSpec]],
@@ -313,7 +288,7 @@ def accumulate(store: BuildStore, n_batches: int, progress: bool) -> Groups:
 def make_vectors(
     groups: Groups, min_count: int, role_scores: tuple[int, ...] = (3,), *, judged: bool
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Default, role (rollouts scored in ``role_scores``; METHOD.md: 3), role_somewhat
+    """Default, role (rollouts scored in ``role_scores``; docs/method.md: 3), role_somewhat
     (score 2) and trait vectors, plus counts.
 
     Without a judge (``judged`` False) every role rollout counts as in role.

@@ -18,9 +18,7 @@ written first, so a done batch always has activations. Nothing is ever unpickled
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,45 +27,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from persona_axis import files
 from persona_axis.errors import PersonaAxisError
 
 HEADER = "header.json"
 
 
-def write_atomic(path: Path, write: Any) -> None:
-    """Create ``path`` through ``write(temporary_path)``, then fsync and rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        write(temporary)
-        with temporary.open("rb") as stream:
-            os.fsync(stream.fileno())
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False)
-    write_atomic(path, lambda temporary: temporary.write_text(text + "\n", encoding="utf-8"))
-
-
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PersonaAxisError(
-            f"Could not read {path} ({exc}); the build store is damaged. Delete that file and "
-            "rerun the same command to regenerate it."
-        ) from exc
+    """A store file's JSON; a damaged one raises with the fix (delete it and rerun)."""
+    return files.read_json(
+        path,
+        fix="the build store is damaged. Delete that file and rerun the same command to "
+        "regenerate it",
+    )
 
 
 class BuildStore:
@@ -93,7 +65,7 @@ class BuildStore:
                     "the same settings, or build into a new --out directory."
                 )
         else:
-            write_json_atomic(stored_path, header)
+            files.write_json(stored_path, header)
         return store
 
     # -- batches ------------------------------------------------------------------------------
@@ -134,8 +106,8 @@ class BuildStore:
             "token_ids": torch.tensor(flat, dtype=torch.int32),
             "lengths": lengths,
         }
-        write_atomic(self._activations(batch), lambda path: save_file(tensors, str(path)))
-        write_json_atomic(self._rollouts(batch), {"batch": batch, "rollouts": records})
+        files.write_atomic(self._activations(batch), lambda path: save_file(tensors, str(path)))
+        files.write_json(self._rollouts(batch), {"batch": batch, "rollouts": records})
 
     def read_batch(self, batch: int) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
         records = read_json(self._rollouts(batch))["rollouts"]
@@ -149,7 +121,7 @@ class BuildStore:
         return records, tensors
 
     def write_judgement(self, batch: int, results: list[dict[str, Any]]) -> None:
-        write_json_atomic(self._judge(batch), {"batch": batch, "results": results})
+        files.write_json(self._judge(batch), {"batch": batch, "results": results})
 
     def read_judgement(self, batch: int) -> list[dict[str, Any]]:
         return list(read_json(self._judge(batch))["results"])

@@ -23,7 +23,7 @@ from persona_axis.errors import PersonaAxisError
 from persona_axis.report import plots
 
 if TYPE_CHECKING:
-    from persona_axis.bundle import AxisBundle
+    from persona_axis.axis.bundle import AxisBundle
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
@@ -111,7 +111,7 @@ def _rankings(bundle: AxisBundle) -> dict[str, Any] | None:
     roles = bundle.roles()
     if not roles and not bundle.traits():
         return None
-    from persona_axis.axis import cosine_by_layer, project
+    from persona_axis.axis.vectors import cosine_by_layer, project
 
     layer = bundle.target_layer
     traits = bundle.traits()
@@ -321,7 +321,7 @@ def _monitor_section(path: str | Path, data: dict[str, Any]) -> str:
 
 
 def _simulation_section(data: dict[str, Any]) -> str:
-    from persona_axis.simulate import simulation_png
+    from persona_axis.drift.simulate import simulation_png
 
     settings = data.get("settings") or {}
     parts = [
@@ -354,7 +354,7 @@ def build_report(
     simulation_file: str | Path | None = None,
 ) -> str:
     """The report page as one HTML string (module doc)."""
-    from persona_axis.bundle import AxisBundle
+    from persona_axis.axis.bundle import AxisBundle
 
     monitors = [(path, _load_result(path, "monitor")) for path in monitor_files]
     simulation = None if simulation_file is None else _load_result(simulation_file, "simulation")

@@ -29,9 +29,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from persona_axis.bundle import AxisBundle
+from persona_axis.axis.bundle import AxisBundle
 from persona_axis.errors import PersonaAxisError
-from persona_axis.generation import Sampling
+from persona_axis.inference.generation import Sampling
 from persona_axis.models.loading import LoadedModel
 from persona_axis.serve import protocol
 from persona_axis.serve.engine import RECOMMENDED, BatchKey, Cancelled, Engine, Setting

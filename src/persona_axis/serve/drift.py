@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from persona_axis.bundle import AxisBundle
+from persona_axis.axis.bundle import AxisBundle
 
 Zone = Literal["typical", "low", "drift"]
 RULE = (
@@ -45,20 +45,12 @@ class DriftBand:
     def from_bundle(cls, bundle: AxisBundle) -> DriftBand | None:
         """The band at the bundle's target layer, or None when the bundle has no calibration
         of default replies (or a malformed one)."""
-        calibration = bundle.manifest.get("calibration")
-        if not isinstance(calibration, dict):
-            return None
-        table = (calibration.get("per_response_by_kind") or {}).get("default")
-        levels = calibration.get("percentiles")
+        calibration = bundle.calibration
         layer = bundle.target_layer
-        try:
-            row = [float(v) for v in table[layer]]  # type: ignore[index]
-            pcts = [float(p) for p in levels]  # type: ignore[union-attr]
-        except (TypeError, IndexError, KeyError, ValueError):
+        levels = None if calibration is None else calibration.levels_at("default", layer)
+        if not levels:
             return None
-        if not row or len(row) != len(pcts):
-            return None
-        pairs = sorted(zip(pcts, row, strict=True))
+        pairs = sorted(levels.items())
         return cls(layer, tuple(p for p, _ in pairs), tuple(v for _, v in pairs))
 
     @property

@@ -3,8 +3,9 @@
 An :class:`Engine` is used by one thread only (the scheduler's worker), except for
 :meth:`Engine.setting` and :meth:`Engine.prompt_length`, which only read the bundle and the
 tokenizer and are called from request handlers. Every batch runs under one
-:class:`~persona_axis.interventions.InterventionSpec` with
-:func:`~persona_axis.session.generate_turns`, whose hooks are all removed when it returns, so
+:class:`~persona_axis.inference.interventions.InterventionSpec` with
+:func:`~persona_axis.inference.session.generate_turns`, whose hooks are all removed when it
+returns, so
 no hook outlives its batch and batches with different settings never share one.
 
 Streaming: while a batch generates, a forward pre-hook on the decoder stack reads the token ids
@@ -17,31 +18,28 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from persona_axis.bundle import AxisBundle
+from persona_axis.axis.bundle import NO_CAP, RECOMMENDED, AxisBundle
 from persona_axis.errors import PersonaAxisError
-from persona_axis.generation import Sampling, _stop_ids
-from persona_axis.interventions import InterventionSpec
+from persona_axis.inference.generation import Sampling, stop_ids
+from persona_axis.inference.hooks import feeding_tokens
+from persona_axis.inference.interventions import InterventionSpec
+from persona_axis.inference.session import Turn, generate_turns
 from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
 from persona_axis.serve.drift import DriftBand
-from persona_axis.session import Turn, generate_turns, mean_norms
 
 MAX_STEER = 8.0
 """Largest ``|steer|`` accepted, in multiples of the target layer's mean residual norm."""
 LOCK_KEY = "persona_axis.serve.generation_lock"
 """``LoadedModel.extra`` entry: a lock held while a batch generates, shared by every engine on
 the same model, so two apps serving one model take turns instead of mixing hooks."""
-RECOMMENDED = "recommended"
-NO_CAP = "none"
 
 
 @dataclass(frozen=True)
@@ -107,26 +105,6 @@ class DeltaDecoder:
         return delta
 
 
-@contextmanager
-def feeding_tokens(module: nn.Module, callback: Callable[[list[int]], None]) -> Iterator[None]:
-    """Call ``callback(ids)`` with the batch's fed token ids (one per row) at every decoding step
-    of generation through ``module`` (the decoder stack), not for the prompt call."""
-
-    def pre_hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = int(cache.get_seq_length()) if cache is not None else 0
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if past == 0 or ids is None or ids.ndim != 2:
-            return  # the prompt, or embeddings instead of ids: nothing to stream
-        callback(ids[:, -1].tolist())
-
-    handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 class Engine:
     """A loaded model with its bundle: resolves settings, runs batches, reports telemetry."""
 
@@ -143,11 +121,8 @@ class Engine:
         self.bundle = bundle
         self.lock: threading.Lock = lm.extra.setdefault(LOCK_KEY, threading.Lock())
         self.band = DriftBand.from_bundle(bundle)
-        self.stops = set(_stop_ids(lm))
-        if default_cap == RECOMMENDED:
-            recommended = bundle.manifest.get("recommended_cap")
-            default_cap = recommended if recommended in bundle.caps else NO_CAP
-        self.default = self.setting(default_cap, None)
+        self.stops = set(stop_ids(lm))
+        self.default = Setting(bundle.resolve_cap(default_cap), None)
         self._mean_norm: float | None = None
         self._specs: dict[Setting, InterventionSpec] = {}
         config = getattr(lm.model.config, "get_text_config", lambda: lm.model.config)()
@@ -161,16 +136,13 @@ class Engine:
     def setting(self, cap: str | None, steer: float | None) -> Setting:
         """Validate a request's ``cap`` (a name in the bundle or ``"none"``; None = the server's
         default) and ``steer`` (a finite multiple with ``|m| ≤ MAX_STEER``; 0 = none)."""
-        if cap is None:
-            cap = self.default.cap or NO_CAP
-        if cap != NO_CAP:
-            self.bundle.cap(cap)  # raises with the available names
+        name = self.default.cap if cap is None else self.bundle.resolve_cap(cap)
         if steer is not None and (not math.isfinite(steer) or abs(steer) > MAX_STEER):
             raise PersonaAxisError(
                 f"steer {steer} is out of range; give a multiple of the mean residual norm "
                 f"between -{MAX_STEER:g} and {MAX_STEER:g} (+ = toward the Assistant)."
             )
-        return Setting(None if cap == NO_CAP else cap, steer or None)
+        return Setting(name, steer or None)
 
     def prompt_length(self, conversation: Sequence[Message]) -> int:
         """Tokens of the rendered prompt (with the assistant header) of ``conversation``."""
@@ -179,20 +151,14 @@ class Engine:
     def mean_norm(self) -> float:
         """Mean residual norm at the target layer (the bundle's, else estimated once)."""
         if self._mean_norm is None:
-            self._mean_norm = float(mean_norms(self.lm, self.bundle)[self.target_layer])
+            self._mean_norm = float(self.bundle.mean_norms(self.lm)[self.target_layer])
         return self._mean_norm
 
     def spec(self, setting: Setting) -> InterventionSpec:
         """The interventions of ``setting``: the cap's floors, then the steering addition."""
         found = self._specs.get(setting)
         if found is None:
-            found = InterventionSpec()
-            if setting.cap is not None:
-                found = found + InterventionSpec.from_floors(self.bundle.cap_floors(setting.cap))
-            if setting.steer is not None:
-                found = found + InterventionSpec.steer(
-                    self.bundle.axis, self.target_layer, setting.steer, self.mean_norm()
-                )
+            found = self.bundle.intervention(setting.cap, setting.steer, lm=self.lm)
             self._specs[setting] = found
         return found
 
@@ -252,7 +218,7 @@ class Engine:
         return {
             "target_layer": self.target_layer,
             "default_cap": self.default.cap or NO_CAP,
-            "recommended_cap": self.bundle.manifest.get("recommended_cap"),
+            "recommended_cap": self.bundle.recommended_cap,
             "caps": {
                 name: {"layers": setting.layers, "percentile": setting.percentile}
                 for name, setting in sorted(self.bundle.caps.items())

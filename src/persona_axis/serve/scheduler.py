@@ -29,9 +29,9 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+from persona_axis.inference.session import Turn
 from persona_axis.models.chat import Message
 from persona_axis.serve.engine import BatchKey, Cancelled, DeltaDecoder, Engine
-from persona_axis.session import Turn
 
 log = logging.getLogger("persona_axis.serve")
 IDLE_WAIT_S = 0.01

@@ -1,0 +1,57 @@
+"""The ``persona-axis`` command line: one Typer app, one module per command.
+
+Every command is a thin shell over a library function; shared options, the consoles, the judge
+flags and the one ``--model`` rule live in :mod:`persona_axis.cli.common`. User errors
+(:class:`~persona_axis.errors.PersonaAxisError`) print one line on stderr, without a traceback,
+and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from persona_axis.cli import (
+    build,
+    chat,
+    demo,
+    evals,
+    info,
+    monitor,
+    report,
+    serve,
+    simulate,
+    sweep,
+)
+from persona_axis.cli.common import fail
+from persona_axis.errors import PersonaAxisError
+
+app = typer.Typer(
+    help="Compute, monitor and stabilise the Assistant Axis of chat models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+for command in (
+    info.info,
+    chat.chat,
+    build.build,
+    monitor.monitor,
+    simulate.simulate,
+    report.report,
+    serve.serve,
+    sweep.sweep,
+    demo.demo,
+):
+    app.command()(command)
+app.add_typer(evals.eval_app, name="eval")
+
+
+def main() -> None:
+    """Console entry point: run the app, turning user errors into one clear line."""
+    try:
+        app()
+    except PersonaAxisError as exc:
+        fail(exc)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,1 @@
+"""Drift: conversation readers, per-turn monitoring with alarms, and simulated conversations."""

@@ -1,0 +1,336 @@
+"""Per-layer means of the residual stream over token spans, pooled inside the hooks.
+
+For every requested layer L (output of decoder block L, = HF ``hidden_states[L + 1]``) and every
+span, the mean hidden state over the span's tokens is accumulated in float32 inside the block's
+forward hook, so the ``layers × batch × tokens × d`` tensor is never built. Only the hooked
+layers are read, the pass stops right after the last of them (a raised :class:`StopForward`),
+and the LM head is never run: the decoder stack is called directly, without the head.
+
+Batches mix lengths under right or left padding; position ids follow the attention mask, so a
+padded sequence gets the same activations as when it runs alone (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from persona_axis.errors import PersonaAxisError
+from persona_axis.inference.hooks import StopForward, block_output, removing
+from persona_axis.models.chat import Message
+from persona_axis.models.loading import LoadedModel
+
+Segments = Sequence[tuple[int, int]]
+"""One pooled unit: ``[start, end)`` token ranges whose union is averaged."""
+
+PaddingSide = Literal["left", "right"]
+TokenTransform = Callable[[Tensor], Tensor]
+"""Applied to the selected float32 hidden states ``[n_tokens, d]`` before pooling."""
+
+
+@dataclass(frozen=True)
+class PoolingPlan:
+    """Where the pooled tokens sit in a flattened ``[batch * tokens]`` batch, and their weights.
+
+    ``token_index`` ``[n]`` lists each token used by any span once; ``weights`` ``[n_spans, n]``
+    holds ``1 / span_length`` where a span uses a token, so ``weights @ h[token_index]`` is the
+    span means.
+    """
+
+    token_index: Tensor
+    weights: Tensor
+
+    @classmethod
+    def build(
+        cls, spans: Sequence[Sequence[Segments]], offsets: Sequence[int], width: int
+    ) -> PoolingPlan:
+        """``spans[b]`` are sequence b's spans, ``offsets[b]`` its left padding, ``width`` T."""
+        positions: dict[int, int] = {}
+        rows: list[int] = []
+        cols: list[int] = []
+        vals: list[float] = []
+        n_spans = 0
+        for batch_row, (row_spans, pad) in enumerate(zip(spans, offsets, strict=True)):
+            for segments in row_spans:
+                tokens = sorted({t for begin, end in segments for t in range(begin, end)})
+                if not tokens:
+                    raise PersonaAxisError(
+                        f"Span {n_spans} of sequence {batch_row} holds no tokens; every span "
+                        "to pool needs at least one (an empty reply has no activation)."
+                    )
+                for token in tokens:
+                    flat = batch_row * width + pad + token
+                    cols.append(positions.setdefault(flat, len(positions)))
+                    rows.append(n_spans)
+                    vals.append(1.0 / len(tokens))
+                n_spans += 1
+        weights = torch.zeros(n_spans, len(positions), dtype=torch.float32)
+        weights[rows, cols] = torch.tensor(vals, dtype=torch.float32)
+        return cls(token_index=torch.tensor(list(positions), dtype=torch.long), weights=weights)
+
+
+class SpanPooler:
+    """Forward hooks that pool span means at chosen layers of a loaded model.
+
+    Use as a context manager (hooks exist only inside it), then call :meth:`run` per batch.
+    """
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        layers: Sequence[int] | None = None,
+        transform: TokenTransform | None = None,
+    ) -> None:
+        n_layers = lm.shape.n_layers
+        chosen = list(range(n_layers)) if layers is None else sorted(set(layers))
+        bad = [layer for layer in chosen if not 0 <= layer < n_layers]
+        if bad or not chosen:
+            raise PersonaAxisError(
+                f"Layers {bad or chosen} are out of range; this model has layers 0..{n_layers - 1}."
+            )
+        self.lm = lm
+        self.layers = chosen
+        self.transform = transform
+        self._plan: dict[torch.device, PoolingPlan] = {}
+        self._cpu_plan: PoolingPlan | None = None
+        self._out: list[Tensor | None] = []
+        params = inspect.signature(lm.stack.module.forward).parameters
+        self._takes_positions = "position_ids" in params
+
+    def _hook(self, slot: int, is_last: bool) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            hidden = block_output(output)
+            plan = self._plan_on(hidden.device)
+            tokens = hidden.reshape(-1, hidden.shape[-1]).index_select(0, plan.token_index)
+            tokens = tokens.float()
+            if self.transform is not None:
+                tokens = self.transform(tokens)
+            self._out[slot] = (plan.weights @ tokens).cpu()
+            if is_last:
+                raise StopForward
+
+        return hook
+
+    def _plan_on(self, device: torch.device) -> PoolingPlan:
+        plan = self._plan.get(device)
+        if plan is None:
+            assert self._cpu_plan is not None
+            plan = PoolingPlan(
+                self._cpu_plan.token_index.to(device), self._cpu_plan.weights.to(device)
+            )
+            self._plan[device] = plan
+        return plan
+
+    @contextmanager
+    def hooked(self) -> Iterator[SpanPooler]:
+        handles = [
+            self.lm.stack.layers[layer].register_forward_hook(
+                self._hook(slot, layer == self.layers[-1])
+            )
+            for slot, layer in enumerate(self.layers)
+        ]
+        with removing(handles):
+            yield self
+
+    @torch.no_grad()
+    def run(
+        self,
+        sequences: Sequence[Sequence[int]],
+        spans: Sequence[Sequence[Segments]],
+        padding_side: PaddingSide = "right",
+    ) -> list[Tensor]:
+        """Pool one batch; returns per sequence ``[n_spans, n_layers_chosen, d]`` float32 (CPU)."""
+        if padding_side not in ("left", "right"):
+            raise PersonaAxisError(f"padding_side must be 'left' or 'right', not {padding_side!r}.")
+        width = max(len(seq) for seq in sequences)
+        pad_id = self.lm.tokenizer.pad_token_id or 0
+        ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        offsets = []
+        for row, seq in enumerate(sequences):
+            if not seq:
+                raise PersonaAxisError(f"Sequence {row} is empty; nothing to run.")
+            pad = width - len(seq) if padding_side == "left" else 0
+            ids[row, pad : pad + len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+            mask[row, pad : pad + len(seq)] = 1
+            offsets.append(pad)
+        self._cpu_plan = PoolingPlan.build(spans, offsets, width)
+        self._plan.clear()
+        self._out = [None] * len(self.layers)
+        device = self.lm.device
+        kwargs: dict[str, Any] = {
+            "input_ids": ids.to(device),
+            "attention_mask": mask.to(device),
+            "use_cache": False,
+        }
+        if self._takes_positions:
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0).to(device)
+        with contextlib.suppress(StopForward):  # raised after the last requested layer
+            self.lm.stack.module(**kwargs)
+        pooled = torch.stack([out for out in self._out if out is not None], dim=1)
+        counts = [len(row_spans) for row_spans in spans]
+        return list(torch.split(pooled, counts, dim=0))
+
+
+def pool_spans(
+    lm: LoadedModel,
+    sequences: Sequence[Sequence[int]],
+    spans: Sequence[Sequence[Segments]],
+    layers: Sequence[int] | None = None,
+    *,
+    batch_size: int = 8,
+    padding_side: PaddingSide = "right",
+    transform: TokenTransform | None = None,
+    progress: bool = False,
+) -> list[Tensor]:
+    """Span means for many sequences, batched by similar length.
+
+    Returns, per sequence, ``[n_spans, n_layers_chosen, d]`` float32 where the layers are
+    ``sorted(set(layers))`` (all layers when None).
+    """
+    if len(sequences) != len(spans):
+        raise PersonaAxisError(
+            f"Got {len(sequences)} sequences but spans for {len(spans)}; give one list per "
+            "sequence."
+        )
+    if batch_size < 1:
+        raise PersonaAxisError(f"batch_size must be at least 1, not {batch_size}.")
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    results: list[Tensor | None] = [None] * len(sequences)
+    pooler = SpanPooler(lm, layers, transform)
+    with (
+        pooler.hooked(),
+        tqdm(total=len(sequences), disable=not progress, desc="capture", unit="seq") as bar,
+    ):
+        for first in range(0, len(order), batch_size):
+            chunk = order[first : first + batch_size]
+            pooled = pooler.run(
+                [sequences[i] for i in chunk], [spans[i] for i in chunk], padding_side
+            )
+            for i, tensor in zip(chunk, pooled, strict=True):
+                results[i] = tensor
+            bar.update(len(chunk))
+    return [r for r in results if r is not None]
+
+
+def response_activations(
+    lm: LoadedModel,
+    conversations: Sequence[Sequence[Message]],
+    layers: Sequence[int] | None = None,
+    *,
+    role: str = "assistant",
+    exclude_code: bool = False,
+    batch_size: int = 8,
+    padding_side: PaddingSide = "right",
+    progress: bool = False,
+) -> list[Tensor]:
+    """Per conversation, ``[n_turns, n_layers_chosen, d]``: the mean over each ``role`` turn's
+    content tokens (the response activations of docs/method.md, for ``role="assistant"``)."""
+    sequences, spans = [], []
+    for index, conversation in enumerate(conversations):
+        rendered = lm.chat.render(conversation, exclude_code=exclude_code)
+        turns = [span.segments for span in rendered.role_spans(role)]
+        if not turns:
+            raise PersonaAxisError(f"Conversation {index} has no {role} message to pool.")
+        sequences.append(rendered.input_ids)
+        spans.append(turns)
+    return pool_spans(
+        lm,
+        sequences,
+        spans,
+        layers,
+        batch_size=batch_size,
+        padding_side=padding_side,
+        progress=progress,
+    )
+
+
+class GenerationPooler:
+    """Means over each reply's generated content tokens, pooled inside ``model.generate``.
+
+    In ``generate`` the prompt call covers the prompt; call k ≥ 1 feeds the token sampled at step
+    k − 1. A forward hook on each chosen block keeps the last position's output ``[batch, d]``;
+    the logits processor, which runs after every call and sees the token just fed, adds it to a
+    float32 running sum while the row is alive. A row dies when an end-of-turn token is fed, so
+    the mean covers the reply's content tokens and nothing after them. The last sampled token is
+    never fed: ask ``generate`` for one token more than the reply may keep (see
+    :func:`~persona_axis.inference.generation.generate_replies`). No second pass over the rollout
+    is run.
+    """
+
+    def __init__(self, lm: LoadedModel, layers: Sequence[int], stop_ids: Sequence[int]) -> None:
+        self.lm = lm
+        self.layers = sorted(set(layers))
+        bad = [layer for layer in self.layers if not 0 <= layer < lm.shape.n_layers]
+        if bad or not self.layers:
+            raise PersonaAxisError(
+                f"Layers {bad or list(layers)} are out of range; this model has layers "
+                f"0..{lm.shape.n_layers - 1}."
+            )
+        self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
+        self._step = 0
+        self._pending: list[Tensor | None] = []
+        self._sums: list[Tensor | None] = []
+        self._norm_sums: list[Tensor | None] = []
+        self.counts = torch.zeros(0, dtype=torch.long)
+        self._alive = torch.zeros(0, dtype=torch.bool)
+
+    def _hook(self, slot: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if self._step > 0:  # not the prompt call
+                self._pending[slot] = block_output(output)[:, -1].float()
+
+        return hook
+
+    @contextmanager
+    def hooked(self, batch_size: int) -> Iterator[GenerationPooler]:
+        """Hooks for one ``generate`` call over ``batch_size`` rows."""
+        self._step = 0
+        self._pending = [None] * len(self.layers)
+        self._sums = [None] * len(self.layers)
+        self._norm_sums = [None] * len(self.layers)
+        self.counts = torch.zeros(batch_size, dtype=torch.long)
+        self._alive = torch.ones(batch_size, dtype=torch.bool)
+        handles = [
+            self.lm.stack.layers[layer].register_forward_hook(self._hook(slot))
+            for slot, layer in enumerate(self.layers)
+        ]
+        with removing(handles):
+            yield self
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        """Logits-processor step: commit the fed token's activations; scores pass unchanged."""
+        if self._step > 0:
+            fed = input_ids[:, -1].cpu()
+            self._alive &= ~torch.isin(fed, self.stop_ids)
+            self.counts += self._alive.long()
+            for slot, pending in enumerate(self._pending):
+                if pending is None:
+                    raise PersonaAxisError("A hooked layer did not run during generation.")
+                alive = self._alive.to(pending.device, pending.dtype)
+                kept = pending * alive[:, None]
+                norms = torch.linalg.vector_norm(pending, dim=-1) * alive
+                total, norm_total = self._sums[slot], self._norm_sums[slot]
+                self._sums[slot] = kept if total is None else total + kept
+                self._norm_sums[slot] = norms if norm_total is None else norm_total + norms
+        self._step += 1
+        return scores
+
+    def means(self) -> tuple[Tensor, Tensor]:
+        """Per row, the content-token mean ``[batch, n_layers_chosen, d]`` and mean token norm
+        ``‖h‖`` ``[batch, n_layers_chosen]``, float32 on CPU; rows with no content tokens are 0."""
+        if any(total is None for total in self._sums):
+            batch, width = len(self.counts), len(self.layers)
+            return torch.zeros(batch, width, self.lm.shape.hidden_size), torch.zeros(batch, width)
+        sums = torch.stack([t.cpu() for t in self._sums if t is not None], dim=1)
+        norms = torch.stack([t.cpu() for t in self._norm_sums if t is not None], dim=1)
+        counts = self.counts.clamp_min(1).to(sums.dtype)
+        return sums / counts[:, None, None], norms / counts[:, None]
