@@ -10,11 +10,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from persona_axis.errors import PersonaAxisError
+from persona_axis.judges import backends
 from persona_axis.judges.backends import (
     ChatBackend,
     HFChatBackend,
@@ -53,9 +55,11 @@ class FakeOpenAI:
         self.delay: Callable[[dict[str, Any]], float] = lambda body: 0.0
         self.bodies: list[dict[str, Any]] = []
         self.auth: list[str | None] = []
-        self.starts: list[float] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.hold_first = 0  # the first N requests wait until N are in flight (with a deadline)
+        self.arrived = threading.Condition(self.lock)
+        self.events: list[str] = []  # what the test's hooks and the server saw, in order
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,12 +69,15 @@ class FakeOpenAI:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length))
                 with fake.lock:
-                    fake.starts.append(time.monotonic())
+                    fake.events.append("request")
                     fake.bodies.append(body)
                     fake.auth.append(self.headers.get("Authorization"))
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                     scripted = fake.script.pop(0) if fake.script else None
+                    fake.arrived.notify_all()
+                    if len(fake.bodies) <= fake.hold_first:
+                        fake.arrived.wait_for(lambda: fake.in_flight >= fake.hold_first, 10.0)
                 try:
                     time.sleep(fake.delay(body))
                     if self.path != "/v1/chat/completions":
@@ -103,6 +110,10 @@ class FakeOpenAI:
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
         )
         self.thread.start()
+
+    def index_of_request(self, k: int) -> int:
+        """Position in :attr:`events` of the k-th request (1-based)."""
+        return [i for i, e in enumerate(self.events) if e == "request"][k - 1]
 
     def fail_first(self, count: int, status: int, retry_after: str | None = None) -> None:
         headers = {} if retry_after is None else {"Retry-After": retry_after}
@@ -181,25 +192,52 @@ def test_empty_batch_sends_nothing(server: FakeOpenAI) -> None:
 
 @pytest.mark.parametrize("limit", [1, 3])
 def test_concurrency_limit_is_respected(server: FakeOpenAI, limit: int) -> None:
-    server.delay = lambda body: 0.04
+    server.hold_first = limit  # the first wave is answered only once `limit` are in flight
     replies = backend(server, concurrency=limit).complete(chats(6), max_tokens=4)
     assert len(replies) == 6
-    assert server.max_in_flight <= limit
-    if limit > 1:
-        assert server.max_in_flight > 1
+    assert server.max_in_flight == limit  # reached, never exceeded
 
 
-def test_rate_limit_spaces_requests(server: FakeOpenAI) -> None:
+class CountingLimiter:
+    """Stands in for aiolimiter's AsyncLimiter: records its settings and every acquisition in
+    the server's event list, so the test checks order, not the clock."""
+
+    created: list[tuple[float, float]]
+    events: list[str]
+
+    def __init__(self, max_rate: float, time_period: float) -> None:
+        self.created.append((max_rate, time_period))
+
+    async def acquire(self) -> None:
+        self.events.append("acquire")
+
+
+def test_rate_limit_gates_every_request(
+    server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rate, n = 25.0, 6
-    client = backend(server, concurrency=6, requests_per_second=rate)
-    started = time.monotonic()
+    limiter = type("Limiter", (CountingLimiter,), {"created": [], "events": server.events})
+    monkeypatch.setattr(backends, "AsyncLimiter", limiter)
+    monkeypatch.setattr(backends, "time", SimpleNamespace(monotonic=lambda: 100.0))
+    slept: list[float] = []
+
+    class RecordedSleep:  # asyncio as the backend sees it, with sleeps recorded, not slept
+        def __getattr__(self, name: str) -> Any:
+            return getattr(asyncio, name)
+
+        async def sleep(self, seconds: float) -> None:
+            slept.append(seconds)
+
+    monkeypatch.setattr(backends, "asyncio", RecordedSleep())
+    client = backend(server, concurrency=n, requests_per_second=rate)
     client.complete(chats(n), max_tokens=4)
-    assert time.monotonic() - started >= 0.9 * (n - 1) / rate
-    gaps = [b - a for a, b in zip(server.starts, server.starts[1:], strict=False)]
-    assert min(gaps) >= 0.25 / rate  # server-side clock: allow for network jitter
-    # the spacing also holds across consecutive calls
+    assert limiter.created == [(1, 1 / rate)]  # capacity 1: no burst, one start per 1/rate s
+    assert len(server.events) == 2 * n
+    for k in range(1, n + 1):  # the k-th request reaches the server after the k-th acquisition
+        assert server.events[: server.index_of_request(k)].count("acquire") >= k
+    # a following call waits out the spacing left by the last start of the previous one
     client.complete(chats(1), max_tokens=4)
-    assert server.starts[-1] - server.starts[-2] >= 0.9 / rate
+    assert slept == [pytest.approx(1 / rate)]
 
 
 @pytest.mark.parametrize(("status", "retry_after"), [(429, "0"), (500, None), (503, None)])
@@ -211,15 +249,22 @@ def test_transient_errors_are_retried_then_succeed(
     assert len(server.bodies) == 3
 
 
-def test_numeric_retry_after_is_honoured_and_capped(server: FakeOpenAI) -> None:
+def test_numeric_retry_after_is_honoured_and_capped(
+    server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []
+
+    def recorded(client: OpenAIChatBackend) -> OpenAIChatBackend:
+        wait = client._wait
+        monkeypatch.setattr(client, "_wait", lambda state: waits.append(wait(state)) or 0.0)
+        return client
+
     server.fail_first(1, 429, "0.3")
-    started = time.monotonic()
-    backend(server).complete(chats(1), max_tokens=4)
-    assert time.monotonic() - started >= 0.28
+    recorded(backend(server)).complete(chats(1), max_tokens=4)
     server.fail_first(1, 429, "120")
-    started = time.monotonic()
-    backend(server, retry_after_max_s=0.01).complete(chats(1), max_tokens=4)
-    assert time.monotonic() - started < 1.0
+    recorded(backend(server, retry_after_max_s=0.01)).complete(chats(1), max_tokens=4)
+    assert waits == [0.3, 0.01]  # the server's Retry-After, then capped at retry_after_max_s
+    assert len(server.bodies) == 4
 
 
 def test_exhausted_retries_raise_with_status_and_url(server: FakeOpenAI) -> None:
@@ -277,12 +322,10 @@ def test_malformed_body_raises(server: FakeOpenAI, body: str) -> None:
 
 
 def test_timeouts_are_retried_then_raise(server: FakeOpenAI) -> None:
-    server.delay = lambda body: 0.4
-    started = time.monotonic()
+    server.delay = lambda body: 3.0  # far beyond the client's timeout
     with pytest.raises(PersonaAxisError, match="timed out"):
         backend(server, timeout_s=0.1, max_retries=1).complete(chats(1), max_tokens=4)
-    assert time.monotonic() - started < 0.7  # two 0.1 s attempts, not two 0.4 s replies
-    assert len(server.bodies) == 2
+    assert len(server.bodies) == 2  # one attempt and one retry, each cut by the timeout
 
 
 def test_unreachable_server_raises_after_retries() -> None:
