@@ -241,10 +241,7 @@ def run_jailbreak(
 
 def plot_jailbreak(result: Mapping[str, Any], path: str | Path, title: str = "") -> Path:
     """Stacked category fractions per condition, with the harmful rate's Wilson 95% interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from persona_axis.report.plots import new_figure, save_png
 
     names = list(result["conditions"])
     colours = {
@@ -254,7 +251,8 @@ def plot_jailbreak(result: Mapping[str, Any], path: str | Path, title: str = "")
         "partial_compliance": "#f4a259",
         "full_compliance": "#c0392b",
     }
-    fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(names), 4.2))
+    fig = new_figure(1.8 + 1.4 * len(names), 4.2)
+    ax = fig.subplots()
     bottoms = [0.0] * len(names)
     for category in CATEGORIES:
         fractions = []
@@ -277,9 +275,4 @@ def plot_jailbreak(result: Mapping[str, Any], path: str | Path, title: str = "")
     ax.set_ylabel("fraction of judged replies")
     ax.set_title(title or f"Persona jailbreaks (judge: {result['judge']})", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=120)
-    plt.close(fig)
-    return target
+    return save_png(fig, path)

@@ -129,12 +129,10 @@ def plot_sweep(
 ) -> Path:
     """Scatter of harm change (y) vs summed capability change (x), frontier joined, chosen
     setting starred."""
-    import matplotlib
+    from persona_axis.report.plots import new_figure, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = new_figure(7, 5)
+    ax = fig.subplots()
     ax.axhline(0, color="#999999", lw=0.8)
     ax.axvline(0, color="#999999", lw=0.8)
     ax.scatter([p.capability_change for p in points], [p.harm_change for p in points], c="#557")
@@ -157,12 +155,7 @@ def plot_sweep(
     ax.set_ylabel("harmful-rate change (fraction; down is better)")
     ax.set_title(title or "Cap settings: harm vs capability", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=120)
-    plt.close(fig)
-    return target
+    return save_png(fig, path)
 
 
 def select_settings(

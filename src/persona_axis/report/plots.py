@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from persona_axis import files
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -23,17 +25,25 @@ THRESHOLD = "#3a3a3a"
 PALETTE = ["#1f6fb2", "#c2452d", "#2a9d5c", "#8e5bb5", "#d08a1c", "#3b8ea5", "#a0522d", "#5a5a5a"]
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of ``width`` × ``height`` inches on the Agg canvas, constrained layout."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     return figure
 
 
-def _png(figure: Figure) -> bytes:
+def png_bytes(figure: Figure) -> bytes:
+    """``figure`` encoded as PNG."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
+
+
+def save_png(figure: Figure, path: str | Path) -> Path:
+    """Write ``figure`` as a PNG file at ``path`` (atomically, parents created)."""
+    data = png_bytes(figure)
+    return files.write_atomic(path, lambda temporary: temporary.write_bytes(data))
 
 
 def _style(ax: Axes) -> None:
@@ -64,13 +74,13 @@ def trajectories_png(
     ax_width: float = 7.5,
 ) -> bytes:
     """Per-turn projections of several conversations; threshold, reference and alarms marked."""
-    figure = _figure(ax_width, 4.0)
+    figure = new_figure(ax_width, 4.0)
     ax = figure.add_subplot()
     _draw_trajectories(ax, lines, threshold, reference)
     ax.set_title(title, fontsize=11)
     ax.set_xlabel("assistant turn")
     ax.set_ylabel(ylabel)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _draw_trajectories(
@@ -130,7 +140,7 @@ def panels_png(
     names = list(panels)
     columns = min(2, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / columns))
-    figure = _figure(5.2 * columns, 3.3 * rows)
+    figure = new_figure(5.2 * columns, 3.3 * rows)
     axes = figure.subplots(rows, columns, sharey=True, squeeze=False)
     for index, name in enumerate(names):
         ax = axes[index // columns][index % columns]
@@ -142,7 +152,7 @@ def panels_png(
     for index in range(len(names), rows * columns):
         axes[index // columns][index % columns].set_visible(False)
     figure.suptitle(title, fontsize=11)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def persona_space_png(
@@ -160,7 +170,7 @@ def persona_space_png(
     role vectors) are drawn hollow. Labels go to every role up to ``max_labels`` roles, else to
     the extremes of PC1.
     """
-    figure = _figure(7.5, 5.6)
+    figure = new_figure(7.5, 5.6)
     ax = figure.add_subplot()
     _style(ax)
     xs = [row[0] for row in loadings]
@@ -225,13 +235,13 @@ def persona_space_png(
     ax.set_ylabel(pc2)
     ax.set_title(f"Persona space at layer {layer}", fontsize=11)
     ax.legend(fontsize=8, loc="best", frameon=False)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def variance_png(ratios: Sequence[float], max_components: int = 20) -> bytes:
     """Explained variance ratio per component (bars) and cumulative (line), 70% marked."""
     shown = list(ratios[:max_components])
-    figure = _figure(6.0, 3.4)
+    figure = new_figure(6.0, 3.4)
     ax = figure.add_subplot()
     _style(ax)
     positions = list(range(1, len(shown) + 1))
@@ -249,7 +259,7 @@ def variance_png(ratios: Sequence[float], max_components: int = 20) -> bytes:
     ax.set_ylabel("fraction of role variance")
     ax.set_title("Explained variance of the persona space", fontsize=11)
     ax.legend(fontsize=8, frameon=False, loc="center right")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def ranked_bars_png(
@@ -268,7 +278,7 @@ def ranked_bars_png(
     ranked = sorted(items, key=lambda item: -item[1])
     if len(ranked) > 2 * n_each:
         ranked = ranked[:n_each] + ranked[-n_each:]
-    figure = _figure(6.8, max(2.4, 0.26 * len(ranked) + 1.2))
+    figure = new_figure(6.8, max(2.4, 0.26 * len(ranked) + 1.2))
     ax = figure.add_subplot()
     _style(ax)
     names = [name for name, _ in ranked][::-1]
@@ -283,7 +293,7 @@ def ranked_bars_png(
         ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=11)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def caps_png(
@@ -294,7 +304,7 @@ def caps_png(
 ) -> bytes:
     """Cap floors per layer (one line per setting, ``highlight`` drawn thick) over the
     calibration percentiles per layer; the view spans layer 0 to just past the deepest cap."""
-    figure = _figure(7.5, 4.2)
+    figure = new_figure(7.5, 4.2)
     ax = figure.add_subplot()
     _style(ax)
     deepest = max((layer for points in settings.values() for layer, _ in points), default=0)
@@ -333,19 +343,19 @@ def caps_png(
     ax.set_ylabel("floor / projection on the axis")
     ax.set_title("Cap thresholds per layer (floors along +axis)", fontsize=11)
     ax.legend(fontsize=7, frameon=False, ncol=2, loc="best")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def line_png(values: Sequence[float], *, title: str, xlabel: str, ylabel: str) -> bytes:
     """A single series against its index (e.g. cos(axis, PC1) per layer)."""
-    figure = _figure(6.0, 3.0)
+    figure = new_figure(6.0, 3.0)
     ax = figure.add_subplot()
     _style(ax)
     ax.plot(range(len(values)), list(values), color=ASSISTANT, marker="o", markersize=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def trajectories_from_monitor(conversations: Sequence[Mapping[str, Any]]) -> list[Trajectory]:
