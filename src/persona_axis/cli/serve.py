@@ -114,7 +114,8 @@ def serve(
     allow_mismatch: AllowMismatchOption = False,
 ) -> None:
     """Serve the model over an OpenAI-compatible API with caps, drift telemetry and a chat page."""
-    from persona_axis.serve.replicas import ServerConfig, build_app, deploy
+    from persona_axis.serve.config import ServerConfig, build_app
+    from persona_axis.serve.replicas import deploy
     from persona_axis.serve.runner import is_loopback, serve_forever, wait_forever
 
     if default_max_tokens > max_tokens:

@@ -1,16 +1,20 @@
 """The FastAPI app: OpenAI-compatible chat completions with per-request caps and telemetry.
 
 Routes: ``POST /v1/chat/completions`` (JSON or server-sent events with ``"stream": true``),
-``GET /v1/models``, ``GET /v1/persona_axis`` (caps, target layer, drift band: what a client
-needs to pick a setting and draw a meter), ``GET /health``, ``GET /metrics`` (Prometheus) and
-the chat page at ``/`` (static files shipped in the package, no external resources).
+``GET /v1/models``, ``GET /v1/persona_axis`` (caps, target layer, drift band of the default
+bundle and of every bundle: what a client needs to pick a setting and draw a meter),
+``GET /health``, ``GET /metrics`` (Prometheus), the admin routes ``/v1/admin/bundles`` (load
+and unload bundles; API key required) and the chat page at ``/`` (static files shipped in the
+package, no external resources). Every response names the process that answered in its
+``X-Persona-Axis-Replica`` header.
 
 With an API key, every ``/v1/`` route needs ``Authorization: Bearer <key>``; ``/``, the static
 files, ``/health`` and ``/metrics`` stay open (they hold no conversation data). Request bodies
 above ``max_body_bytes`` get 413 before they are parsed.
 
 ``temperature`` defaults to 0 (greedy), not OpenAI's 1; ``max_tokens`` defaults to
-``default_max_tokens``. Requests with different settings or sampling never share a batch; see
+``default_max_tokens``. With the continuous scheduler (the default) requests of every bundle,
+setting, sampling and length share one batch; see :mod:`~persona_axis.serve.continuous` and
 :mod:`~persona_axis.serve.scheduler`.
 """
 
@@ -310,7 +314,8 @@ class Service:
 
 SchedulerKind = Literal["continuous", "static"]
 REPLICA = f"{socket.gethostname()}:{os.getpid()}"
-"""This process, as named in the ``X-Persona-Axis-Replica`` header of every response."""
+"""This process (host:pid), as named in the ``X-Persona-Axis-Replica`` header of every response
+unless ``create_app(replica=...)`` names it otherwise."""
 
 
 def create_app(
@@ -329,6 +334,7 @@ def create_app(
     max_body_bytes: int = 1_000_000,
     model_name: str | None = None,
     allow_mismatch: bool = False,
+    replica: str = REPLICA,
 ) -> FastAPI:
     """The server for ``lm`` with one bundle, or several by name (the first is the default for
     requests that name none); start it with uvicorn.
@@ -388,13 +394,15 @@ def create_app(
     )
     app.state.service = service
     app.state.engine = engine
-    _install_errors_and_middleware(app, metrics, max_body_bytes)
+    _install_errors_and_middleware(app, metrics, max_body_bytes, replica)
     _add_routes(app, service)
     _add_admin_routes(app, service)
     return app
 
 
-def _install_errors_and_middleware(app: FastAPI, metrics: Metrics, max_body_bytes: int) -> None:
+def _install_errors_and_middleware(
+    app: FastAPI, metrics: Metrics, max_body_bytes: int, replica: str
+) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error_response(exc)
@@ -416,7 +424,7 @@ def _install_errors_and_middleware(app: FastAPI, metrics: Metrics, max_body_byte
         route = request.scope.get("route")
         path = getattr(route, "path", None) or "other"
         metrics.requests.labels(path, str(response.status_code)).inc()
-        response.headers["X-Persona-Axis-Replica"] = REPLICA
+        response.headers["X-Persona-Axis-Replica"] = replica
         return response
 
 
@@ -439,7 +447,6 @@ def _add_routes(app: FastAPI, service: Service) -> None:
                 "model": service.served,
                 "queued": scheduler.depth,
                 "generating": scheduler.running,
-                "replica": REPLICA,
             },
             status_code=200 if ok else 503,
         )

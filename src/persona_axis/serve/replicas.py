@@ -1,13 +1,20 @@
-"""What a server is made of (:class:`ServerConfig`), and N copies of it on Ray Serve.
+"""N copies of the server on Ray Serve, behind one endpoint.
 
-:func:`build_app` loads the bundles and the model of a :class:`ServerConfig` and returns the
-FastAPI app; the CLI runs it with uvicorn in one process. :func:`deploy` runs ``replicas``
-copies of the same app as a Ray Serve deployment: each replica (a Ray actor) builds its own
-app from the config, so the routes, the API key, the web page and the admin routes are the
-same; Ray Serve's HTTP proxy listens on ``host:port`` and spreads requests over the replicas.
+:func:`deploy` runs ``replicas`` copies of :func:`~persona_axis.serve.config.build_app`'s app
+as a Ray Serve deployment: each replica (a Ray actor, :class:`ServerReplica`) builds its own
+app from the :class:`~persona_axis.serve.config.ServerConfig`, so the routes, the API key, the
+web page and the admin routes are the same; Ray Serve's HTTP proxy listens on ``host:port``.
 
-Failures: Ray Serve restarts a replica whose actor dies. Requests in flight on it end with an
-error from the proxy (a 5xx; clients retry, as the OpenAI client does by default), never a hang.
+Why a front: Ray Serve's own proxy answers a request whose replica died with a bare "Internal
+Server Error" or a cut stream. The :class:`Front` deployment (the HTTP ingress, no model)
+forwards each request (method, path, headers, body) to a replica through a streaming
+deployment handle, which spreads requests over the replicas; the replica runs it through its
+ASGI app and streams the ASGI messages back.
+
+Requests reach the replicas through a small front deployment (:mod:`.forward`), which makes
+failures clear: Ray Serve restarts a replica whose actor dies; a request in flight on it that
+had sent nothing yet is retried once on another replica, and one that had (a stream) ends with
+an OpenAI-style error event saying the replica failed and to retry; never a hang.
 An admin change (bundle load/unload) reaches the one replica that answers it: send it once
 per replica, or restart the deployment with the new ``--bundle`` list.
 
@@ -20,47 +27,183 @@ the same paths everywhere (a shared filesystem or the same HF cache), then run
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
 from persona_axis.errors import PersonaAxisError
+from persona_axis.serve.config import ServerConfig, build_app
+from persona_axis.serve.protocol import ApiError
 
 APP_NAME = "persona-axis"
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+ATTEMPTS = 2
+"""A request whose replica died before answering is sent this many times at most."""
+FAILED = ApiError(
+    503,
+    "The server replica handling this request failed; it is being replaced. Retry the request.",
+    kind="server_error",
+    code="replica_failed",
+)
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """Everything needed to build the server's app anywhere: bundle directories by name (the
-    first is the default), the model (None: the default bundle's), its dtype, and
-    :func:`~persona_axis.serve.app.create_app` options."""
+class ServerReplica:
+    """One copy of the server: its app, started, answering forwarded requests."""
 
-    bundles: dict[str, str]
-    model: str | None = None
-    dtype: str = "auto"
-    allow_mismatch: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
+    async def __init__(self, config: ServerConfig, threads: int = 1) -> None:  # type: ignore[misc]
+        import ray
+        import torch
+
+        from persona_axis.serve.app import REPLICA
+
+        torch.set_num_threads(threads)
+        name = ray.get_runtime_context().get_actor_name()  # ray.get_actor(name, "serve")
+        options = {**config.options, "replica": f"{REPLICA}/{name}"}
+        self.app = build_app(replace(config, options=options))
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        await self._lifespan.__aenter__()
+
+    async def call(self, request: dict[str, Any], body: bytes) -> AsyncIterator[dict[str, Any]]:
+        """Run one HTTP request through the app; yields its ASGI ``http.response.*``
+        messages. Cancelling the generator tells the app the client disconnected."""
+        messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        gone = asyncio.Event()
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            await messages.put(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "scheme": "http",
+            "root_path": "",
+            "server": ("replica", 0),
+            "client": ("front", 0),
+            **request,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request["headers"]],
+            "query_string": request["query_string"].encode("latin-1"),
+            "raw_path": request["path"].encode(),
+        }
+        task = asyncio.create_task(self.app(scope, receive, send))
+        try:
+            while True:
+                message = await _next(messages, task)
+                if message is None:
+                    return
+                yield message
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    return
+        finally:
+            gone.set()
+            if not task.done():
+                task.cancel()
+
+    async def __del__(self) -> None:
+        await self._lifespan.__aexit__(None, None, None)
 
 
-def build_app(config: ServerConfig) -> Any:
-    """Load ``config``'s bundles and model (each bundle is checked against the model) and
-    return the FastAPI app."""
-    from persona_axis.axis.bundle import AxisBundle
-    from persona_axis.models import load_model
-    from persona_axis.serve.app import create_app
+async def _next(
+    messages: asyncio.Queue[dict[str, Any]], task: asyncio.Task[None]
+) -> dict[str, Any] | None:
+    """The app's next message; None once the app returned without more (its error raises)."""
+    if not messages.empty() or not task.done():
+        getter = asyncio.ensure_future(messages.get())
+        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+    if not messages.empty():
+        return messages.get_nowait()
+    task.result()
+    return None
 
-    if not config.bundles:
-        raise PersonaAxisError("Give at least one bundle to serve (--bundle DIR).")
-    bundles = {name: AxisBundle.load(path) for name, path in config.bundles.items()}
-    first = next(iter(bundles.values()))
-    lm = load_model(config.model or first.model_id, dtype=config.dtype)
-    return create_app(lm, bundles, allow_mismatch=config.allow_mismatch, **config.options)
+
+class Front:
+    """The HTTP ingress of a replicated server: forwards every route to a replica."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return front_app(self.server)
+
+
+def front_app(server: Any) -> FastAPI:
+    """A FastAPI app forwarding every request to the deployment handle ``server``."""
+    from ray.exceptions import RayError
+    from ray.serve.exceptions import RayServeException
+
+    failures: tuple[type[BaseException], ...] = (RayError, RayServeException)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.api_route("/{path:path}", methods=METHODS, include_in_schema=False)
+    async def forward(request: Request, path: str) -> Response:
+        forwarded = {
+            "method": request.method,
+            "path": request.url.path,
+            "query_string": request.url.query,
+            "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
+        }
+        body = await request.body()
+        for _ in range(ATTEMPTS):
+            stream = server.options(stream=True).call.remote(forwarded, body)
+            try:
+                start = await stream.__anext__()
+            except failures:
+                continue
+            except StopAsyncIteration:
+                break
+            return _respond(start, stream, failures)
+        return JSONResponse(FAILED.body(), status_code=503, headers={"Retry-After": "1"})
+
+    return app
+
+
+def _respond(
+    start: dict[str, Any], stream: Any, failures: tuple[type[BaseException], ...]
+) -> Response:
+    headers = {
+        k.decode("latin-1"): v.decode("latin-1")
+        for k, v in start["headers"]
+        if k.lower() not in (b"content-length", b"transfer-encoding")
+    }
+    events = headers.get("content-type", "").startswith("text/event-stream")
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for message in stream:
+                if message["type"] == "http.response.body" and message.get("body"):
+                    yield message["body"]
+        except failures:
+            if events:
+                yield f"data: {json.dumps(FAILED.body())}\n\n".encode()
+        finally:
+            stream.cancel()
+
+    return StreamingResponse(body(), status_code=start["status"], headers=headers)
 
 
 def deployment(
     config: ServerConfig, replicas: int, *, gpus_per_replica: float = 0.0, threads: int = 1
 ) -> Any:
-    """The bound Ray Serve application: ``replicas`` copies of :func:`build_app`'s app."""
+    """The bound Ray Serve application: a front (HTTP ingress, no model) forwarding every
+    request to one of ``replicas`` copies of :func:`build_app`'s app (see the module doc)."""
     from ray import serve
 
     if replicas < 1:
@@ -70,28 +213,16 @@ def deployment(
         bundles={name: str(Path(path).resolve()) for name, path in config.bundles.items()},
         model=_resolved(config.model),
     )
-
-    @serve.ingress()
-    class Replica:
-        """One copy of the server (a Ray actor); its app is built when it starts."""
-
-        def __init__(self, config: ServerConfig) -> None:
-            self.config = config
-
-        def __serve_build_asgi_app__(self) -> Any:
-            import torch
-
-            torch.set_num_threads(threads)
-            return build_app(self.config)
-
-    resources = {"num_cpus": threads, "num_gpus": gpus_per_replica}
-    wrap = serve.deployment(
+    server = serve.deployment(
         name="server",
         num_replicas=replicas,
-        ray_actor_options=resources,
+        ray_actor_options={"num_cpus": threads, "num_gpus": gpus_per_replica},
         max_ongoing_requests=64,
-    )
-    return wrap(Replica).bind(config)
+    )(ServerReplica)
+    front = serve.deployment(
+        name="front", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024
+    )(serve.ingress()(Front))
+    return front.bind(server.bind(config, threads))
 
 
 def deploy(
