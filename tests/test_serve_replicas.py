@@ -9,7 +9,6 @@ import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -143,11 +142,3 @@ def test_a_killed_replica_is_replaced_and_its_requests_end_clearly(cluster) -> N
     replicas = {answer.headers["x-persona-axis-replica"] for answer in after}
     assert all(a.status_code == 200 for a in after) and len(replicas) == 2
     assert victim not in replicas
-
-
-def test_model_and_bundles_travel_as_absolute_paths(cluster, tmp_path: Path) -> None:
-    from persona_axis.serve.replicas import deployment
-
-    _, config = cluster
-    app = deployment(config, 1)
-    assert Path(app._bound_args[0]._bound_args[0].model).is_absolute()
