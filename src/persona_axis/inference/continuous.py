@@ -5,7 +5,7 @@ Why our own loop: transformers' continuous batching (``generate_batch``,
 ``[1, all tokens of all requests, d]`` whose token-to-request map lives in private state, with
 prefix sharing of KV blocks across requests (a cached prefix computed under one request's
 intervention would be reused under another's) and, on CPU, 2.5× slower than ``generate``
-(SmolLM2, 8 prompts × 32 tokens: 50–60 s vs 19–20 s, docs/benchmarks.md). So we keep
+(docs/benchmarks.md, `benchmarks/bench_hf_continuous.py`). So we keep
 Hugging Face's ordinary forward with a ``DynamicCache`` and manage the batch ourselves.
 
 The loop (:class:`ContinuousBatch`), one :meth:`~ContinuousBatch.step` at a time:
