@@ -75,6 +75,8 @@ class Phase:
 
     wall: float = 0.0
     tokens: int = 0
+    window: float = 0.0
+    in_window: float = 0.0  # tokens streamed while clients were still sending (estimated)
     ttft: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     batch: list[float] = field(default_factory=list)
@@ -83,6 +85,13 @@ class Phase:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.wall
+
+    @property
+    def steady_tokens_per_s(self) -> float:
+        """Tokens streamed inside the sending window per second: each reply's tokens spread
+        evenly between its first and last token, the part inside the window counted; this
+        leaves out the drain after the deadline, where batches shrink."""
+        return self.in_window / self.window
 
 
 def settings(bundle: AxisBundle) -> list[dict[str, Any]]:
@@ -122,7 +131,8 @@ def stream_events(http: httpx.Client, body: dict[str, Any]) -> Iterator[dict[str
 
 
 def one_request(http: httpx.Client, body: dict[str, Any]) -> tuple[float, float, int, float]:
-    """(time to first content, latency, completion tokens, batch size) of one request."""
+    """(time to first content, latency, completion tokens, batch size) of one request, times
+    in seconds from sending it."""
     start = time.perf_counter()
     first = None
     tokens, batch = 0, 0.0
@@ -152,6 +162,7 @@ def run_phase(url: str, traffic: str, mix: list[dict[str, Any]], clients: int, s
         deadline = time.perf_counter() + seconds
         j = 0
         while time.perf_counter() < deadline:
+            sent = time.perf_counter()
             try:
                 ttft, latency, tokens, batch = one_request(
                     http, request_body(traffic, mix, index, j)
@@ -162,10 +173,13 @@ def run_phase(url: str, traffic: str, mix: list[dict[str, Any]], clients: int, s
                 continue
             finally:
                 j += 1
+            first, last = sent + ttft, sent + latency
+            inside = max(0.0, min(last, deadline) - first) / max(last - first, 1e-9)
             with lock:
                 phase.ttft.append(ttft)
                 phase.latencies.append(latency)
                 phase.tokens += tokens
+                phase.in_window += tokens * inside
                 phase.batch.append(batch)
 
     with ThreadPoolExecutor(clients) as pool:
@@ -175,6 +189,7 @@ def run_phase(url: str, traffic: str, mix: list[dict[str, Any]], clients: int, s
         for future in futures:
             future.result()
         phase.wall = time.perf_counter() - start
+    phase.window = seconds
     for http in https:
         http.close()
     return phase
@@ -226,36 +241,40 @@ def main() -> None:
                 results.setdefault((scheduler, traffic), []).append(phase)
                 print(
                     f"  round {round_index + 1} {scheduler:10s} {traffic:7s}: "
-                    f"{phase.tokens_per_s:6.1f} tok/s, {len(phase.latencies)} replies, "
+                    f"{phase.tokens_per_s:6.1f} tok/s ({phase.steady_tokens_per_s:6.1f} in the "
+                    f"window), {len(phase.latencies)} replies, "
                     f"mean batch {statistics.mean(phase.batch or [0]):.1f}, "
                     f"{phase.errors} errors",
                     flush=True,
                 )
 
     print(
-        "\n| scheduler | traffic | tokens/s (median) | TTFT p50 | TTFT p95 | latency p50 "
-        "| latency p95 | replies | mean batch | errors |"
+        "\n| scheduler | traffic | tokens/s (median) | in the window | TTFT p50 | TTFT p95 "
+        "| latency p50 | latency p95 | replies | mean batch | errors |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    rate = {}
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    rate, steady = {}, {}
     for (scheduler, traffic), runs in sorted(results.items()):
         rate[(scheduler, traffic)] = statistics.median(r.tokens_per_s for r in runs)
+        steady[(scheduler, traffic)] = statistics.median(r.steady_tokens_per_s for r in runs)
         ttft = [x for r in runs for x in r.ttft]
         latency = [x for r in runs for x in r.latencies]
         batch = [x for r in runs for x in r.batch]
         print(
             f"| {scheduler} | {traffic} | {rate[(scheduler, traffic)]:.1f} | "
+            f"{steady[(scheduler, traffic)]:.1f} | "
             f"{percentile(ttft, 50):.2f} s | {percentile(ttft, 95):.2f} s | "
             f"{percentile(latency, 50):.2f} s | {percentile(latency, 95):.2f} s | "
             f"{len(latency)} | {statistics.mean(batch):.1f} | {sum(r.errors for r in runs)} |"
         )
     print()
-    for scheduler in ("static", "continuous"):
-        ratio = rate[(scheduler, "mixed")] / rate[(scheduler, "uniform")]
-        print(f"{scheduler}: mixed / uniform = {ratio:.2f}×")
-    for traffic in ("uniform", "mixed"):
-        ratio = rate[("continuous", traffic)] / rate[("static", traffic)]
-        print(f"{traffic}: continuous / static = {ratio:.2f}×")
+    for name, table in (("tokens/s", rate), ("in the window", steady)):
+        for scheduler in ("static", "continuous"):
+            ratio = table[(scheduler, "mixed")] / table[(scheduler, "uniform")]
+            print(f"{name}: {scheduler}: mixed / uniform = {ratio:.2f}×")
+        for traffic in ("uniform", "mixed"):
+            ratio = table[("continuous", traffic)] / table[("static", traffic)]
+            print(f"{name}: {traffic}: continuous / static = {ratio:.2f}×")
 
 
 if __name__ == "__main__":
