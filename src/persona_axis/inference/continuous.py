@@ -4,7 +4,7 @@ Why our own loop: transformers' continuous batching (``generate_batch``,
 ``ContinuousBatchingManager``) runs forward hooks, but on one flattened ragged sequence
 ``[1, all tokens of all requests, d]`` whose token-to-request map lives in private state, with
 prefix sharing of KV blocks across requests (a cached prefix computed under one request's
-intervention would be reused under another's) and, on CPU, 2.5× slower than ``generate``
+intervention would be reused under another's) and, on CPU, 2.4× slower than ``generate``
 (docs/benchmarks.md, `benchmarks/bench_hf_continuous.py`). So we keep
 Hugging Face's ordinary forward with a ``DynamicCache`` and manage the batch ourselves.
 
