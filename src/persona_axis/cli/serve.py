@@ -118,6 +118,8 @@ def serve(
     from persona_axis.serve.replicas import deploy
     from persona_axis.serve.runner import is_loopback, serve_forever, wait_forever
 
+    if scheduler not in ("continuous", "static"):
+        raise PersonaAxisError(f"--scheduler {scheduler!r}: use 'continuous' or 'static'.")
     if default_max_tokens > max_tokens:
         raise PersonaAxisError(
             f"--default-max-tokens {default_max_tokens} is above --max-tokens {max_tokens}; "
