@@ -1,26 +1,39 @@
-"""Serving throughput and latency: 1, 4 and 8 concurrent clients, with and without a cap.
+"""Serving, side by side in one run: the static scheduler vs continuous batching, on uniform and
+on mixed traffic.
 
-A real server (uvicorn in a background thread of this process) with the default model; each
-client is a thread sending greedy, non-streaming chat completions back to back over HTTP
-(closed loop). Per round, each client count runs the uncapped and the capped variant in
-alternating order; aggregate tokens/s (content tokens of all replies / wall time) is the median
-over rounds, latencies (arrival to last byte) are pooled over rounds.
+Two real servers (uvicorn in background threads of this process, one model shared under its
+generation lock; only one phase runs at a time): ``--scheduler static`` (per-setting
+micro-batches, the earlier behaviour) and ``--scheduler continuous``. Each phase lets
+``--clients`` closed-loop client threads send greedy, streaming chat completions back to back
+for ``--seconds``; requests in flight at the deadline finish and count. Traffic:
 
-    .venv/bin/python benchmarks/bench_serve.py --bundle /tmp/serve-bundle/bundle
+- **uniform**: every request with the bundle's recommended cap and ``max_tokens`` 72;
+- **mixed**: requests cycle over no cap, three cap settings and steering (+1.0), and over
+  ``max_tokens`` 16, 32, 64, 96, 128 (coprime cycles, so every pair occurs).
 
-Targets (issue 5): aggregate tokens/s at 8 clients ≥ 4× one client; capped ≥ 0.95× uncapped.
+Per phase: aggregate tokens/s (content tokens of finished replies / wall time from the start
+to the last reply), time to first token (request sent → first content delta), latency p50/p95
+(request sent → last byte). Rounds alternate the order of the four phases; tokens/s is the
+median over rounds, times are pooled over rounds.
+
+    cpu exclusive .venv/bin/python benchmarks/bench_serve.py --bundle /tmp/serve-bundle/bundle
+
+Targets (issue 13): mixed ≥ 0.8× uniform and ≥ 3× the static scheduler's mixed throughput,
+lower p95 latency, and ≥ 0.95× the static scheduler on uniform traffic.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import os
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -52,28 +65,93 @@ PROMPTS = [
     "Explain what photosynthesis is and why it matters.",
     "Describe the main causes of the seasons on Earth.",
 ]
+MIXED_TOKENS = (16, 32, 64, 96, 128)
+UNIFORM_TOKENS = 72
 
 
 @dataclass
-class Run:
-    """One (client count, variant) run: wall seconds, tokens, per-request latencies."""
+class Phase:
+    """One phase: wall seconds, tokens, per-request first-token times and latencies."""
 
-    wall: float
-    tokens: int
+    wall: float = 0.0
+    tokens: int = 0
+    window: float = 0.0
+    in_window: float = 0.0  # tokens streamed while clients were still sending (estimated)
+    ttft: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
-    at_limit: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+    batch: list[float] = field(default_factory=list)
+    errors: int = 0
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.wall
 
+    @property
+    def steady_tokens_per_s(self) -> float:
+        """Tokens streamed inside the sending window per second: each reply's tokens spread
+        evenly between its first and last token, the part inside the window counted; this
+        leaves out the drain after the deadline, where batches shrink."""
+        return self.in_window / self.window
 
-def run_clients(url: str, clients: int, per_client: int, options: dict, max_tokens: int) -> Run:
-    """``clients`` threads, each sending ``per_client`` requests back to back; connections are
-    opened first and the threads start together, so the clock covers only the requests."""
+
+def settings(bundle: AxisBundle) -> list[dict[str, Any]]:
+    """No cap, three cap settings (the recommended one first), steering."""
+    recommended = bundle.recommended_cap
+    others = [name for name in sorted(bundle.caps) if name != recommended]
+    caps = [recommended, *others[:2]]
+    return [{"cap": "none"}, *({"cap": cap} for cap in caps), {"cap": "none", "steer": 1.0}]
+
+
+def request_body(traffic: str, mix: list[dict[str, Any]], client: int, j: int) -> dict[str, Any]:
+    k = client * 7 + j
+    if traffic == "uniform":
+        options, max_tokens = mix[1], UNIFORM_TOKENS
+    else:
+        options, max_tokens = mix[k % len(mix)], MIXED_TOKENS[k % len(MIXED_TOKENS)]
+    return {
+        "messages": [{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}],
+        "max_tokens": max_tokens,
+        "persona_axis": options,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def stream_events(http: httpx.Client, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The parsed server-sent events of one streamed chat completion (an error event raises)."""
+    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(event["error"]["message"])
+            yield event
+
+
+def one_request(http: httpx.Client, body: dict[str, Any]) -> tuple[float, float, int, float]:
+    """(time to first content, latency, completion tokens, batch size) of one request, times
+    in seconds from sending it."""
+    start = time.perf_counter()
+    first = None
+    tokens, batch = 0, 0.0
+    for event in stream_events(http, body):
+        if event.get("usage"):
+            tokens = event["usage"]["completion_tokens"]
+        if event.get("persona_axis"):
+            batch = event["persona_axis"]["batch_size"]
+        choices = event.get("choices") or []
+        if first is None and choices and choices[0]["delta"].get("content"):
+            first = time.perf_counter() - start
+    latency = time.perf_counter() - start
+    return (latency if first is None else first), latency, tokens, batch
+
+
+def run_phase(url: str, traffic: str, mix: list[dict[str, Any]], clients: int, seconds: float):
+    """``clients`` closed-loop threads sending until ``seconds`` have passed."""
     lock = threading.Lock()
-    run = Run(0.0, 0)
+    phase = Phase()
     https = [httpx.Client(base_url=url, timeout=600) for _ in range(clients)]
     start_line = threading.Barrier(clients + 1)
 
@@ -81,23 +159,28 @@ def run_clients(url: str, clients: int, per_client: int, options: dict, max_toke
         http = https[index]
         http.get("/health").raise_for_status()  # connect before the clock starts
         start_line.wait()
-        for j in range(per_client):
-            prompt = PROMPTS[(index * per_client + j) % len(PROMPTS)]
-            body = {
-                "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": max_tokens,
-                "persona_axis": options,
-            }
-            start = time.perf_counter()
-            response = http.post("/v1/chat/completions", json=body)
-            latency = time.perf_counter() - start
-            response.raise_for_status()
-            data = response.json()
+        deadline = time.perf_counter() + seconds
+        j = 0
+        while time.perf_counter() < deadline:
+            sent = time.perf_counter()
+            try:
+                ttft, latency, tokens, batch = one_request(
+                    http, request_body(traffic, mix, index, j)
+                )
+            except (httpx.HTTPError, RuntimeError):
+                with lock:
+                    phase.errors += 1
+                continue
+            finally:
+                j += 1
+            first, last = sent + ttft, sent + latency
+            inside = max(0.0, min(last, deadline) - first) / max(last - first, 1e-9)
             with lock:
-                run.latencies.append(latency)
-                run.tokens += data["usage"]["completion_tokens"]
-                run.at_limit += data["choices"][0]["finish_reason"] == "length"
-                run.batch_sizes.append(data["persona_axis"]["batch_size"])
+                phase.ttft.append(ttft)
+                phase.latencies.append(latency)
+                phase.tokens += tokens
+                phase.in_window += tokens * inside
+                phase.batch.append(batch)
 
     with ThreadPoolExecutor(clients) as pool:
         futures = [pool.submit(client, index) for index in range(clients)]
@@ -105,10 +188,11 @@ def run_clients(url: str, clients: int, per_client: int, options: dict, max_toke
         start = time.perf_counter()
         for future in futures:
             future.result()
-        run.wall = time.perf_counter() - start
+        phase.wall = time.perf_counter() - start
+    phase.window = seconds
     for http in https:
         http.close()
-    return run
+    return phase
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -119,87 +203,78 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default="/tmp/serve-bundle/bundle")
-    parser.add_argument("--cap", default=None, help="cap setting; default: the recommended one")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--clients", default="1,4,8")
-    parser.add_argument("--per-client", type=int, default=3, help="requests per client per run")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-wait-ms", type=float, default=100.0)
-    parser.add_argument("--verbose", action="store_true", help="log every batch")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=45.0, help="sending time per phase")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-wait-ms", type=float, default=100.0, help="static scheduler")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
-    if args.verbose:
-        logging.basicConfig(format="%(relativeCreated)8.0f ms %(message)s")
-        logging.getLogger("persona_axis.serve").setLevel(logging.DEBUG)
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
     lm = load_model(dtype=args.dtype)
     bundle = AxisBundle.load(args.bundle)
-    cap = args.cap or bundle.manifest["recommended_cap"]
-    counts = [int(c) for c in args.clients.split(",")]
-    app = create_app(
-        lm,
-        bundle,
-        default_cap="none",
-        max_batch=max(counts),
-        max_queue=4 * max(counts),
-        batch_wait_ms=args.batch_wait_ms,
-        max_tokens_limit=max(512, args.max_tokens),
-    )
-    variants = {"uncapped": {"cap": "none"}, f"capped ({cap})": {"cap": cap}}
+    mix = settings(bundle)
+    common = {
+        "default_cap": "none",
+        "max_batch": args.clients,
+        "max_queue": 4 * args.clients,
+        "max_tokens_limit": max(MIXED_TOKENS),
+    }
+    static = create_app(lm, bundle, scheduler="static", batch_wait_ms=args.batch_wait_ms, **common)
+    continuous = create_app(lm, bundle, scheduler="continuous", **common)
     print(machine())
     print(
-        f"{lm.name} {args.dtype}, greedy, max_tokens {args.max_tokens}, {args.per_client} "
-        f"requests per client per run, {args.rounds} rounds, batch window {args.batch_wait_ms} ms"
+        f"{lm.name} {args.dtype}, greedy, streaming, {args.clients} closed-loop clients, "
+        f"{args.seconds:g} s per phase, {args.rounds} rounds; mixed settings {mix}"
     )
-    results: dict[tuple[int, str], list[Run]] = {}
-    with background_server(app) as url:
-        for options in variants.values():  # warm-up
-            run_clients(url, 2, 1, options, 8)
+    results: dict[tuple[str, str], list[Phase]] = {}
+    with background_server(static) as static_url, background_server(continuous) as cont_url:
+        urls = {"static": static_url, "continuous": cont_url}
+        for url in urls.values():  # warm-up
+            run_phase(url, "mixed", mix, 2, 0.1)
+        phases = [(s, t) for t in ("uniform", "mixed") for s in ("static", "continuous")]
         for round_index in range(args.rounds):
-            for clients in counts:
-                names = list(variants)
-                if round_index % 2:
-                    names.reverse()
-                for name in names:
-                    run = run_clients(
-                        url, clients, args.per_client, variants[name], args.max_tokens
-                    )
-                    results.setdefault((clients, name), []).append(run)
-                    print(
-                        f"  round {round_index + 1} clients {clients} {name}: "
-                        f"{run.tokens_per_s:.1f} tok/s, mean batch "
-                        f"{statistics.mean(run.batch_sizes):.1f}",
-                        flush=True,
-                    )
+            order = phases if round_index % 2 == 0 else phases[::-1]
+            for scheduler, traffic in order:
+                phase = run_phase(urls[scheduler], traffic, mix, args.clients, args.seconds)
+                results.setdefault((scheduler, traffic), []).append(phase)
+                print(
+                    f"  round {round_index + 1} {scheduler:10s} {traffic:7s}: "
+                    f"{phase.tokens_per_s:6.1f} tok/s ({phase.steady_tokens_per_s:6.1f} in the "
+                    f"window), {len(phase.latencies)} replies, "
+                    f"mean batch {statistics.mean(phase.batch or [0]):.1f}, "
+                    f"{phase.errors} errors",
+                    flush=True,
+                )
 
     print(
-        "\n| clients | variant | tokens/s (median) | p50 latency | p99 latency | mean batch "
-        "| replies at max_tokens |"
+        "\n| scheduler | traffic | tokens/s (median) | in the window | TTFT p50 | TTFT p95 "
+        "| latency p50 | latency p95 | replies | mean batch | errors |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    rate: dict[tuple[int, str], float] = {}
-    for (clients, name), runs in results.items():
-        rate[(clients, name)] = statistics.median(r.tokens_per_s for r in runs)
-        latencies = [x for r in runs for x in r.latencies]
-        batches = [x for r in runs for x in r.batch_sizes]
-        at_limit = sum(r.at_limit for r in runs) / len(latencies)
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    rate, steady = {}, {}
+    for (scheduler, traffic), runs in sorted(results.items()):
+        rate[(scheduler, traffic)] = statistics.median(r.tokens_per_s for r in runs)
+        steady[(scheduler, traffic)] = statistics.median(r.steady_tokens_per_s for r in runs)
+        ttft = [x for r in runs for x in r.ttft]
+        latency = [x for r in runs for x in r.latencies]
+        batch = [x for r in runs for x in r.batch]
         print(
-            f"| {clients} | {name} | {rate[(clients, name)]:.1f} | "
-            f"{percentile(latencies, 50):.2f} s | {percentile(latencies, 99):.2f} s | "
-            f"{statistics.mean(batches):.1f} | {at_limit:.0%} |"
+            f"| {scheduler} | {traffic} | {rate[(scheduler, traffic)]:.1f} | "
+            f"{steady[(scheduler, traffic)]:.1f} | "
+            f"{percentile(ttft, 50):.2f} s | {percentile(ttft, 95):.2f} s | "
+            f"{percentile(latency, 50):.2f} s | {percentile(latency, 95):.2f} s | "
+            f"{len(latency)} | {statistics.mean(batch):.1f} | {sum(r.errors for r in runs)} |"
         )
     print()
-    low, high = min(counts), max(counts)
-    for name in variants:
-        print(
-            f"{name}: {high} clients / {low} client = {rate[(high, name)] / rate[(low, name)]:.2f}×"
-        )
-    uncapped, capped = variants
-    for clients in counts:
-        ratio = rate[(clients, capped)] / rate[(clients, uncapped)]
-        print(f"{clients} clients: capped / uncapped = {ratio:.3f}×")
+    for name, table in (("tokens/s", rate), ("in the window", steady)):
+        for scheduler in ("static", "continuous"):
+            ratio = table[(scheduler, "mixed")] / table[(scheduler, "uniform")]
+            print(f"{name}: {scheduler}: mixed / uniform = {ratio:.2f}×")
+        for traffic in ("uniform", "mixed"):
+            ratio = table[("continuous", traffic)] / table[("static", traffic)]
+            print(f"{name}: {traffic}: continuous / static = {ratio:.2f}×")
 
 
 if __name__ == "__main__":

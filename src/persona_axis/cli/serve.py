@@ -13,15 +13,41 @@ from persona_axis.cli.common import (
     ModelOption,
     console,
     errors,
-    load_checked,
 )
 from persona_axis.errors import PersonaAxisError
 
 API_KEY_ENV = "PERSONA_AXIS_API_KEY"
 
 
+def parse_bundles(values: list[str]) -> dict[str, str]:
+    """``--bundle`` values as ``{name: directory}``: ``NAME=DIR``, or a plain ``DIR`` served as
+    "default" (one at most). The first is the default bundle."""
+    from persona_axis.serve.engine import BUNDLE_NAME, DEFAULT_BUNDLE
+
+    bundles: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not BUNDLE_NAME.fullmatch(name) or Path(value).exists():
+            name, path = DEFAULT_BUNDLE, value
+        if name in bundles:
+            raise PersonaAxisError(
+                f"Two --bundle options are named {name!r}; give each bundle its own name "
+                "(--bundle NAME=DIR)."
+            )
+        bundles[name] = path
+    if not bundles:
+        raise PersonaAxisError("Give a bundle to serve: --bundle DIR or --bundle NAME=DIR.")
+    return bundles
+
+
 def serve(
-    bundle: Annotated[Path, typer.Option(help="AxisBundle directory built for this model.")],
+    bundle: Annotated[
+        list[str],
+        typer.Option(
+            help="AxisBundle directory built for this model, or NAME=DIR; repeat it to serve "
+            "several (requests pick one with persona_axis.bundle; the first is the default)."
+        ),
+    ],
     model: ModelOption = None,
     cap: Annotated[
         str,
@@ -42,12 +68,19 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    scheduler: Annotated[
+        str,
+        typer.Option(
+            help="'continuous': every setting in one batch, requests join and leave at each "
+            "step; 'static': per-setting micro-batches (the earlier scheduler)."
+        ),
+    ] = "continuous",
     max_queue: Annotated[
         int, typer.Option(min=1, help="Requests waiting at most; more get 429.")
     ] = 64,
-    max_batch: Annotated[int, typer.Option(min=1, help="Requests per generated batch.")] = 8,
+    max_batch: Annotated[int, typer.Option(min=1, help="Requests generated together.")] = 16,
     batch_wait_ms: Annotated[
-        float, typer.Option(min=0.0, help="Micro-batching window after a multi-request batch.")
+        float, typer.Option(min=0.0, help="Static scheduler: micro-batching window.")
     ] = 100.0,
     max_tokens: Annotated[
         int, typer.Option(min=1, help="Largest max_tokens a request may ask for.")
@@ -64,46 +97,75 @@ def serve(
     model_name: Annotated[
         str | None, typer.Option(help="Model id clients send; default: the loaded name.")
     ] = None,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Copies of the server behind one endpoint (more than 1: Ray Serve)."
+        ),
+    ] = 1,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to deploy the replicas on (default: a local one)."),
+    ] = None,
+    gpus_per_replica: Annotated[
+        float, typer.Option(min=0.0, help="GPUs reserved per replica (Ray Serve).")
+    ] = 0.0,
     dtype: DtypeOption = "auto",
     allow_mismatch: AllowMismatchOption = False,
 ) -> None:
     """Serve the model over an OpenAI-compatible API with caps, drift telemetry and a chat page."""
-    from persona_axis.axis.bundle import AxisBundle
-    from persona_axis.serve.app import create_app
-    from persona_axis.serve.runner import is_loopback, serve_forever
+    from persona_axis.serve.config import ServerConfig, build_app
+    from persona_axis.serve.replicas import deploy
+    from persona_axis.serve.runner import is_loopback, serve_forever, wait_forever
 
+    if scheduler not in ("continuous", "static"):
+        raise PersonaAxisError(f"--scheduler {scheduler!r}: use 'continuous' or 'static'.")
     if default_max_tokens > max_tokens:
         raise PersonaAxisError(
             f"--default-max-tokens {default_max_tokens} is above --max-tokens {max_tokens}; "
             "lower it or raise --max-tokens."
         )
-    axis_bundle = AxisBundle.load(bundle)
-    lm = load_checked(axis_bundle, model, dtype, allow_mismatch)
-    app = create_app(
-        lm,
-        axis_bundle,
-        default_cap=cap,
-        api_key=api_key or None,
-        max_queue=max_queue,
-        max_batch=max_batch,
-        batch_wait_ms=batch_wait_ms,
-        max_tokens_limit=max_tokens,
-        default_max_tokens=default_max_tokens,
-        max_input_tokens=max_input_tokens,
-        max_body_bytes=max_body_bytes,
-        model_name=model_name,
-        allow_mismatch=allow_mismatch,
-    )
-    engine = app.state.engine
+    options = {
+        "default_cap": cap,
+        "api_key": api_key or None,
+        "scheduler": scheduler,
+        "max_queue": max_queue,
+        "max_batch": max_batch,
+        "batch_wait_ms": batch_wait_ms,
+        "max_tokens_limit": max_tokens,
+        "default_max_tokens": default_max_tokens,
+        "max_input_tokens": max_input_tokens,
+        "max_body_bytes": max_body_bytes,
+        "model_name": model_name,
+    }
+    config = ServerConfig(parse_bundles(bundle), model, dtype, allow_mismatch, options)
     if not is_loopback(host) and not api_key:
         errors.print(
             f"[bold yellow]warning:[/] binding {host} without an API key: anyone who can reach "
             f"this port can use the model (set --api-key or ${API_KEY_ENV})."
         )
     shown = "localhost" if is_loopback(host) else host
+    if replicas > 1 or ray_address is not None:
+        console.print(f"Deploying {replicas} replica(s) on Ray Serve...")
+        deploy(
+            config,
+            replicas,
+            host=host,
+            port=port,
+            ray_address=ray_address,
+            gpus_per_replica=gpus_per_replica,
+        )
+        console.print(
+            f"{replicas} replica(s) on http://{shown}:{port}/  (Ctrl-C stops the deployment)"
+        )
+        wait_forever()
+        return
+    with console.status("Loading the bundles and the model..."):
+        app = build_app(config)
+    engine = app.state.engine
     console.print(
-        f"[bold]{app.state.engine.lm.name}[/] on http://{shown}:{port}/  "
-        f"(default cap: {engine.default.cap or 'none'}; "
-        f"API key {'required' if api_key else 'off'})"
+        f"[bold]{engine.lm.name}[/] on http://{shown}:{port}/  "
+        f"(bundles: {', '.join(engine.bundles)}; default cap: {engine.default.cap or 'none'}; "
+        f"{scheduler} batching; API key {'required' if api_key else 'off'})"
     )
     serve_forever(app, host, port)

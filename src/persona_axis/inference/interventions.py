@@ -1,7 +1,9 @@
 """Interventions on the residual stream: the math, a validated spec, and one context manager.
 
 Every function takes a hidden state ``h`` ``[..., d]`` and a *unit* direction ``u`` ``[d]``,
-computes projections in float32 and returns a tensor of ``h``'s dtype:
+computes projections in float32 and returns a tensor of ``h``'s dtype (for per-row
+interventions, ``u`` may be ``[batch, d]`` and the parameters ``[batch]`` tensors, one value per
+row of ``h`` ``[batch, tokens, d]``: the same formulas, see :mod:`~persona_axis.inference.rows`):
 
 - :func:`add`:    ``h + c·u``                         (steering; ``c`` in residual-stream units)
 - :func:`ablate`: ``h − (⟨h,u⟩ − v)·u``                (projection set to ``v``; 0 = ablation)
@@ -35,30 +37,77 @@ Kind = Literal["add", "ablate", "cap"]
 Positions = Literal["all", "prompt", "generated"]
 
 
+Param = float | None | Tensor
+"""A parameter of the math: one number for every row, or a tensor ``[batch]`` with one number
+per row of ``h`` ``[batch, tokens, d]`` (per-row interventions, see
+:mod:`~persona_axis.inference.rows`)."""
+
+
+def _rows(value: Param, like: Tensor) -> Any:
+    """``value`` broadcast over the token axis of projections ``like`` ``[batch, tokens]``."""
+    if isinstance(value, Tensor):
+        return value.to(like.device, torch.float32)[:, None]
+    return value
+
+
+def _unit(u: Tensor) -> Tensor:
+    """``u`` ``[d]`` or per row ``[batch, d]``, as float32 broadcast over ``[batch, tokens, d]``."""
+    return u.float() if u.ndim == 1 else u.float()[:, None, :]
+
+
 def _along(h: Tensor, u: Tensor, amount: Callable[[Tensor], Tensor]) -> Tensor:
     """``h + amount(⟨h,u⟩)·u`` in float32, returned in ``h``'s dtype.
 
-    Kept to four tensor operations for float32 inputs (six for others): this runs in every
-    hooked layer at every decoding step, where per-operation overhead dominates.
+    ``u`` is one direction ``[d]`` or one per row ``[batch, d]``. Kept to four tensor operations
+    for float32 inputs (six for others): this runs in every hooked layer at every decoding step,
+    where per-operation overhead dominates.
     """
     wide = h.float()  # no copy for float32
-    shift = amount(torch.matmul(wide, u.float()))
-    return torch.addcmul(wide, shift.unsqueeze(-1), u.float()).to(h.dtype)
+    unit = _unit(u)
+    if u.ndim == 1:
+        projection = torch.matmul(wide, unit)
+    else:  # [batch, tokens, d] @ [batch, d, 1]: one direction per row
+        projection = torch.matmul(wide, unit.transpose(-1, -2)).squeeze(-1)
+    return torch.addcmul(wide, amount(projection).unsqueeze(-1), unit).to(h.dtype)
 
 
-def add(h: Tensor, u: Tensor, coefficient: float) -> Tensor:
+def add(h: Tensor, u: Tensor, coefficient: float | Tensor) -> Tensor:
     """``h + coefficient·u``."""
+    if isinstance(coefficient, Tensor):
+        scale = coefficient.to(h.device, torch.float32)[:, None, None]
+        return torch.addcmul(h.float(), scale, _unit(u)).to(h.dtype)
     return torch.add(h.float(), u.float(), alpha=coefficient).to(h.dtype)
 
 
-def ablate(h: Tensor, u: Tensor, value: float = 0.0) -> Tensor:
+def ablate(h: Tensor, u: Tensor, value: float | Tensor = 0.0) -> Tensor:
     """Set the projection on ``u`` to ``value``: ``h − (⟨h,u⟩ − value)·u``."""
-    return _along(h, u, lambda p: p.neg_().add_(value))
+    return _along(h, u, lambda p: p.neg_().add_(_rows(value, p)))
 
 
-def cap(h: Tensor, u: Tensor, floor: float | None = None, ceiling: float | None = None) -> Tensor:
-    """Clamp the projection on ``u`` into ``[floor, ceiling]``; untouched where already inside."""
-    return _along(h, u, lambda p: p.clamp(min=floor, max=ceiling).sub_(p))
+def cap(h: Tensor, u: Tensor, floor: Param = None, ceiling: Param = None) -> Tensor:
+    """Clamp the projection on ``u`` into ``[floor, ceiling]``; untouched where already inside.
+
+    Per row, ``floor``/``ceiling`` tensors hold ``-inf``/``+inf`` where a bound is absent.
+    """
+    return _along(h, u, lambda p: p.clamp(min=_rows(floor, p), max=_rows(ceiling, p)).sub_(p))
+
+
+def apply_kind(
+    kind: Kind,
+    h: Tensor,
+    u: Tensor,
+    *,
+    coefficient: float | Tensor = 0.0,
+    value: float | Tensor = 0.0,
+    floor: Param = None,
+    ceiling: Param = None,
+) -> Tensor:
+    """Apply one intervention of ``kind`` (its own parameters; per row or shared)."""
+    if kind == "add":
+        return add(h, u, coefficient)
+    if kind == "ablate":
+        return ablate(h, u, value)
+    return cap(h, u, floor, ceiling)
 
 
 @dataclass(frozen=True)
@@ -101,11 +150,15 @@ class Intervention:
 
     def apply(self, h: Tensor, u: Tensor) -> Tensor:
         """Apply to ``h`` with ``u``: this intervention's direction on ``h``'s device."""
-        if self.kind == "add":
-            return add(h, u, self.coefficient)
-        if self.kind == "ablate":
-            return ablate(h, u, self.value)
-        return cap(h, u, self.floor, self.ceiling)
+        return apply_kind(
+            self.kind,
+            h,
+            u,
+            coefficient=self.coefficient,
+            value=self.value,
+            floor=self.floor,
+            ceiling=self.ceiling,
+        )
 
 
 _COMMON_KEYS = {"layer", "kind", "vector", "positions"}
@@ -307,6 +360,25 @@ class _LayerHook:
         return with_block_output(output, h)
 
 
+def by_layer_checked(lm: LoadedModel, spec: InterventionSpec) -> dict[int, list[Intervention]]:
+    """``spec``'s interventions per layer, in list order, after checking that every layer and
+    direction fits ``lm``."""
+    n_layers = lm.shape.n_layers
+    by_layer: dict[int, list[Intervention]] = defaultdict(list)
+    for item in spec.interventions:
+        if not 0 <= item.layer < n_layers:
+            raise PersonaAxisError(
+                f"Intervention at layer {item.layer}, but this model has layers 0..{n_layers - 1}."
+            )
+        if item.direction.shape[0] != lm.shape.hidden_size:
+            raise PersonaAxisError(
+                f"Direction at layer {item.layer} has size {item.direction.shape[0]}, but the "
+                f"model's hidden size is {lm.shape.hidden_size}; use vectors made for this model."
+            )
+        by_layer[item.layer].append(item)
+    return dict(by_layer)
+
+
 @contextmanager
 def intervene(
     lm: LoadedModel,
@@ -321,19 +393,7 @@ def intervene(
     boundary
     for a teacher-forced pass over prompt plus response. Hooks are removed on every exit.
     """
-    n_layers = lm.shape.n_layers
-    by_layer: dict[int, list[Intervention]] = defaultdict(list)
-    for item in spec.interventions:
-        if not 0 <= item.layer < n_layers:
-            raise PersonaAxisError(
-                f"Intervention at layer {item.layer}, but this model has layers 0..{n_layers - 1}."
-            )
-        if item.direction.shape[0] != lm.shape.hidden_size:
-            raise PersonaAxisError(
-                f"Direction at layer {item.layer} has size {item.direction.shape[0]}, but the "
-                f"model's hidden size is {lm.shape.hidden_size}; use vectors made for this model."
-            )
-        by_layer[item.layer].append(item)
+    by_layer = by_layer_checked(lm, spec)
     needs_positions = any(item.positions != "all" for item in spec.interventions)
     with ExitStack() as stack:
         tracker = None

@@ -17,7 +17,7 @@ from persona_axis.axis.bundle import AxisBundle
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Reply, Sampling, generate_replies
 from persona_axis.inference.interventions import InterventionSpec, intervene
-from persona_axis.inference.telemetry import generate_with_telemetry
+from persona_axis.inference.telemetry import ReplyTelemetry, generate_with_telemetry
 from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
 
@@ -39,6 +39,22 @@ class Turn:
     touched: float | None
     touched_tokens: int | None = None
     cap_layers: dict[int, tuple[float, float]] | None = None
+
+    @classmethod
+    def read(cls, reply: Reply, telemetry: ReplyTelemetry | None, target: int) -> Turn:
+        """The turn of ``reply`` with ``telemetry`` read at layer ``target`` (None: nothing
+        was generated past the prompt, or no bundle)."""
+        if telemetry is None:
+            return cls(reply, None, None, None)
+        before, after = telemetry.at(target)
+        return cls(
+            reply,
+            before,
+            after,
+            telemetry.touched,
+            telemetry.touched_tokens,
+            telemetry.cap_layers,
+        )
 
 
 def generate_turns(
@@ -67,23 +83,7 @@ def generate_turns(
     results = generate_with_telemetry(
         lm, conversations, bundle.axis, [target], spec=spec, sampling=sampling
     )
-    turns = []
-    for reply, telemetry in results:
-        if telemetry is None:  # nothing was generated past the prompt
-            turns.append(Turn(reply, None, None, None))
-            continue
-        before, after = telemetry.at(target)
-        turns.append(
-            Turn(
-                reply,
-                before,
-                after,
-                telemetry.touched,
-                telemetry.touched_tokens,
-                telemetry.cap_layers,
-            )
-        )
-    return turns
+    return [Turn.read(reply, telemetry, target) for reply, telemetry in results]
 
 
 @dataclass

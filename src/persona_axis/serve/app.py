@@ -1,16 +1,20 @@
 """The FastAPI app: OpenAI-compatible chat completions with per-request caps and telemetry.
 
 Routes: ``POST /v1/chat/completions`` (JSON or server-sent events with ``"stream": true``),
-``GET /v1/models``, ``GET /v1/persona_axis`` (caps, target layer, drift band: what a client
-needs to pick a setting and draw a meter), ``GET /health``, ``GET /metrics`` (Prometheus) and
-the chat page at ``/`` (static files shipped in the package, no external resources).
+``GET /v1/models``, ``GET /v1/persona_axis`` (caps, target layer, drift band of the default
+bundle and of every bundle: what a client needs to pick a setting and draw a meter),
+``GET /health``, ``GET /metrics`` (Prometheus), the admin routes ``/v1/admin/bundles`` (load
+and unload bundles; API key required) and the chat page at ``/`` (static files shipped in the
+package, no external resources). Every response names the process that answered in its
+``X-Persona-Axis-Replica`` header.
 
 With an API key, every ``/v1/`` route needs ``Authorization: Bearer <key>``; ``/``, the static
 files, ``/health`` and ``/metrics`` stay open (they hold no conversation data). Request bodies
 above ``max_body_bytes`` get 413 before they are parsed.
 
 ``temperature`` defaults to 0 (greedy), not OpenAI's 1; ``max_tokens`` defaults to
-``default_max_tokens``. Requests with different settings or sampling never share a batch; see
+``default_max_tokens``. With the continuous scheduler (the default) requests of every bundle,
+setting, sampling and length share one batch; see :mod:`~persona_axis.serve.continuous` and
 :mod:`~persona_axis.serve.scheduler`.
 """
 
@@ -18,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -34,10 +40,11 @@ from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.models.loading import LoadedModel
 from persona_axis.serve import protocol
-from persona_axis.serve.engine import RECOMMENDED, BatchKey, Cancelled, Engine, Setting
+from persona_axis.serve.continuous import ContinuousScheduler
+from persona_axis.serve.engine import RECOMMENDED, Cancelled, Engine, Setting
 from persona_axis.serve.metrics import CONTENT_TYPE, Metrics
 from persona_axis.serve.protocol import ApiError
-from persona_axis.serve.scheduler import Job, Outcome, QueueFull, Scheduler
+from persona_axis.serve.scheduler import Job, Outcome, QueueFull, Scheduler, StaticScheduler
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_TOKENS = 128
@@ -168,7 +175,8 @@ class Service:
         messages = protocol.conversation(body.messages)
         options = body.persona_axis or protocol.PersonaAxisOptions()
         try:
-            setting = self.engine.setting(options.cap, options.steer)
+            setting = self.engine.setting(options.cap, options.steer, options.bundle)
+            served = self.engine.served(setting.bundle)
         except PersonaAxisError as exc:
             raise ApiError(400, str(exc), param="persona_axis") from exc
         max_tokens = self._max_tokens(body)
@@ -182,7 +190,9 @@ class Service:
                 seed=body.seed or 0,
             )
         job = Job(
-            key=BatchKey(setting, sampling),
+            served=served,
+            setting=setting,
+            sampling=sampling,
             conversation=messages,
             loop=asyncio.get_running_loop(),
             stream=body.stream,
@@ -302,12 +312,19 @@ class Service:
             job.cancelled = True
 
 
+SchedulerKind = Literal["continuous", "static"]
+REPLICA = f"{socket.gethostname()}:{os.getpid()}"
+"""This process (host:pid), as named in the ``X-Persona-Axis-Replica`` header of every response
+unless ``create_app(replica=...)`` names it otherwise."""
+
+
 def create_app(
     lm: LoadedModel,
-    bundle: AxisBundle,
+    bundle: AxisBundle | Mapping[str, AxisBundle],
     *,
     default_cap: str = RECOMMENDED,
     api_key: str | None = None,
+    scheduler: SchedulerKind = "continuous",
     max_queue: int = 64,
     max_batch: int = 8,
     batch_wait_ms: float = 100.0,
@@ -317,42 +334,55 @@ def create_app(
     max_body_bytes: int = 1_000_000,
     model_name: str | None = None,
     allow_mismatch: bool = False,
+    replica: str = REPLICA,
 ) -> FastAPI:
-    """The server for ``lm`` with ``bundle``'s axis and caps; start it with uvicorn.
+    """The server for ``lm`` with one bundle, or several by name (the first is the default for
+    requests that name none); start it with uvicorn.
 
-    ``default_cap`` is used when a request names none: a setting in ``bundle.caps``, "none" or
-    "recommended" (the bundle's recommended cap, else none). ``max_queue`` pending requests at
-    most (429 beyond); ``max_batch`` requests per generated batch; ``batch_wait_ms`` the
-    micro-batching window. ``max_tokens_limit`` caps a request's ``max_tokens``,
-    ``max_input_tokens`` its rendered prompt; ``default_max_tokens`` (default
-    ``min(128, max_tokens_limit)``) applies to requests without one. Raises
-    :class:`PersonaAxisError` for a bundle that does not fit the model or an unknown
-    ``default_cap``.
+    ``default_cap`` is used when a request names none: a setting in every bundle's caps,
+    "none" or "recommended" (each bundle's recommended cap, else none). ``scheduler``:
+    "continuous" (every setting in one batch, requests join and leave at each step) or "static"
+    (the earlier per-setting micro-batches, with the ``batch_wait_ms`` window). ``max_queue``
+    pending requests at most (429 beyond); ``max_batch`` requests generated together.
+    ``max_tokens_limit`` caps a request's ``max_tokens``, ``max_input_tokens`` its rendered
+    prompt; ``default_max_tokens`` (default ``min(128, max_tokens_limit)``) applies to
+    requests without one. Raises :class:`PersonaAxisError` for a bundle that does not fit the
+    model or an unknown ``default_cap``.
     """
     if default_max_tokens is None:
         default_max_tokens = min(DEFAULT_MAX_TOKENS, max_tokens_limit)
+    if scheduler not in get_args(SchedulerKind):
+        raise PersonaAxisError(
+            f"Unknown scheduler {scheduler!r}; use one of {get_args(SchedulerKind)}."
+        )
     limits = Limits(max_tokens_limit, default_max_tokens, max_input_tokens)
     engine = Engine(lm, bundle, default_cap=default_cap, allow_mismatch=allow_mismatch)
     metrics = Metrics()
-    scheduler = Scheduler(
-        engine,
-        max_queue=max_queue,
-        max_batch=max_batch,
-        batch_wait_s=batch_wait_ms / 1000,
-        on_batch=metrics.batch_size.observe,
-    )
-    metrics.queue_depth.set_function(lambda: scheduler.depth)
+    worker: Scheduler
+    if scheduler == "static":
+        worker = StaticScheduler(
+            engine,
+            max_queue=max_queue,
+            max_batch=max_batch,
+            batch_wait_s=batch_wait_ms / 1000,
+            on_batch=metrics.batch_size.observe,
+        )
+    else:
+        worker = ContinuousScheduler(
+            engine, max_queue=max_queue, max_batch=max_batch, on_batch=metrics.batch_size.observe
+        )
+    metrics.queue_depth.set_function(lambda: worker.depth)
     service = Service(
-        engine, scheduler, metrics, limits, served=model_name or lm.name, api_key=api_key
+        engine, worker, metrics, limits, served=model_name or lm.name, api_key=api_key
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler.start()
+        worker.start()
         try:
             yield
         finally:
-            await asyncio.to_thread(scheduler.stop)
+            await asyncio.to_thread(worker.stop)
 
     app = FastAPI(
         title="persona-axis",
@@ -364,12 +394,15 @@ def create_app(
     )
     app.state.service = service
     app.state.engine = engine
-    _install_errors_and_middleware(app, metrics, max_body_bytes)
+    _install_errors_and_middleware(app, metrics, max_body_bytes, replica)
     _add_routes(app, service)
+    _add_admin_routes(app, service)
     return app
 
 
-def _install_errors_and_middleware(app: FastAPI, metrics: Metrics, max_body_bytes: int) -> None:
+def _install_errors_and_middleware(
+    app: FastAPI, metrics: Metrics, max_body_bytes: int, replica: str
+) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error_response(exc)
@@ -391,6 +424,7 @@ def _install_errors_and_middleware(app: FastAPI, metrics: Metrics, max_body_byte
         route = request.scope.get("route")
         path = getattr(route, "path", None) or "other"
         metrics.requests.labels(path, str(response.status_code)).inc()
+        response.headers["X-Persona-Axis-Replica"] = replica
         return response
 
 
@@ -460,6 +494,60 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+
+def _add_admin_routes(app: FastAPI, service: Service) -> None:
+    """``GET/POST /v1/admin/bundles`` and ``DELETE /v1/admin/bundles/{name}``: list, load
+    (``{"name", "path", "cap"?}``: a bundle directory on the server) and unload bundles at run
+    time. They need the API key; without one they are refused. Loading reads the bundle and
+    checks it against the model off the event loop; requests in flight keep their bundle."""
+    engine = service.engine
+
+    def admin(request: Request) -> None:
+        if service.api_key is None:
+            raise ApiError(
+                403,
+                "Admin routes need an API key; start the server with --api-key (or "
+                "PERSONA_AXIS_API_KEY) to load and unload bundles at run time.",
+                kind="permission_error",
+                code="admin_disabled",
+            )
+        service.authorize(request)
+
+    def listing() -> dict[str, Any]:
+        return {
+            "default_bundle": engine.default_bundle,
+            "bundles": {name: served.describe() for name, served in engine.bundles.items()},
+        }
+
+    @app.get("/v1/admin/bundles")
+    async def bundles(request: Request) -> dict[str, Any]:
+        admin(request)
+        return listing()
+
+    @app.post("/v1/admin/bundles")
+    async def load_bundle(request: Request) -> JSONResponse:
+        admin(request)
+        body = protocol.parse_model(protocol.LoadBundle, await request.body())
+        try:
+            bundle = await asyncio.to_thread(AxisBundle.load, body.path)
+            await asyncio.to_thread(
+                engine.load, body.name, bundle, default_cap=body.cap or RECOMMENDED
+            )
+        except PersonaAxisError as exc:
+            status = 409 if "already served" in str(exc) else 400
+            raise ApiError(status, str(exc), param="name" if status == 409 else "path") from exc
+        return JSONResponse(listing(), status_code=201)
+
+    @app.delete("/v1/admin/bundles/{name}")
+    async def unload_bundle(request: Request, name: str) -> dict[str, Any]:
+        admin(request)
+        try:
+            engine.unload(name)
+        except PersonaAxisError as exc:
+            status = 404 if "No bundle named" in str(exc) else 409
+            raise ApiError(status, str(exc), param="name") from exc
+        return listing()
 
 
 async def _wait(job: Job) -> Outcome:

@@ -1,24 +1,26 @@
-"""The model side of the server: intervention settings, batched generation, per-reply telemetry.
+"""The model side of the server: named bundles, intervention settings, batches, telemetry.
 
-An :class:`Engine` is used by one thread only (the scheduler's worker), except for
-:meth:`Engine.setting` and :meth:`Engine.prompt_length`, which only read the bundle and the
-tokenizer and are called from request handlers. Every batch runs under one
-:class:`~persona_axis.inference.interventions.InterventionSpec` with
-:func:`~persona_axis.inference.session.generate_turns`, whose hooks are all removed when it
-returns, so
-no hook outlives its batch and batches with different settings never share one.
+An :class:`Engine` generates from one thread only (the scheduler's worker), always holding the
+model's generation lock (:data:`LOCK_KEY`), and every forward pass installs and removes its own
+hooks, so no hook outlives its step. Request handlers only call :meth:`Engine.setting`,
+:meth:`Engine.prompt_length`, :meth:`Engine.describe` and the admin methods :meth:`Engine.load`
+and :meth:`Engine.unload`, which read or swap the bundle registry (a new dict each time; a
+request keeps the :class:`Served` bundle it was admitted with).
 
-Streaming: while a batch generates, a forward pre-hook on the decoder stack reads the token ids
-fed at each decoding step, i.e. the tokens sampled one step earlier, and hands them to a
-callback. Text therefore streams token by token, one decoding step behind the sampler; the last
-token of a reply (never fed back) arrives with the finished reply.
+Two ways to run requests: :meth:`Engine.row` turns one into a row of the continuous batch
+(:mod:`persona_axis.inference.continuous`: per-row interventions, every setting in one batch);
+:meth:`Engine.run` runs a static batch of requests with one setting through
+:func:`~persona_axis.inference.session.generate_turns` (the earlier scheduler, kept for
+comparison). In a static batch a forward pre-hook on the decoder stack reads the token ids fed
+at each decoding step, so text streams one step behind the sampler.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +29,11 @@ from transformers import PreTrainedTokenizerBase
 
 from persona_axis.axis.bundle import NO_CAP, RECOMMENDED, AxisBundle
 from persona_axis.errors import PersonaAxisError
+from persona_axis.inference.continuous import RowRequest
 from persona_axis.inference.generation import Sampling, stop_ids
 from persona_axis.inference.hooks import feeding_tokens
 from persona_axis.inference.interventions import InterventionSpec
+from persona_axis.inference.rows import Probe
 from persona_axis.inference.session import Turn, generate_turns
 from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
@@ -37,6 +41,9 @@ from persona_axis.serve.drift import DriftBand
 
 MAX_STEER = 8.0
 """Largest ``|steer|`` accepted, in multiples of the target layer's mean residual norm."""
+DEFAULT_BUNDLE = "default"
+"""The name of the bundle given as plain ``--bundle DIR``."""
+BUNDLE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 LOCK_KEY = "persona_axis.serve.generation_lock"
 """``LoadedModel.extra`` entry: a lock held while a batch generates, shared by every engine on
 the same model, so two apps serving one model take turns instead of mixing hooks."""
@@ -44,9 +51,11 @@ the same model, so two apps serving one model take turns instead of mixing hooks
 
 @dataclass(frozen=True)
 class Setting:
-    """One intervention setting: a cap from the bundle (None = no cap) and a steering multiple
-    ``steer`` m (``h ← h + m·n̄_L·â_L`` at the target layer; None = no steering)."""
+    """One intervention setting: the served bundle named ``bundle``, a cap from it (None = no
+    cap) and a steering multiple ``steer`` m (``h ← h + m·n̄_L·â_L`` at the bundle's target
+    layer; None = no steering)."""
 
+    bundle: str
     cap: str | None = None
     steer: float | None = None
 
@@ -58,7 +67,7 @@ class Setting:
 
 @dataclass(frozen=True)
 class BatchKey:
-    """Requests with equal keys may share a batch: same intervention setting, same sampling."""
+    """Requests with equal keys may share a static batch: same setting, same sampling."""
 
     setting: Setting
     sampling: Sampling
@@ -105,119 +114,37 @@ class DeltaDecoder:
         return delta
 
 
-class Engine:
-    """A loaded model with its bundle: resolves settings, runs batches, reports telemetry."""
+class Served:
+    """One bundle as served: checked against the model, its default cap, drift band, specs."""
 
-    def __init__(
-        self,
-        lm: LoadedModel,
-        bundle: AxisBundle,
-        *,
-        default_cap: str = RECOMMENDED,
-        allow_mismatch: bool = False,
-    ) -> None:
-        bundle.check_against(lm.model, allow_mismatch=allow_mismatch)
-        self.lm = lm
+    def __init__(self, name: str, bundle: AxisBundle, lm: LoadedModel, default_cap: str) -> None:
+        self.name = name
         self.bundle = bundle
-        self.lock: threading.Lock = lm.extra.setdefault(LOCK_KEY, threading.Lock())
         self.band = DriftBand.from_bundle(bundle)
-        self.stops = set(stop_ids(lm))
-        self.default = Setting(bundle.resolve_cap(default_cap), None)
-        self._mean_norm: float | None = None
-        self._specs: dict[Setting, InterventionSpec] = {}
-        config = getattr(lm.model.config, "get_text_config", lambda: lm.model.config)()
-        positions = getattr(config, "max_position_embeddings", None)
-        self.context_length: int | None = int(positions) if positions else None
+        self.default_cap = bundle.resolve_cap(default_cap)
+        self.lm = lm
+        self._specs: dict[tuple[str | None, float | None], InterventionSpec] = {}
+        self.probe = Probe(bundle.axis, (bundle.target_layer,))
 
     @property
     def target_layer(self) -> int:
         return self.bundle.target_layer
 
-    def setting(self, cap: str | None, steer: float | None) -> Setting:
-        """Validate a request's ``cap`` (a name in the bundle or ``"none"``; None = the server's
-        default) and ``steer`` (a finite multiple with ``|m| ≤ MAX_STEER``; 0 = none)."""
-        name = self.default.cap if cap is None else self.bundle.resolve_cap(cap)
-        if steer is not None and (not math.isfinite(steer) or abs(steer) > MAX_STEER):
-            raise PersonaAxisError(
-                f"steer {steer} is out of range; give a multiple of the mean residual norm "
-                f"between -{MAX_STEER:g} and {MAX_STEER:g} (+ = toward the Assistant)."
-            )
-        return Setting(name, steer or None)
-
-    def prompt_length(self, conversation: Sequence[Message]) -> int:
-        """Tokens of the rendered prompt (with the assistant header) of ``conversation``."""
-        return len(self.lm.chat.render(conversation, add_generation_prompt=True).input_ids)
-
-    def mean_norm(self) -> float:
-        """Mean residual norm at the target layer (the bundle's, else estimated once)."""
-        if self._mean_norm is None:
-            self._mean_norm = float(self.bundle.mean_norms(self.lm)[self.target_layer])
-        return self._mean_norm
-
     def spec(self, setting: Setting) -> InterventionSpec:
-        """The interventions of ``setting``: the cap's floors, then the steering addition."""
-        found = self._specs.get(setting)
+        """The interventions of ``setting``: the cap's floors, then the steering addition
+        (:meth:`AxisBundle.intervention <persona_axis.axis.bundle.AxisBundle.intervention>`)."""
+        key = (setting.cap, setting.steer)
+        found = self._specs.get(key)
         if found is None:
             found = self.bundle.intervention(setting.cap, setting.steer, lm=self.lm)
-            self._specs[setting] = found
+            self._specs[key] = found
         return found
-
-    def floors(self, setting: Setting) -> dict[int, float]:
-        """Layer → floor of the cap of ``setting`` (the last floor per layer), residual units."""
-        return {
-            item.layer: float(item.floor)
-            for item in self.spec(setting).interventions
-            if item.floor is not None
-        }
-
-    @torch.no_grad()
-    def run(
-        self,
-        key: BatchKey,
-        conversations: Sequence[Sequence[Message]],
-        on_tokens: Callable[[list[int]], None] | None = None,
-    ) -> list[Turn]:
-        """Generate one reply per conversation in one batch under ``key``'s setting.
-
-        ``on_tokens`` gets the fed token ids at each decoding step (see the module docstring);
-        raising :class:`Cancelled` from it abandons the batch (hooks are still removed).
-        """
-        with self.lock:
-            spec = self.spec(key.setting)
-            if on_tokens is None:
-                return generate_turns(self.lm, conversations, spec, key.sampling, self.bundle)
-            with feeding_tokens(self.lm.stack.module, on_tokens):
-                return generate_turns(self.lm, conversations, spec, key.sampling, self.bundle)
-
-    def telemetry(self, setting: Setting, turn: Turn) -> dict[str, Any]:
-        """The ``persona_axis`` object of a response (projections on the unit axis)."""
-        zone = None
-        if self.band is not None and turn.before is not None:
-            zone = self.band.zone(turn.before)
-        floors = self.floors(setting)
-        cap_layers = [
-            {"layer": layer, "before": values[0], "after": values[1], "floor": floors[layer]}
-            for layer, values in sorted((turn.cap_layers or {}).items())
-        ]
-        return {
-            "cap": setting.cap,
-            "steer": setting.steer,
-            "layer": self.target_layer,
-            "projection_before": turn.before,
-            "projection_after": turn.after,
-            "cap_touched_fraction": turn.touched,
-            "cap_touched_tokens": turn.touched_tokens,
-            "cap_layers": cap_layers,
-            "drift": None if zone is None else zone == "drift",
-            "zone": zone,
-            "band": None if self.band is None else self.band.to_dict(),
-        }
 
     def describe(self) -> dict[str, Any]:
         """What a client needs to pick settings and draw the drift meter."""
         return {
             "target_layer": self.target_layer,
-            "default_cap": self.default.cap or NO_CAP,
+            "default_cap": self.default_cap or NO_CAP,
             "recommended_cap": self.bundle.recommended_cap,
             "caps": {
                 name: {"layers": setting.layers, "percentile": setting.percentile}
@@ -225,4 +152,190 @@ class Engine:
             },
             "band": None if self.band is None else self.band.to_dict(),
             "max_steer": MAX_STEER,
+        }
+
+
+class Engine:
+    """A loaded model with its named bundles: resolves settings, runs batches, reports
+    telemetry. The first bundle is the default for requests that name none.
+
+    Bundles can be added and removed while serving (:meth:`load`, :meth:`unload`); a request
+    keeps the :class:`Served` bundle it was admitted with, so removing a bundle never affects
+    requests in flight.
+    """
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        bundles: AxisBundle | Mapping[str, AxisBundle],
+        *,
+        default_cap: str = RECOMMENDED,
+        allow_mismatch: bool = False,
+    ) -> None:
+        named = {DEFAULT_BUNDLE: bundles} if isinstance(bundles, AxisBundle) else dict(bundles)
+        if not named:
+            raise PersonaAxisError("Give at least one bundle to serve (--bundle DIR).")
+        self.lm = lm
+        self.allow_mismatch = allow_mismatch
+        self.lock: threading.Lock = lm.extra.setdefault(LOCK_KEY, threading.Lock())
+        self.stops = set(stop_ids(lm))
+        self.bundles: dict[str, Served] = {}
+        self._registry_lock = threading.Lock()
+        for name, bundle in named.items():
+            self.load(name, bundle, default_cap=default_cap)
+        self.default_bundle = next(iter(named))
+        config = getattr(lm.model.config, "get_text_config", lambda: lm.model.config)()
+        positions = getattr(config, "max_position_embeddings", None)
+        self.context_length: int | None = int(positions) if positions else None
+
+    # -- bundles ------------------------------------------------------------------------------
+
+    def load(self, name: str, bundle: AxisBundle, *, default_cap: str = RECOMMENDED) -> Served:
+        """Check ``bundle`` against the model and serve it as ``name`` (a new name)."""
+        if not BUNDLE_NAME.fullmatch(name):
+            raise PersonaAxisError(
+                f"Bundle name {name!r} is not allowed; use letters, digits, '.', '_' or '-' "
+                "(at most 64)."
+            )
+        if name in self.bundles:
+            raise PersonaAxisError(f"A bundle named {name!r} is already served; unload it first.")
+        bundle.check_against(self.lm.model, allow_mismatch=self.allow_mismatch)
+        served = Served(name, bundle, self.lm, default_cap)
+        with self._registry_lock:
+            if name in self.bundles:
+                raise PersonaAxisError(f"A bundle named {name!r} is already served.")
+            self.bundles = {**self.bundles, name: served}
+        return served
+
+    def unload(self, name: str) -> None:
+        """Stop serving bundle ``name`` to new requests (not the default bundle)."""
+        self.served(name)
+        if name == self.default_bundle:
+            raise PersonaAxisError(
+                f"{name!r} is the default bundle (requests without 'bundle' use it); it cannot "
+                "be unloaded."
+            )
+        with self._registry_lock:
+            self.bundles = {key: value for key, value in self.bundles.items() if key != name}
+
+    def served(self, name: str | None) -> Served:
+        """The served bundle ``name`` (None = the default); raises naming the available ones."""
+        key = self.default_bundle if name is None else name
+        found = self.bundles.get(key)
+        if found is None:
+            raise PersonaAxisError(
+                f"No bundle named {key!r} is served; available: {sorted(self.bundles)}."
+            )
+        return found
+
+    @property
+    def bundle(self) -> AxisBundle:
+        """The default bundle."""
+        return self.served(None).bundle
+
+    @property
+    def target_layer(self) -> int:
+        return self.served(None).target_layer
+
+    @property
+    def default(self) -> Setting:
+        """The default setting of the default bundle."""
+        served = self.served(None)
+        return Setting(served.name, served.default_cap)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def setting(self, cap: str | None, steer: float | None, bundle: str | None = None) -> Setting:
+        """Validate a request's ``bundle`` (a served name; None = the default), ``cap`` (a name
+        in that bundle or ``"none"``; None = its default) and ``steer`` (a finite multiple with
+        ``|m| ≤ MAX_STEER``; 0 = none)."""
+        served = self.served(bundle)
+        name = served.default_cap if cap is None else served.bundle.resolve_cap(cap)
+        if steer is not None and (not math.isfinite(steer) or abs(steer) > MAX_STEER):
+            raise PersonaAxisError(
+                f"steer {steer} is out of range; give a multiple of the mean residual norm "
+                f"between -{MAX_STEER:g} and {MAX_STEER:g} (+ = toward the Assistant)."
+            )
+        return Setting(served.name, name, steer or None)
+
+    def prompt(self, conversation: Sequence[Message]) -> list[int]:
+        """Token ids of the rendered prompt (with the assistant header) of ``conversation``."""
+        return list(self.lm.chat.render(conversation, add_generation_prompt=True).input_ids)
+
+    def prompt_length(self, conversation: Sequence[Message]) -> int:
+        return len(self.prompt(conversation))
+
+    def row(
+        self,
+        key: Hashable,
+        served: Served,
+        setting: Setting,
+        sampling: Sampling,
+        conversation: Sequence[Message],
+    ) -> RowRequest:
+        """A continuous-batching row for one request (its spec and the bundle's probe)."""
+        spec = served.spec(setting)
+        chosen = spec if spec.interventions else None
+        return RowRequest(key, self.prompt(conversation), sampling, chosen, served.probe)
+
+    def floors(self, served: Served, setting: Setting) -> dict[int, float]:
+        """Layer → floor of the cap of ``setting`` (the last floor per layer), residual units."""
+        return {
+            item.layer: float(item.floor)
+            for item in served.spec(setting).interventions
+            if item.floor is not None
+        }
+
+    @torch.no_grad()
+    def run(
+        self,
+        served: Served,
+        key: BatchKey,
+        conversations: Sequence[Sequence[Message]],
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> list[Turn]:
+        """Generate one reply per conversation in one static batch under ``key``'s setting.
+
+        ``on_tokens`` gets the fed token ids at each decoding step (see the module docstring);
+        raising :class:`Cancelled` from it abandons the batch (hooks are still removed).
+        """
+        with self.lock:
+            spec = served.spec(key.setting)
+            if on_tokens is None:
+                return generate_turns(self.lm, conversations, spec, key.sampling, served.bundle)
+            with feeding_tokens(self.lm.stack.module, on_tokens):
+                return generate_turns(self.lm, conversations, spec, key.sampling, served.bundle)
+
+    def telemetry(self, served: Served, setting: Setting, turn: Turn) -> dict[str, Any]:
+        """The ``persona_axis`` object of a response (projections on the unit axis)."""
+        zone = None
+        if served.band is not None and turn.before is not None:
+            zone = served.band.zone(turn.before)
+        floors = self.floors(served, setting)
+        cap_layers = [
+            {"layer": layer, "before": values[0], "after": values[1], "floor": floors[layer]}
+            for layer, values in sorted((turn.cap_layers or {}).items())
+        ]
+        return {
+            "bundle": served.name,
+            "cap": setting.cap,
+            "steer": setting.steer,
+            "layer": served.target_layer,
+            "projection_before": turn.before,
+            "projection_after": turn.after,
+            "cap_touched_fraction": turn.touched,
+            "cap_touched_tokens": turn.touched_tokens,
+            "cap_layers": cap_layers,
+            "drift": None if zone is None else zone == "drift",
+            "zone": zone,
+            "band": None if served.band is None else served.band.to_dict(),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The default bundle's settings (what the web page reads), and every bundle's."""
+        bundles = self.bundles
+        return {
+            **self.served(None).describe(),
+            "default_bundle": self.default_bundle,
+            "bundles": {name: served.describe() for name, served in sorted(bundles.items())},
         }

@@ -7,8 +7,9 @@ fields are ignored like OpenAI's server does for fields it does not know; option
 the output and are not implemented (``stop``, ``tools``, ``logprobs``, ``n`` > 1 ...) are refused
 rather than silently ignored.
 
-The extra body field ``persona_axis`` (``{"cap": "<setting>" | "none", "steer": m}``) selects
-the intervention; every response carries a ``persona_axis`` telemetry object.
+The extra body field ``persona_axis`` (``{"bundle": NAME, "cap": "<setting>" | "none",
+"steer": m}``) selects the bundle and the intervention; every response carries a
+``persona_axis`` telemetry object.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -66,12 +67,24 @@ class ApiError(Exception):
 
 
 class PersonaAxisOptions(BaseModel):
-    """``persona_axis`` body field: ``cap`` a setting name or "none" (None = server default),
-    ``steer`` a multiple of the target layer's mean residual norm (+ = toward the Assistant)."""
+    """``persona_axis`` body field: ``bundle`` a served bundle's name (None = the default),
+    ``cap`` a setting name or "none" (None = the bundle's default), ``steer`` a multiple of the
+    target layer's mean residual norm (+ = toward the Assistant)."""
 
     model_config = ConfigDict(extra="forbid")
+    bundle: str | None = None
     cap: str | None = None
     steer: float | None = None
+
+
+class LoadBundle(BaseModel):
+    """Body of ``POST /v1/admin/bundles``: serve the bundle directory ``path`` (on the
+    server's filesystem) as ``name``, with ``cap`` as its default cap (default "recommended")."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    path: str
+    cap: str | None = None
 
 
 class ContentPart(BaseModel):
@@ -112,8 +125,11 @@ class ChatRequest(BaseModel):
         return self.max_completion_tokens if self.max_tokens is None else self.max_tokens
 
 
-def parse_request(raw: bytes) -> ChatRequest:
-    """Validate a request body; raises :class:`ApiError` (400) naming the problem."""
+Parsed = TypeVar("Parsed", bound=BaseModel)
+
+
+def parse_model(model: type[Parsed], raw: bytes) -> Parsed:
+    """Validate a JSON body as ``model``; raises :class:`ApiError` (400) naming the problem."""
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -123,7 +139,7 @@ def parse_request(raw: bytes) -> ChatRequest:
     if not isinstance(data, dict):
         raise ApiError(400, f"The request body must be a JSON object, not {type(data).__name__}.")
     try:
-        request = ChatRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, error['loc'])) or 'body'}: {error['msg']}"
@@ -133,6 +149,11 @@ def parse_request(raw: bytes) -> ChatRequest:
         raise ApiError(
             400, f"Invalid request: {problems}.", param=".".join(map(str, first))
         ) from None
+
+
+def parse_request(raw: bytes) -> ChatRequest:
+    """Validate a chat-completions body; raises :class:`ApiError` (400) naming the problem."""
+    request = parse_model(ChatRequest, raw)
     extra = request.model_extra or {}
     for name in UNSUPPORTED:
         if extra.get(name) not in (None, [], ""):

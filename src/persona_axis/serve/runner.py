@@ -3,6 +3,7 @@ benchmarks, notebooks)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -46,3 +47,9 @@ def background_server(
 def serve_forever(app: Any, host: str, port: int, *, log_level: str = "info") -> None:
     """Serve ``app`` in the foreground until interrupted (Ctrl-C)."""
     uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")
+
+
+def wait_forever() -> None:
+    """Block until interrupted (Ctrl-C), e.g. while Ray Serve replicas serve."""
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()

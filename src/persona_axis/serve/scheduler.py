@@ -1,17 +1,10 @@
 """A bounded request queue and the one worker thread that owns the model.
 
-Request handlers (on the event loop) :meth:`Scheduler.submit` a :class:`Job`; the worker takes
-the oldest pending job and every other pending job with the same :class:`BatchKey` (intervention
-setting and sampling), up to ``max_batch``, and runs them as one batch. Jobs with different keys
-never share a batch, so they never share a hook context. The oldest job always goes next, so no
-setting starves.
-
-Micro-batching window: when the previous batch held more than one job, or more than one job
-is pending, the worker waits up to ``batch_wait_s`` for ``max_batch`` jobs (of any key) to be
-pending, then starts the batch of the oldest job's key. Clients served together come back
-together within milliseconds; without the wait, the first to return would run alone and the
-rest would queue behind it. Otherwise (a lone job after a batch of one) it waits only
-``IDLE_WAIT_S`` (10 ms) for a second arrival, which opens the full window.
+Request handlers (on the event loop) :meth:`Scheduler.submit` a :class:`Job`; at most
+``max_queue`` jobs wait (429 beyond). The worker turns pending jobs into batches:
+:class:`~persona_axis.serve.continuous.ContinuousScheduler` (the default) lets every job join
+the running batch at the next decoding step, whatever its setting; :class:`StaticScheduler`
+(the earlier behaviour, kept for comparison) runs static batches of one setting each.
 
 Results travel back to the event loop through ``loop.call_soon_threadsafe`` onto each job's
 :class:`asyncio.Queue` of events: ``("delta", text)`` while streaming, then ``("done",
@@ -29,9 +22,10 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+from persona_axis.inference.generation import Sampling
 from persona_axis.inference.session import Turn
 from persona_axis.models.chat import Message
-from persona_axis.serve.engine import BatchKey, Cancelled, DeltaDecoder, Engine
+from persona_axis.serve.engine import BatchKey, Cancelled, DeltaDecoder, Engine, Served, Setting
 
 log = logging.getLogger("persona_axis.serve")
 IDLE_WAIT_S = 0.01
@@ -44,20 +38,23 @@ class QueueFull(Exception):  # noqa: N818 - named for what the client is told
 
 @dataclass(frozen=True)
 class Outcome:
-    """A finished job: its turn, telemetry, seconds queued and generating, batch size."""
+    """A finished job: its turn, telemetry, seconds queued and generating, and the mean number
+    of requests in the batch while it generated."""
 
     turn: Turn
     telemetry: dict[str, Any]
     queue_s: float
     run_s: float
-    batch_size: int
+    batch_size: float
 
 
 @dataclass(eq=False)
 class Job:
-    """One chat completion waiting for, or in, a batch."""
+    """One chat completion waiting for, or in, a batch, with the bundle it was admitted with."""
 
-    key: BatchKey
+    served: Served
+    setting: Setting
+    sampling: Sampling
     conversation: Sequence[Message]
     loop: asyncio.AbstractEventLoop
     stream: bool = False
@@ -65,14 +62,29 @@ class Job:
     enqueued: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
 
+    @property
+    def key(self) -> BatchKey:
+        return BatchKey(self.setting, self.sampling)
+
     def emit(self, kind: str, payload: Any) -> None:
         """Hand an event to the job's event loop (thread-safe; dropped if the loop closed)."""
         with suppress(RuntimeError):  # the loop is closed: the server is shutting down
             self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
 
+    def outcome(self, engine: Engine, turn: Turn, started: float, batch_size: float) -> Outcome:
+        """The job's outcome for ``turn``, generated since ``started``."""
+        return Outcome(
+            turn=turn,
+            telemetry=engine.telemetry(self.served, self.setting, turn),
+            queue_s=started - self.enqueued,
+            run_s=time.perf_counter() - started,
+            batch_size=batch_size,
+        )
+
 
 class Scheduler:
-    """The queue and the worker thread; see the module docstring."""
+    """The bounded queue and the worker thread that owns the model; subclasses decide how
+    pending jobs become batches (:meth:`_work`)."""
 
     def __init__(
         self,
@@ -80,22 +92,19 @@ class Scheduler:
         *,
         max_queue: int = 64,
         max_batch: int = 8,
-        batch_wait_s: float = 0.1,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        if max_queue < 1 or max_batch < 1 or batch_wait_s < 0:
-            raise ValueError("max_queue and max_batch must be >= 1 and batch_wait_s >= 0")
+        if max_queue < 1 or max_batch < 1:
+            raise ValueError("max_queue and max_batch must be >= 1")
         self.engine = engine
         self.max_queue = max_queue
         self.max_batch = max_batch
-        self.batch_wait_s = batch_wait_s
         self.on_batch = on_batch
         self._pending: list[Job] = []
         self._cond = threading.Condition()
         self._stopping = False
-        self._last_batch = 1
         self._thread: threading.Thread | None = None
-        self.running = 0  # jobs in the batch being generated
+        self.running = 0  # jobs being generated
 
     # -- event-loop side ----------------------------------------------------------------------
 
@@ -111,7 +120,7 @@ class Scheduler:
 
     @property
     def depth(self) -> int:
-        """Jobs waiting for a batch (not counting the batch being generated)."""
+        """Jobs waiting for a batch (not counting those being generated)."""
         return len(self._pending)
 
     @property
@@ -125,7 +134,7 @@ class Scheduler:
             self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the batch in progress, fail the pending jobs, and end the worker."""
+        """Finish the work in progress, fail the pending jobs, and end the worker."""
         with self._cond:
             self._stopping = True
             pending, self._pending = self._pending, []
@@ -135,7 +144,27 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    # -- worker side --------------------------------------------------------------------------
+    def _work(self) -> None:
+        raise NotImplementedError
+
+
+class StaticScheduler(Scheduler):
+    """Static micro-batches of one setting each (the scheduler before continuous batching).
+
+    The worker takes the oldest pending job and every other pending job with the same
+    :class:`BatchKey` (setting and sampling), up to ``max_batch``, and runs them as one batch
+    that returns when its longest reply ends. The oldest job always goes next, so no setting
+    starves. Micro-batching window: when the previous batch held more than one job, or more
+    than one job is pending, the worker waits up to ``batch_wait_s`` for ``max_batch`` jobs (of
+    any key) to be pending; otherwise only ``IDLE_WAIT_S`` (10 ms) for a second arrival.
+    """
+
+    def __init__(self, engine: Engine, *, batch_wait_s: float = 0.1, **options: Any) -> None:
+        super().__init__(engine, **options)
+        if batch_wait_s < 0:
+            raise ValueError("batch_wait_s must be >= 0")
+        self.batch_wait_s = batch_wait_s
+        self._last_batch = 1
 
     def _same_key(self, key: BatchKey) -> list[Job]:
         return [job for job in self._pending if job.key == key and not job.cancelled]
@@ -206,19 +235,11 @@ class Scheduler:
                     if delta:
                         job.emit("delta", delta)
 
-        key = batch[0].key
-        turns = engine.run(key, [job.conversation for job in batch], on_tokens)
-        run_s = time.perf_counter() - started
+        first = batch[0]
+        turns = engine.run(first.served, first.key, [job.conversation for job in batch], on_tokens)
         for job, decoder, turn in zip(batch, decoders, turns, strict=True):
             if decoder is not None:
                 rest = decoder.finish(turn.reply.text)
                 if rest:
                     job.emit("delta", rest)
-            outcome = Outcome(
-                turn=turn,
-                telemetry=engine.telemetry(key.setting, turn),
-                queue_s=started - job.enqueued,
-                run_s=run_s,
-                batch_size=len(batch),
-            )
-            job.emit("done", outcome)
+            job.emit("done", job.outcome(engine, turn, started, len(batch)))
