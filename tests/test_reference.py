@@ -139,7 +139,7 @@ def test_from_reference_records_provenance(tmp_path: Path) -> None:
     assert files["axis"]["sha256"] == digest
     assert torch.equal(bundle.default, axis * 0.5)
     wrong = ModelShape("Qwen3ForCausalLM", N_LAYERS + 1, HIDDEN)
-    with pytest.raises(PersonaAxisError, match="different models"):
+    with pytest.raises(PersonaAxisError, match="belongs to a different model"):
         bundle_from_reference(tmp_path / "assistant_axis.pt", model_shape=wrong, model_id="x")
 
 
