@@ -113,11 +113,14 @@ def test_reference_export_and_import_round_trip(tiny_dir: Path, tmp_path: Path) 
     )
     args = ["import", "--format", "reference", "--axis", str(folder / AXIS_FILE)]
     args += ["--default", str(folder / DEFAULT_FILE), "--capping", str(folder / CAPPING_FILE)]
-    printed = _ok([*args, "--model", str(tiny_dir), "--out", str(tmp_path / "again")])
+    printed = _ok(
+        [*args, "--model", str(tiny_dir), "--revision", "r1", "--out", str(tmp_path / "again")]
+    )
     assert f"recommended: {CAP}" in printed and "all layers" in printed
     source, again = AxisBundle.load(bundle), AxisBundle.load(tmp_path / "again")
     assert torch.equal(again.axis, source.axis) and torch.equal(again.default, source.default)
     assert again.fingerprint is None  # the shape came from the config; no weights were read
+    assert again.manifest["model"]["revision"] == "r1"
     assert [(layer, floor) for layer, _, floor in again.cap_floors(CAP)] == [(2, 0.5), (3, -0.25)]
     _ok([*args, "--model", str(tiny_dir), "--fingerprint", "--out", str(tmp_path / "fp")])
     assert AxisBundle.load(tmp_path / "fp").fingerprint == source.fingerprint

@@ -105,11 +105,11 @@ def export(
 
 
 def import_bundle(
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
     file: Annotated[
         Path | None, typer.Argument(help="gguf-control-vector: the control vector .gguf file.")
     ] = None,
     format_name: FormatOption = CONTROL_VECTOR,
-    out: Annotated[Path, typer.Option(help="Bundle directory to write.")] = Path("bundle"),
     model: Annotated[
         str | None,
         typer.Option(
@@ -139,7 +139,9 @@ def import_bundle(
             "other weights (reads the whole model)."
         ),
     ] = False,
-    revision: Annotated[str | None, typer.Option(help="Model revision (HF hub).")] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="Model revision (HF hub), read and recorded.")
+    ] = None,
     dtype: DtypeOption = "auto",
 ) -> None:
     """Make a bundle from a llama.cpp control vector or from the reference project's files.
@@ -180,7 +182,14 @@ def import_bundle(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         new = _imported(
-            format_name, file, axis, default, capping, target_layer, shape, model_id, weights
+            format_name,
+            file,
+            axis,
+            default,
+            capping,
+            target_layer,
+            shape,
+            (model_id, revision, weights),
         )
     for warning in caught:
         errors.print(f"[yellow]warning:[/] {warning.message}", soft_wrap=True, markup=True)
@@ -196,15 +205,16 @@ def _imported(
     capping: Path | None,
     target_layer: int | None,
     shape: ModelShape,
-    model_id: str,
-    weights: str | None,
+    identity: tuple[str, str | None, str | None],
 ) -> AxisBundle:
+    """The bundle of ``format_name``; ``identity`` is (model id, revision, fingerprint)."""
+    model_id, revision, weights = identity
     if format_name == CONTROL_VECTOR:
         from persona_axis.axis.control_vector import bundle_from_control_vector
 
         assert file is not None
         return bundle_from_control_vector(
-            file, model_shape=shape, model_id=model_id, fingerprint=weights
+            file, model_shape=shape, model_id=model_id, revision=revision, fingerprint=weights
         )
     from persona_axis.axis.reference import bundle_from_reference
 
@@ -215,6 +225,7 @@ def _imported(
         model_shape=shape,
         model_id=model_id,
         default_path=default,
+        revision=revision,
         fingerprint=weights,
         target_layer=target_layer,
     )
@@ -225,13 +236,17 @@ def _model_identity(
 ) -> tuple[ModelShape, str, str | None]:
     """``(shape, model id, weight fingerprint or None)``; weights are read only for the
     fingerprint, else the shape comes from the config on the meta device."""
+    from persona_axis.models.loading import load_model, load_shape, resolve_source
+
     if fingerprint:
         from persona_axis.models.fingerprint import weight_fingerprint
 
-        lm = load(model, dtype)
+        lm = (
+            load(model, dtype)
+            if revision is None
+            else load_model(model, dtype=dtype, revision=revision)
+        )
         return lm.shape, lm.name, weight_fingerprint(lm.model)
-    from persona_axis.models.loading import load_shape, resolve_source
-
     with console.status(f"Reading the config of {model or 'the default model'}..."):
         shape = load_shape(model, revision=revision)
     return shape, resolve_source(model)[1], None
