@@ -1,10 +1,12 @@
-"""Import of the reference project's files: layouts, ceiling-to-floor conversion, safety."""
+"""The reference project's files: import (layouts, ceiling-to-floor conversion, safety) and
+export in their layout (round trip, floor-to-ceiling)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import shlex
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,13 @@ import torch
 from torch import Tensor
 
 from persona_axis.axis.bundle import AxisBundle
-from persona_axis.axis.calibrate import LayerThreshold
+from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.axis.reference import (
+    AXIS_FILE,
+    CAPPING_FILE,
+    DEFAULT_FILE,
     bundle_from_reference,
+    export_reference,
     import_reference_capping,
     load_reference_axis,
 )
@@ -139,7 +145,7 @@ def test_from_reference_records_provenance(tmp_path: Path) -> None:
     assert files["axis"]["sha256"] == digest
     assert torch.equal(bundle.default, axis * 0.5)
     wrong = ModelShape("Qwen3ForCausalLM", N_LAYERS + 1, HIDDEN)
-    with pytest.raises(PersonaAxisError, match="different models"):
+    with pytest.raises(PersonaAxisError, match="belongs to a different model"):
         bundle_from_reference(tmp_path / "assistant_axis.pt", model_shape=wrong, model_id="x")
 
 
@@ -207,3 +213,77 @@ def test_damaged_reference_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "axis.pt").write_bytes(b"this is not a torch file")
     with pytest.raises(PersonaAxisError, match="download it again"):
         load_reference_axis(tmp_path / "axis.pt")
+
+
+def test_export_reference_round_trips_axis_default_and_caps(tmp_path: Path) -> None:
+    axis = torch.randn(N_LAYERS, HIDDEN)
+    config, _ = _reference_config(axis)
+    torch.save(config, tmp_path / "capping_config.pt")
+    torch.save(axis, tmp_path / "assistant_axis.pt")
+    torch.save(axis * 0.5, tmp_path / "default_vector.pt")
+    with pytest.warns(UserWarning):
+        imported = bundle_from_reference(
+            tmp_path / "assistant_axis.pt",
+            tmp_path / "capping_config.pt",
+            model_shape=SHAPE,
+            model_id="tiny",
+            default_path=tmp_path / "default_vector.pt",
+        )
+    ours = CapSetting("layers_1:3-p90", (LayerThreshold(1, 0.25), LayerThreshold(2, -0.75)), 90.0)
+    imported.add_cap(ours)
+    out = tmp_path / "exported"
+    paths = export_reference(imported, out)
+    assert sorted(p.name for p in paths) == sorted([AXIS_FILE, DEFAULT_FILE, CAPPING_FILE])
+    exported = torch.load(out / CAPPING_FILE, weights_only=True)  # plain tensors and containers
+    ids = [experiment["id"] for experiment in exported["experiments"]]
+    assert ids == ["custom", "layers_1:3-p0.1", "layers_2:4-p0.25"]  # by our name; original ids
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the export holds only caps: nothing to skip or warn on
+        again = bundle_from_reference(
+            out / AXIS_FILE,
+            out / CAPPING_FILE,
+            model_shape=SHAPE,
+            model_id="tiny",
+            default_path=out / DEFAULT_FILE,
+        )
+    assert torch.equal(again.axis, imported.axis)
+    assert torch.equal(again.default, imported.default)
+    assert set(again.caps) == set(imported.caps) == {"layers_2:4-p75", "custom", "layers_1:3-p90"}
+    for name, setting in imported.caps.items():
+        assert again.caps[name].percentile == setting.percentile
+        for (l1, u1, f1), (l2, u2, f2) in zip(
+            again.cap_floors(name), imported.cap_floors(name), strict=True
+        ):
+            assert l1 == l2 and f1 == pytest.approx(f2)
+            torch.testing.assert_close(u1, u2)
+
+
+def test_exported_ceiling_equals_our_floor(tmp_path: Path) -> None:
+    axis = torch.randn(N_LAYERS, HIDDEN) * 4
+    setting = CapSetting("layers_2:4-p75", (LayerThreshold(2, 0.5), LayerThreshold(3, -1.0)), 75.0)
+    bundle = AxisBundle.create(
+        {"axis": axis}, model_shape=SHAPE, model_id="x", caps={setting.name: setting}
+    )
+    paths = export_reference(bundle, tmp_path)
+    assert [p.name for p in paths] == [AXIS_FILE, CAPPING_FILE]  # no default vector to write
+    config = torch.load(tmp_path / CAPPING_FILE, weights_only=True)
+    h = torch.randn(400, HIDDEN) * 3.0
+    (experiment,) = config["experiments"]
+    assert experiment["id"] == "layers_2:4-p0.25"
+    for intervention, (layer, unit, floor) in zip(
+        experiment["interventions"], bundle.cap_floors(setting.name), strict=True
+    ):
+        entry = config["vectors"][intervention["vector"]]
+        assert entry["layer"] == layer
+        torch.testing.assert_close(entry["vector"], -axis[layer])  # role - default, unnormalised
+        expected = _reference_ceiling(h, entry["vector"], intervention["cap"])
+        torch.testing.assert_close(_our_floor(h, unit, floor), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_export_reference_refuses_a_file_as_folder(tmp_path: Path) -> None:
+    bundle = AxisBundle.create(
+        {"axis": torch.randn(N_LAYERS, HIDDEN)}, model_shape=SHAPE, model_id="x"
+    )
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PersonaAxisError, match="is a file"):
+        export_reference(bundle, tmp_path / "file")

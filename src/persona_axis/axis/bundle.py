@@ -184,7 +184,8 @@ class AxisBundle:
         if "default" not in self.vectors:
             raise PersonaAxisError(
                 "This bundle has no 'default' vector (imported axes may lack it); rebuild it with "
-                "the pipeline or import the reference default_vector.pt as default_path."
+                "persona-axis build, or import the reference default_vector.pt with it "
+                "(persona-axis import --format reference --default FILE)."
             )
         return self.vectors["default"]
 
@@ -229,6 +230,13 @@ class AxisBundle:
         """Layer where the axis is read by default; ``n_layers // 2`` unless the manifest says."""
         value = self.manifest.get("target_layer")
         return self.shape[0] // 2 if value is None else int(value)
+
+    @property
+    def axis_layers(self) -> list[int]:
+        """Layers where the axis is defined: all of them for a built bundle; an imported
+        control vector leaves the layers its file does not name as zero rows, which every use
+        of the unit axis refuses (docs/interchange.md)."""
+        return [int(layer) for layer in torch.nonzero(self.axis.norm(dim=-1) > 0).flatten()]
 
     def unit_axis(self, layer: int) -> Tensor:
         """â_L = a_L / ‖a_L‖, float32 [d], for decoder block ``layer`` (0-based)."""
@@ -505,7 +513,7 @@ class AxisBundle:
         if "axis" not in self.vectors:
             raise PersonaAxisError(
                 f"Bundle has no 'axis' vector (keys: {sorted(self.vectors)[:8]}); every bundle "
-                "needs one. Compute it (persona-axis axis) or import a reference axis."
+                "needs one. Build one (persona-axis build) or import one (persona-axis import)."
             )
         for key, value in self.vectors.items():
             layerwise = key in LAYERWISE_KEYS or key.startswith(LAYERWISE_PREFIXES)

@@ -1,7 +1,9 @@
-"""Import the reference project's published files (github ``safety-research/assistant-axis``).
+"""The reference project's published files (github ``safety-research/assistant-axis``): import
+them into a bundle, and export a bundle in their layout.
 
 Everything is read with ``torch.load(weights_only=True)``: tensors and plain containers only,
-never other pickled objects (which could run code).
+never other pickled objects (which could run code). :func:`export_reference` writes only tensors
+and plain containers, so its files load the same way.
 
 Facts from the reference project (read, not copied):
 
@@ -27,12 +29,14 @@ import os
 import re
 import warnings
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from persona_axis import files
 from persona_axis.axis.bundle import DIRECTION_KEYS_NOTE, AxisBundle
 from persona_axis.axis.calibrate import CapSetting, LayerThreshold, setting_name
 from persona_axis.errors import PersonaAxisError
@@ -43,7 +47,11 @@ from persona_axis.models.layers import ModelShape
 REFERENCE_PROJECT = "github.com/safety-research/assistant-axis"
 CAP_DIRECTION_PREFIX = "capdir/"
 SAME_DIRECTION_TOL = 1e-8
+AXIS_FILE = "assistant_axis.pt"
+DEFAULT_FILE = "default_vector.pt"
+CAPPING_FILE = "capping_config.pt"
 _REFERENCE_ID = re.compile(r"layers_(\d+):(\d+)-p(\d+(?:\.\d+)?)")
+_OUR_NAME = re.compile(r"(layers_\d+:\d+)-p(\d+(?:\.\d+)?)")
 
 
 def bundle_from_reference(
@@ -64,17 +72,19 @@ def bundle_from_reference(
     records the source files and their sha256. The reference's own target layer for Gemma 2
     27B is 22, not ``n_layers // 2``: pass ``target_layer`` where it matters.
     """
-    axis = load_reference_axis(axis_path)
+    axis = _fitting(load_reference_axis(axis_path), axis_path, model_shape)
     vectors: dict[str, Tensor] = {"axis": axis}
-    sources = {"axis": _file_record(axis_path)}
+    sources = {"axis": file_record(axis_path)}
     if default_path is not None:
-        vectors["default"] = load_reference_vector(default_path)
-        sources["default"] = _file_record(default_path)
+        vectors["default"] = _fitting(
+            load_reference_vector(default_path), default_path, model_shape
+        )
+        sources["default"] = file_record(default_path)
     caps: dict[str, CapSetting] = {}
     if capping_path is not None:
         directions, caps = import_reference_capping(capping_path, axis=axis)
         vectors.update(directions)
-        sources["capping"] = _file_record(capping_path)
+        sources["capping"] = file_record(capping_path)
     provenance = {"imported_from": {"project": REFERENCE_PROJECT, "files": sources}}
     return AxisBundle.create(
         vectors,
@@ -86,6 +96,18 @@ def bundle_from_reference(
         caps=caps,
         extras={**provenance, **dict(extras or {})},
     )
+
+
+def _fitting(matrix: Tensor, path: str | os.PathLike[str], shape: ModelShape) -> Tensor:
+    """``matrix`` when it is [n_layers, hidden_size] of the model ``shape``; else a clear error."""
+    if tuple(matrix.shape) != (shape.n_layers, shape.hidden_size):
+        raise PersonaAxisError(
+            f"{path} holds a [{matrix.shape[0]}, {matrix.shape[1]}] tensor, but the model "
+            f"({shape.architecture}) has {shape.n_layers} layers and hidden size "
+            f"{shape.hidden_size}: the file belongs to a different model. Pass the model it was "
+            "computed for (--model)."
+        )
+    return matrix
 
 
 def load_reference_axis(path: str | os.PathLike[str]) -> Tensor:
@@ -166,6 +188,70 @@ def import_reference_capping(
         caps[setting.name] = setting
         vectors.update(used)
     return vectors, caps
+
+
+# -- export in the reference layout ------------------------------------------------------------
+
+
+def export_reference(bundle: AxisBundle, directory: str | os.PathLike[str]) -> list[Path]:
+    """Write ``bundle`` in the reference project's layout into ``directory``; returns the paths.
+
+    - ``assistant_axis.pt``: the axis, a bare float32 tensor [n_layers, d] (+ = Assistant).
+    - ``default_vector.pt``: the default vector [n_layers, d], when the bundle has one.
+    - ``capping_config.pt``: every cap setting, when there are any, as reference ceilings: our
+      floor ``τ`` along ``u`` becomes the ceiling ``−τ`` along ``v = −u``. ``v`` is the negated
+      unnormalised axis row where the setting caps along the axis (as the reference stores
+      role − default), else ``−u``. Setting ``layers_A:B-pP`` gets the id
+      ``layers_A:B-p{(100 − P)/100}`` (the reference counts along role − default), or its
+      original reference id when it was imported.
+
+    :func:`bundle_from_reference` reads the three files back into an equal bundle.
+    """
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise PersonaAxisError(f"{target} is a file; pass a directory for the reference files.")
+    contents: dict[str, Any] = {AXIS_FILE: bundle.axis.clone()}
+    if "default" in bundle.vectors:
+        contents[DEFAULT_FILE] = bundle.default.clone()
+    if bundle.caps:
+        contents[CAPPING_FILE] = _reference_capping(bundle)
+    return [
+        files.write_atomic(target / name, partial(_save, data)) for name, data in contents.items()
+    ]
+
+
+def _save(data: Any, path: Path) -> None:
+    torch.save(data, path)
+
+
+def _reference_capping(bundle: AxisBundle) -> dict[str, Any]:
+    """Our cap settings as a reference ``capping_config`` (ceilings along role − default)."""
+    vectors: dict[str, dict[str, Any]] = {}
+    experiments = []
+    for name, setting in sorted(bundle.caps.items()):
+        keys = setting.notes.get(DIRECTION_KEYS_NOTE) or ["axis"] * len(setting.thresholds)
+        interventions = []
+        for key, (layer, unit, floor) in zip(keys, bundle.cap_floors(name), strict=True):
+            if key == "axis":
+                vector_name, vector = f"layer_{layer}/negated_axis", -bundle.axis[layer]
+            else:
+                vector_name, vector = key.removeprefix(CAP_DIRECTION_PREFIX), -unit
+            vectors[vector_name] = {"vector": vector.clone(), "layer": layer}
+            interventions.append({"vector": vector_name, "cap": -floor})
+        experiments.append({"id": _reference_id(setting), "interventions": interventions})
+    return {"vectors": vectors, "experiments": experiments}
+
+
+def _reference_id(setting: CapSetting) -> str:
+    """The reference id of a setting: its imported id, else ours with the percentile counted
+    along role − default as a fraction (``layers_14:18-p75`` → ``layers_14:18-p0.25``)."""
+    imported = setting.notes.get("reference_id")
+    if isinstance(imported, str):
+        return imported
+    match = _OUR_NAME.fullmatch(setting.name)
+    if match is None:
+        return setting.name
+    return f"{match[1]}-p{round(1 - float(match[2]) / 100, 8):g}"
 
 
 def _safe_torch_load(path: str | os.PathLike[str]) -> Any:
@@ -322,7 +408,7 @@ def _converted_name(ref_id: str, layers: list[int]) -> tuple[str, float | None]:
     return setting_name(first, stop, percentile), percentile
 
 
-def _file_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+def file_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Name, size and sha256 of an imported file, for the manifest."""
     source = Path(path)
     digest = hashlib.sha256()

@@ -16,6 +16,7 @@ from persona_axis.cli import (
     demo,
     evals,
     info,
+    interchange,
     monitor,
     report,
     serve,
@@ -43,6 +44,8 @@ for command in (
     demo.demo,
 ):
     app.command()(command)
+app.command()(interchange.export)
+app.command("import")(interchange.import_bundle)
 app.add_typer(evals.eval_app, name="eval")
 
 

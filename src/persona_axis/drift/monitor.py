@@ -203,13 +203,12 @@ class DriftRule:
 def default_band(bundle: AxisBundle) -> list[int]:
     """Layers to report beside the target: the recommended cap's band
     (:attr:`~persona_axis.axis.bundle.AxisBundle.recommended_cap`), else the target ± 2
-    (clipped to the model)."""
+    (clipped to the model and to the layers where the axis is defined)."""
     name = bundle.recommended_cap
     if name is not None:
         return sorted(bundle.caps[name].layers)
-    n_layers, target = bundle.shape[0], bundle.target_layer
-    first = max(0, target - BAND_HALF_WIDTH)
-    return list(range(first, min(n_layers, target + BAND_HALF_WIDTH + 1)))
+    target = bundle.target_layer
+    return [layer for layer in bundle.axis_layers if abs(layer - target) <= BAND_HALF_WIDTH]
 
 
 def parse_layers(text: str, n_layers: int) -> list[int]:

@@ -75,7 +75,18 @@ def record_projections(
             f"Layers {list(layers)} must be within 0..{lm.shape.n_layers - 1} and not empty."
         )
     units = axis[chosen].float()
-    units = units / units.norm(dim=-1, keepdim=True)
+    norms = units.norm(dim=-1, keepdim=True)
+    if not bool((norms > 0).all()):
+        empty = [
+            layer
+            for layer, norm in zip(chosen, norms.flatten().tolist(), strict=True)
+            if not norm > 0
+        ]
+        raise PersonaAxisError(
+            f"The axis is zero at layers {empty}, so nothing can be projected there; read it at "
+            "layers where it is defined (an imported control vector covers only its own layers)."
+        )
+    units = units / norms
     with ExitStack() as stack:
         tracker = stack.enter_context(PositionTracker().attached(lm.stack.module))
         log = ProjectionLog(layers=chosen, tracker=tracker)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -117,6 +118,39 @@ def default_model_dir() -> Path:
     return target
 
 
+def resolve_source(name_or_path: str | os.PathLike[str] | None) -> tuple[str, str]:
+    """``(where to load from, the name to record)``: None, ``"default"`` or the default's name
+    give the cached copy of the embedded model and :data:`DEFAULT_MODEL`; anything else is
+    both."""
+    if name_or_path is None or str(name_or_path) in {"default", DEFAULT_MODEL}:
+        return str(default_model_dir()), DEFAULT_MODEL
+    return str(name_or_path), str(name_or_path)
+
+
+def load_shape(
+    name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> ModelShape:
+    """Architecture, depth and width of a model from its config alone: the model is built on
+    the meta device, so no weight is read or allocated (a 70B model's shape in about a second).
+    ``name_or_path`` as in :func:`load_model`."""
+    source, name = resolve_source(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code
+        )
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise PersonaAxisError(
+            f"Could not read the config of model {name!r}: {exc}. Pass a Hugging Face model id "
+            "that is in the local cache, or a directory holding config.json."
+        ) from exc
+    return model_shape(model)
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
     if dtype is None or dtype == "auto":
         return "auto"
@@ -145,12 +179,7 @@ def load_model(
     """
     if device is not None and device_map is not None:
         raise PersonaAxisError("Pass either device or device_map, not both.")
-    if name_or_path is None or str(name_or_path) in {"default", DEFAULT_MODEL}:
-        source = str(default_model_dir())
-        name = DEFAULT_MODEL
-    else:
-        source = str(name_or_path)
-        name = source
+    source, name = resolve_source(name_or_path)
     kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype), "revision": revision}
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
