@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from persona_axis.serve.app import STATIC, create_app
 from persona_axis.serve.drift import DriftBand
 from persona_axis.serve.engine import LOCK_KEY, DeltaDecoder
 from persona_axis.serve.runner import background_server
+from polling import wait_for
 from tiny_models import build_tiny, styled_tokenizer, tiny_lm
 
 CAP = "layers_1:3-p75"
@@ -110,14 +111,6 @@ def ask(url: str, body: dict[str, Any], **kwargs: Any) -> httpx.Response:
 
 def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Poll ``condition`` every 10 ms until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 # -- the official client ----------------------------------------------------------------------

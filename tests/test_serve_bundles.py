@@ -4,8 +4,6 @@ batching), against a real uvicorn server on 127.0.0.1."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from persona_axis.models import LoadedModel
 from persona_axis.serve.app import create_app
 from persona_axis.serve.engine import LOCK_KEY
 from persona_axis.serve.runner import background_server
+from polling import wait_for
 from tiny_models import tiny_lm
 
 pytestmark = pytest.mark.slow
@@ -56,13 +55,6 @@ def ask(base: str, body: dict[str, Any], **kwargs: Any) -> httpx.Response:
 def chat(text: str, options: dict[str, Any], max_tokens: int = 8) -> dict[str, Any]:
     messages = [{"role": "user", "content": text}]
     return {"messages": messages, "max_tokens": max_tokens, "persona_axis": options}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_requests_choose_their_bundle_and_unknown_names_are_refused(lm) -> None:
