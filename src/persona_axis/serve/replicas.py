@@ -9,12 +9,10 @@ Why a front: Ray Serve's own proxy answers a request whose replica died with a b
 Server Error" or a cut stream. The :class:`Front` deployment (the HTTP ingress, no model)
 forwards each request (method, path, headers, body) to a replica through a streaming
 deployment handle, which spreads requests over the replicas; the replica runs it through its
-ASGI app and streams the ASGI messages back.
-
-Requests reach the replicas through a small front deployment (:mod:`.forward`), which makes
-failures clear: Ray Serve restarts a replica whose actor dies; a request in flight on it that
-had sent nothing yet is retried once on another replica, and one that had (a stream) ends with
-an OpenAI-style error event saying the replica failed and to retry; never a hang.
+ASGI app and streams the ASGI messages back. Failures are then clear: Ray Serve restarts a
+replica whose actor dies; a request in flight on it that had sent nothing yet is retried once
+on another replica, and one that had (a stream) ends with an OpenAI-style error event saying
+the replica failed and to retry; never a hang.
 An admin change (bundle load/unload) reaches the one replica that answers it: send it once
 per replica, or restart the deployment with the new ``--bundle`` list.
 
