@@ -21,6 +21,7 @@ from persona_axis.cli import (
     serve,
     simulate,
     sweep,
+    validate,
 )
 from persona_axis.cli.common import fail
 from persona_axis.errors import PersonaAxisError
@@ -41,6 +42,7 @@ for command in (
     serve.serve,
     sweep.sweep,
     demo.demo,
+    validate.validate,
 ):
     app.command()(command)
 app.add_typer(evals.eval_app, name="eval")

@@ -55,6 +55,7 @@ class BuildConfig:
     percentiles: tuple[float, ...] = (1.0, 25.0, 50.0, 75.0)
     cap_percentiles: tuple[float, ...] = (25.0, 50.0, 75.0, 99.0)
     cap_bands: tuple[tuple[int, int], ...] | None = None
+    target_layer: int | None = None
     token_calibration_rollouts: int = 2000
     activation_dtype: str = "float32"
     progress: bool = True
@@ -97,7 +98,27 @@ class BuildConfig:
         data["cap_percentiles"] = list(self.cap_percentiles)
         data["role_scores"] = list(self.role_scores)
         data["cap_bands"] = None if self.cap_bands is None else [list(b) for b in self.cap_bands]
+        if self.target_layer is None:  # unset: stored as before the field existed (resumable)
+            data.pop("target_layer")
         return data
+
+    @classmethod
+    def from_result_fields(cls, data: dict[str, Any]) -> BuildConfig:
+        """The settings a build directory stored (:meth:`result_fields`), back as a config."""
+        known = {f.name for f in fields(cls)} - RUNTIME_FIELDS
+        unknown = set(data) - known
+        if unknown:
+            raise PersonaAxisError(
+                f"The build stored settings {sorted(unknown)} this version does not know; "
+                "use the persona-axis version that built it."
+            )
+        values = dict(data)
+        for name in ("percentiles", "cap_percentiles", "role_scores"):
+            if name in values:
+                values[name] = tuple(values[name])
+        if values.get("cap_bands") is not None:
+            values["cap_bands"] = tuple(tuple(b) for b in values["cap_bands"])
+        return cls(**values, progress=False)
 
     def with_overrides(self, **overrides: Any) -> BuildConfig:
         """A copy with the given fields replaced; None values are ignored (not given)."""
