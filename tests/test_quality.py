@@ -181,3 +181,20 @@ def test_cells_refuse_too_little_data() -> None:
         AxisCells.from_rollouts(acts, only_one_role, blocks, n_blocks=Q)
     with pytest.raises(PersonaAxisError, match="two question blocks"):
         AxisCells.from_rollouts(acts, roles, [0] * len(roles), n_blocks=Q)
+
+
+def test_the_report_shows_the_quality_section() -> None:
+    from persona_axis.report.page import _quality_section
+
+    acts, roles, blocks = synthetic(4.0)
+    cells = AxisCells.from_rollouts(acts, roles, blocks, n_blocks=Q)
+    folds = cells.fold_axes()
+    proj = torch.stack([project(a, folds[b]) for a, b in zip(acts, blocks, strict=True)])
+    is_default = torch.tensor([r is None for r in roles])
+    quality = assess(cells, proj[is_default].numpy(), proj[~is_default].numpy(), n_boot=5)
+    page = _quality_section({"quality": quality, "target_layer": quality["target_layer"]["layer"]})
+    layer = quality["target_layer"]["layer"]
+    assert f"{quality['heldout_auroc']['estimate'][layer]:.3f}" in page
+    assert "UNSTABLE" in page and 'class="alarm"' in page and page.count("<img") == 2
+    assert "records no quality metrics" in _quality_section({})
+    assert "Not assessed" in _quality_section({"quality": {"unavailable": "too small"}})
