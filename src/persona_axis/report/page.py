@@ -188,7 +188,7 @@ QUALITY_LABELS = (
 
 def _quality_section(manifest: dict[str, Any]) -> str:
     """The build's axis quality (manifest ``quality``): figures at the target layer with their
-    intervals, why that layer, the warnings, and two metrics per layer."""
+    intervals, why that layer, the warnings, and every layer's estimates."""
     quality = manifest.get("quality")
     head = '<section class="card"><h2>Axis quality</h2>'
     if not isinstance(quality, dict):
@@ -219,17 +219,20 @@ def _quality_section(manifest: dict[str, Any]) -> str:
     for warning in quality.get("warnings") or []:
         css = "note" if str(warning).startswith("note") else "alarm"
         parts.append(f'<p class="{css}">{_e(warning)}</p>')
-    for key, title in (
-        ("heldout_auroc", "Held-out AUROC per layer"),
-        ("stability_question", "Split-half cosine (by question) per layer"),
-    ):
-        png = plots.line_png(
-            quality[key]["estimate"],
-            title=title,
-            xlabel="layer (decoder block output, 0-based)",
-            ylabel=key.split("_")[0],
+    per_layer = [
+        [
+            f"<b>{index}</b>" if index == layer else str(index),
+            *(_num(quality[key]["estimate"][index], spec) for key, _, spec in QUALITY_LABELS),
+        ]
+        for index in range(len(quality["heldout_auroc"]["estimate"]))
+    ]
+    parts.append(
+        "<details><summary>every layer</summary>"
+        + _table(
+            ["layer", *(label for _, label, _ in QUALITY_LABELS)], per_layer, {1, 2, 3, 4, 5, 6}
         )
-        parts.append(_img(png, title))
+        + "</details>"
+    )
     parts.append("</section>")
     return "".join(parts)
 
