@@ -75,11 +75,10 @@ def timed_run(settings: dict, out: Path) -> tuple[float, float, float]:
     return first or end, last or end, end
 
 
-def kill_round(settings: dict, out: Path, target: int | None, delay: float) -> dict:
-    """Start the build; SIGKILL it once ``target`` batches are stored (None: all of them),
-    ``delay`` seconds later. Returns what the round saw."""
+def kill_round(settings: dict, out: Path, target: int | None, total: int, delay: float) -> dict:
+    """Start the build; SIGKILL it once ``target`` of its ``total`` batches are stored (None:
+    all of them), ``delay`` seconds later. Returns what the round saw."""
     before = stored(out)
-    total = json.loads((out / "work" / "header.json").read_text())["batches"]
     goal = total if target is None else target
     started = time.monotonic()
     worker = start(settings, out)
@@ -164,7 +163,10 @@ def main() -> None:
 
     root = args.out or Path(tempfile.mkdtemp(prefix="resume-stress-"))
     config = tiny_build_config(root / "setup").with_overrides(
-        batch_size=1, judge={"backend": "heuristic"}, token_calibration_rollouts=16
+        batch_size=1,
+        judge={"backend": "heuristic"},
+        role_scores=(0, 1, 2, 3),
+        token_calibration_rollouts=16,
     )
     settings = asdict(config)
     first, last, end = timed_run(settings, root / "reference")
@@ -184,9 +186,7 @@ def main() -> None:
         if (resumed / "bundle" / "manifest.json").is_file():
             print(f"kill {index}: the build had already finished; no interruption left to try")
             break
-        if not (resumed / "work" / "header.json").is_file():
-            kill_round(settings, resumed, 1, 0.0)  # the store must exist before counting
-        seen = kill_round(settings, resumed, target, delay)
+        seen = kill_round(settings, resumed, target, n_batches, delay)
         kills.append(seen)
         where = "after generation" if target is None else f"at {target} batches"
         print(

@@ -39,7 +39,6 @@ from persona_axis.axis.vectors import (
     ActivationSums,
     SumCount,
     as_float32,
-    axis_from_means,
     unit,
 )
 from persona_axis.errors import PersonaAxisError
@@ -207,23 +206,21 @@ class AxisCells:
         b = next((w.shape[0] for w in (role_weights, block_weights) if w is not None), 1)
         rw = torch.ones(b, r) if role_weights is None else role_weights.float()
         bw = torch.ones(b, k) if block_weights is None else block_weights.float()
-        flat = self.role_sums.reshape(r, k, -1)
+        shape = self.role_sums.shape[2:]
         default_n = bw @ self.default_counts  # [B]
         if bool((default_n <= 0).any()):
             raise PersonaAxisError("A chosen set of question blocks holds no default reply.")
         default = (bw @ self.default_sums.reshape(k, -1)) / default_n[:, None]
-        shape = self.role_sums.shape[2:]
-        out = torch.empty(b, *shape)
-        chunk = max(1, int(2e8 // (4 * r * flat.shape[-1])))  # bound the [b, R, X] buffer
-        for first in range(0, b, chunk):
-            sl = slice(first, first + chunk)
-            n = bw[sl] @ self.role_counts.T  # [b, R]
-            means = torch.einsum("bk,rkx->brx", bw[sl], flat) / n.clamp(min=1e-12)[..., None]
-            weights = rw[sl] * (n > 0) * (n if weighting == "rollout" else 1)
-            out[sl] = axis_from_means(
-                default[sl].reshape(-1, *shape), means.reshape(*means.shape[:2], *shape), weights
-            )
-        return out
+        n = bw @ self.role_counts.T  # [B, R] rollouts of each role in the chosen blocks
+        weights = rw * (n > 0) * (n if weighting == "rollout" else 1)  # per role
+        if bool((weights.sum(1) <= 0).any()):
+            raise PersonaAxisError("A chosen set of roles and blocks holds no role reply.")
+        # The weighted mean of role means, Σ_r w_r (Σ_k bw_k S_rk / n_r) / Σ_r w_r, is linear in
+        # the cell sums S: one [B, R·K] × [R·K, L·d] product instead of B sets of role means.
+        per_role = weights / n.clamp(min=1e-12) / weights.sum(1, keepdim=True)
+        coefficients = (per_role[:, :, None] * bw[:, None, :]).reshape(b, r * k)
+        mean = coefficients @ self.role_sums.reshape(r * k, -1)
+        return (default - mean).reshape(b, *shape)
 
     def axis(self, weighting: Weighting = "role") -> Tensor:
         """The axis from every cell ``[L, d]``: the build's axis."""
@@ -301,9 +298,12 @@ def split_half_stability(
 
 
 def _auroc(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
-    """P(positive > negative) per column: ``[n1, L]``, ``[n0, L]`` → ``[L]`` (rank-sum)."""
+    """P(positive > negative) per column: ``[n1, L]``, ``[n0, L]`` → ``[L]`` (rank-sum; ties
+    between the classes do not occur with continuous projections)."""
     both = np.concatenate([positive, negative])
-    ranks = np.argsort(np.argsort(both, axis=0, kind="stable"), axis=0) + 1.0
+    order = np.argsort(both, axis=0)
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(1, both.shape[0] + 1)[:, None], axis=0)
     n1, n0 = positive.shape[0], negative.shape[0]
     return (ranks[:n1].sum(0) - n1 * (n1 + 1) / 2) / (n1 * n0)
 
@@ -349,11 +349,14 @@ def separation(
     )
 
 
-def _pc1(points: Tensor, default: Tensor) -> tuple[Tensor, Tensor]:
-    """Per layer, PC1 of ``points`` ``[L, P, d]`` signed toward ``default`` ``[L, d]``, and the
-    share of variance it explains: ``[L, d]`` unit rows and ``[L]``."""
-    centred = points - points.mean(1, keepdim=True)
-    x = centred.double()
+def _pc1(points: Tensor, weights: Tensor, default: Tensor) -> tuple[Tensor, Tensor]:
+    """Per layer, PC1 of ``points`` ``[L, P, d]`` counted ``weights`` ``[P]`` times each
+    (a point drawn twice by the bootstrap counts twice), signed toward ``default`` ``[L, d]``,
+    and the share of variance it explains: ``[L, d]`` unit rows and ``[L]``. Computed from the
+    smaller of the ``P × P`` and ``d × d`` Gram matrices."""
+    w = weights.float()
+    mean = (w[None, :, None] * points).sum(1) / w.sum()  # [L, d]
+    x = (points - mean[:, None, :]) * w.sqrt()[None, :, None]
     if x.shape[1] <= x.shape[2]:
         values, vectors = torch.linalg.eigh(x @ x.transpose(1, 2))  # [L, P], ascending
         pc1 = torch.einsum("lpd,lp->ld", x, vectors[..., -1])
@@ -361,10 +364,10 @@ def _pc1(points: Tensor, default: Tensor) -> tuple[Tensor, Tensor]:
         values, vectors = torch.linalg.eigh(x.transpose(1, 2) @ x)
         pc1 = vectors[..., -1]
     pc1 = pc1 / torch.linalg.vector_norm(pc1, dim=-1, keepdim=True).clamp(min=1e-30)
-    side = ((default.double() - points.double().mean(1)) * pc1).sum(-1)
+    side = ((default - mean) * pc1).sum(-1)
     pc1 = torch.where(side[:, None] < 0, -pc1, pc1)
-    share = values[..., -1] / values.sum(-1).clamp(min=1e-30)
-    return pc1.float(), share.float()
+    share = values[..., -1] / values.clamp(min=0).sum(-1).clamp(min=1e-30)
+    return pc1, share
 
 
 def space_structure(
@@ -381,7 +384,7 @@ def space_structure(
     ``role_vectors`` ``[R, L, d]`` build the axis (``default − mean``) and, with the optional
     ``somewhat`` vectors ``[S, L, d]`` (``somewhat_owner[s]`` = index of its role), are the
     points of the PCA, as in the build's persona space. Replicates resample roles with
-    replacement (a drawn role brings its "somewhat" vector along)."""
+    replacement (a drawn role brings its "somewhat" vector along, as often as it is drawn)."""
     roles32 = as_float32(role_vectors, "role vectors")
     default32 = as_float32(default, "default vector")
     r = roles32.shape[0]
@@ -390,22 +393,25 @@ def space_structure(
     extra = (
         torch.zeros(0, *roles32.shape[1:]) if somewhat is None else as_float32(somewhat, "somewhat")
     )
-    owners = np.asarray(list(somewhat_owner), dtype=np.int64)
+    owners = torch.as_tensor(list(somewhat_owner), dtype=torch.long)
     if extra.shape[0] != owners.shape[0]:
         raise PersonaAxisError("Give one owner role index per 'somewhat' vector.")
+    points = torch.cat([roles32, extra]).transpose(0, 1).contiguous()  # [L, R + S, d]
 
-    def one(draw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        chosen = roles32[torch.from_numpy(draw)]
-        more = [extra[s] for role in draw for s in np.flatnonzero(owners == role)]
-        points = torch.cat([chosen, torch.stack(more)]) if more else chosen
-        axis = default32 - chosen.mean(0)  # [L, d]
-        pc1, share = _pc1(points.transpose(0, 1), default32)
+    def one(counts: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        weights = torch.cat([counts, counts[owners]]).float()
+        keep = weights > 0
+        axis = default32 - (counts.float()[:, None, None] * roles32).sum(0) / counts.sum()
+        pc1, share = _pc1(points[:, keep], weights[keep], default32)
         cos = (unit(axis) * pc1).sum(-1)
         return cos.double().numpy(), share.double().numpy()
 
-    value_cos, value_share = one(np.arange(r))
+    value_cos, value_share = one(torch.ones(r, dtype=torch.long))
     rng = np.random.default_rng(seed)
-    reps = [one(rng.integers(0, r, r)) for _ in range(n_boot)]
+    reps = [
+        one(torch.from_numpy(np.bincount(rng.integers(0, r, r), minlength=r)))
+        for _ in range(n_boot)
+    ]
     return (
         Estimate.from_replicates(value_cos, np.array([c for c, _ in reps])),
         Estimate.from_replicates(value_share, np.array([s for _, s in reps])),
