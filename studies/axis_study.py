@@ -222,9 +222,11 @@ def report(label: str, scored: Scored, extra: dict[str, Any], rows: list[dict[st
 
 def part_grid(data: Rollouts, rows: list[dict[str, Any]], n_boot: int) -> None:
     """Rollouts per role vs number of roles (every role rollout counts: no judge)."""
-    for n_roles in (12, 25, 50, 100, 200):
+    available = len(set(data.name[data.kind == "role"]))
+    for n_roles in sorted({n for n in (12, 25, 50, 100, 200) if n < available} | {available}):
         roles = balanced_roles(data, n_roles, seed=1)
-        for k in (2, 4, 8, 12, 24):
+        most = max(int(((data.kind == "role") & (data.name == n)).sum()) for n in roles)
+        for k in [k for k in (2, 4, 8, 12, 24) if k <= most]:
             use = per_role_sample(data, roles, k, seed=2)
             s = score(data, use, n_boot=n_boot)
             report(f"grid roles={n_roles} per_role={k}", s, {"n_roles": n_roles, "k": k}, rows)

@@ -63,11 +63,16 @@ class Rollouts:
 
 def load_store(out: str | Path, *, partial: bool = False) -> Rollouts:
     """All non-empty rollouts of the build directory ``out`` (its ``work`` store); with
-    ``partial``, only the batches stored so far (for trying a script on a running build)."""
+    ``partial``, only the batches stored so far (a build stopped before its end). Batches the
+    build has not judged yet are scored here with the heuristic role judge, as the build would."""
+    from persona_axis.catalog import load_catalog
+    from persona_axis.judges.role import HeuristicRoleJudge, JudgeItem
     from persona_axis.pipeline.store import BuildStore
 
     store = BuildStore(out)
     header = json.loads((store.root / "header.json").read_text())
+    judge = HeuristicRoleJudge(header["model"]["name"])
+    descriptions = {role.name: role.description for role in load_catalog().roles}
     rows: list[dict[str, Any]] = []
     acts: list[Tensor] = []
     batches = range(header["batches"])
@@ -78,6 +83,15 @@ def load_store(out: str | Path, *, partial: bool = False) -> Rollouts:
         scores = {}
         if store.has_judgement(k):
             scores = {j["id"]: j["score"] for j in store.read_judgement(k)}
+        else:
+            chosen = [r for r in records if r["kind"] == "role"]
+            items = [
+                JudgeItem(
+                    r["name"], descriptions[r["name"]], r["system"] or "", r["question"], r["reply"]
+                )
+                for r in chosen
+            ]
+            scores = {r["id"]: res.score for r, res in zip(chosen, judge.score(items), strict=True)}
         for row, record in enumerate(records):
             if record["n_tokens"] == 0:
                 continue

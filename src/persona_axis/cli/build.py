@@ -28,7 +28,7 @@ def build(
     ],
     model: ModelOption = None,
     preset: Annotated[
-        str, typer.Option(help="quick (≈3 min on 2 CPU cores) or paper (GPU).")
+        str, typer.Option(help="quick (minutes), standard (≈20 min on 2 CPU cores) or paper (GPU).")
     ] = "quick",
     catalog: Annotated[
         Path | None, typer.Option(help="Catalog folder (ours or the reference layout).")
