@@ -171,7 +171,8 @@ def per_role_sample(data: Rollouts, roles: set[str], k: int, seed: int) -> np.nd
 
 def role_consistency(data: Rollouts, layers: range) -> dict[str, float]:
     """Per role, the mean over ``layers`` of cos(role − default) between the role's rollouts on
-    even and on odd question blocks: near 0 when the role's offset is noise (not played)."""
+    even and on odd question blocks: near 0 when the role's offset is noise (not played).
+    Roles without rollouts on both are left out."""
     is_default = data.kind == "default"
     blocks = blocks_of(data)
     out = {}
@@ -182,6 +183,8 @@ def role_consistency(data: Rollouts, layers: range) -> dict[str, float]:
             rows = torch.from_numpy(np.flatnonzero((data.name == name) & (blocks % 2 == parity)))
             base = torch.from_numpy(np.flatnonzero(is_default & (blocks % 2 == parity)))
             halves.append(data.acts[rows].mean(0) - data.acts[base].mean(0))
+        if any(bool(h.isnan().any()) for h in halves):
+            continue  # no reply on even or on odd blocks (a partial store): not measurable
         for layer in layers:
             a, b = halves[0][layer], halves[1][layer]
             cosines.append(float(a @ b / (a.norm() * b.norm())))

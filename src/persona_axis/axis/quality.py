@@ -453,12 +453,17 @@ def warnings_for(quality: Mapping[str, Any], layer: int) -> list[str]:
     def at(key: str) -> float:
         return float(quality[key]["estimate"][layer])
 
+    remedies = {  # what the study in docs/axis-quality.md found to raise each one
+        "question": "build with more questions (--questions): each adds a reply per default "
+        "prompt, and their number limits this",
+        "role": "build with more roles (--roles)",
+    }
     for key, what in (("stability_question", "question"), ("stability_role", "role")):
         if at(key) < THRESHOLDS["stable"]:
             out.append(
                 f"UNSTABLE: axes from two halves of the {what}s agree only to cosine "
-                f"{at(key):.2f} at layer {layer} (want ≥ {THRESHOLDS['stable']}); generate "
-                "more rollouts per role or more roles."
+                f"{at(key):.2f} at layer {layer} (want ≥ {THRESHOLDS['stable']}); "
+                f"{remedies[what]}."
             )
     if (
         at("heldout_auroc") < THRESHOLDS["auroc"]
