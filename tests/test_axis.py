@@ -6,12 +6,18 @@ import pytest
 import torch
 
 from persona_axis.axis.vectors import (
+    ActivationSums,
+    SumCount,
     assistant_axis,
+    axis_from_means,
     cosine_by_layer,
     mean_vector,
     project,
     role_vectors,
+    role_vectors_from_sums,
+    sum_count,
     trait_vector,
+    trait_vector_from_sums,
     unit,
 )
 from persona_axis.errors import PersonaAxisError
@@ -189,3 +195,59 @@ def test_cosine_by_layer() -> None:
     torch.testing.assert_close(cosine_by_layer(a, b), torch.tensor([0.0, 1.0, -(0.5**0.5)]))
     with pytest.raises(PersonaAxisError):
         cosine_by_layer(a, b[:2])
+
+
+def test_streamed_sums_give_the_same_vectors_as_stacked_activations() -> None:
+    """The build streams sums one rollout at a time; the result equals role_vectors()."""
+    centers = {"pirate": vec(60), "ghost": vec(61)}
+    acts = {n: around(c, 12, seed=62 + i) for i, (n, c) in enumerate(centers.items())}
+    scores = {"pirate": [3] * 8 + [2] * 4, "ghost": [3, 1] * 6}
+    streamed: ActivationSums[tuple[str, int]] = ActivationSums()
+    for name, stack in acts.items():
+        for act, score in zip(stack.to(torch.bfloat16), scores[name], strict=True):
+            streamed.add((name, score), act)  # one rollout at a time, bfloat16 in
+    by_role = {
+        name: {s: part for (n, s), part in streamed.groups.items() if n == name} for name in acts
+    }
+    from_sums = role_vectors_from_sums(by_role, (3,), min_count=5)
+    direct = role_vectors({n: a.to(torch.bfloat16) for n, a in acts.items()}, scores, min_count=5)
+    assert from_sums.counts == direct.counts == {"pirate": 8, "ghost": 6}
+    for name in acts:
+        torch.testing.assert_close(from_sums.vectors[name], direct.vectors[name])
+    pooled = role_vectors_from_sums(by_role, (1, 2, 3), min_count=1)  # several scores pool
+    torch.testing.assert_close(
+        pooled.vectors["ghost"], acts["ghost"].to(torch.bfloat16).float().mean(0)
+    )
+    assert streamed.count(("ghost", 1)) == 6 and streamed.count(("ghost", 0)) == 0
+    assert streamed.get([("nobody", 3)]) is None
+
+
+def test_sum_counts_pool_exactly_and_refuse_mismatches() -> None:
+    a, b = sum_count(torch.ones(2, N_LAYERS, D)), sum_count([torch.zeros(N_LAYERS, D)] * 3)
+    both = a + b
+    assert both.count == 5
+    torch.testing.assert_close(both.mean(), torch.full((N_LAYERS, D), 0.4))
+    with pytest.raises(PersonaAxisError, match="same model"):
+        _ = a + SumCount(torch.zeros(N_LAYERS, D + 1), 1)
+    with pytest.raises(PersonaAxisError, match="no rollout"):
+        SumCount(torch.zeros(N_LAYERS, D), 0).mean()
+    pos, neg = around(vec(70), 4, 1), around(vec(71), 6, 2)
+    torch.testing.assert_close(
+        trait_vector_from_sums(sum_count(pos), sum_count(neg)), trait_vector(pos, neg)
+    )
+
+
+def test_axis_from_means_weights_and_batches() -> None:
+    default, roles = vec(80), torch.stack([vec(81), vec(82), vec(83)])
+    torch.testing.assert_close(
+        axis_from_means(default, roles),
+        assistant_axis(default, {str(i): r for i, r in enumerate(roles)}),
+    )
+    weights = torch.tensor([1.0, 0.0, 3.0])  # role 1 left out, role 2 counted three times
+    torch.testing.assert_close(
+        axis_from_means(default, roles, weights), default - (roles[0] + 3 * roles[2]) / 4
+    )
+    batched = axis_from_means(torch.stack([default, -default]), torch.stack([roles, roles]))
+    torch.testing.assert_close(batched[1], -default - roles.mean(0))
+    with pytest.raises(PersonaAxisError, match="sum to zero"):
+        axis_from_means(default, roles, torch.zeros(3))

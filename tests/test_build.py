@@ -50,50 +50,75 @@ def test_build_writes_a_complete_bundle(reference_run) -> None:
     assert bundle.caps and manifest["recommended_cap"] in bundle.caps
     for setting in bundle.caps.values():
         assert len(setting.notes["per_token_thresholds"]) == len(setting.thresholds)
-    assert set(result.timings) >= {"generate", "judge", "vectors", "calibrate"}
+    assert set(result.timings) >= {"generate", "judge", "vectors", "quality", "calibrate"}
+    quality = manifest["quality"]
+    assert bundle.target_layer == quality["target_layer"]["layer"]
+    assert quality["target_layer"]["chosen_by"] == "evidence"
+    assert manifest["space"]["layer"] == manifest["rankings"]["layer"] == bundle.target_layer
+    for key in ("stability_question", "stability_role", "heldout_auroc", "cos_axis_pc1"):
+        assert len(quality[key]["estimate"]) == len(quality[key]["ci95"]) == 4
+    assert quality["method"]["question_blocks"] == 3  # one block per question here
+    assert quality["method"]["heldout_rollouts"]["default"] == manifest["counts"]["default"]
+    assert set(result.summary["quality"]) >= {"stability_question", "heldout_auroc"}
     assert result.summary["roles_kept"] == 4
     assert "Tiny" in json.dumps(manifest["catalog"]) or manifest["model_name"] == "Tiny"
 
 
 WORKER = """
-import json, sys
+import json, sys, time
+import persona_axis.pipeline.stages as stages
 from persona_axis.pipeline import BuildConfig, build
-config = BuildConfig(**json.loads(sys.argv[1]))
-build(config, sys.argv[2])
+
+hold_after, stored = int(sys.argv[3]), []
+generate_batch = stages.generate_batch
+
+def generate_then_hold(lm, store, k, specs, config):
+    generate_batch(lm, store, k, specs, config)
+    stored.append(k)
+    if len(stored) >= hold_after:  # stay alive, unfinished, until the test kills us
+        time.sleep(600)
+
+stages.generate_batch = generate_then_hold
+build(BuildConfig(**json.loads(sys.argv[1])), sys.argv[2])
 """
 
 
-def start_worker(config: BuildConfig, out: Path) -> subprocess.Popen:
+def start_worker(config: BuildConfig, out: Path, hold_after: int) -> subprocess.Popen:
     settings = asdict(config)
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", WORKER, json.dumps(settings), str(out)],
+        [sys.executable, "-c", WORKER, json.dumps(settings), str(out), str(hold_after)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
 
 
-def kill_after(config: BuildConfig, out: Path, batches_done: int) -> int:
-    """Start a build and SIGKILL it once ``batches_done`` batches are stored; returns the count."""
-    worker = start_worker(config, out)
+def kill_after(config: BuildConfig, out: Path, new_batches: int) -> int:
+    """Start a build that holds (alive, unfinished) once it has stored ``new_batches`` more
+    batches, SIGKILL it there, and return the number of stored batches. Deterministic: the
+    build cannot finish before the kill."""
     rollouts = out / "work" / "rollouts"
-    deadline = time.monotonic() + 120
+    before = len(list(rollouts.glob("*.json"))) if rollouts.is_dir() else 0
+    worker = start_worker(config, out, new_batches)
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and worker.poll() is None:
-        if rollouts.is_dir() and len(list(rollouts.glob("*.json"))) >= batches_done:
+        if rollouts.is_dir() and len(list(rollouts.glob("*.json"))) >= before + new_batches:
             break
-        time.sleep(0.002)
+        time.sleep(0.01)
+    alive = worker.poll() is None
     worker.send_signal(signal.SIGKILL)
-    worker.wait()
-    return len(list(rollouts.glob("*.json"))) if rollouts.is_dir() else 0
+    _, stderr = worker.communicate()
+    assert alive, f"the worker ended before the kill: {stderr.decode()[-2000:]}"
+    return len(list(rollouts.glob("*.json")))
 
 
 def test_resumes_after_sigkill_with_an_identical_result(setup, reference_run, tmp_path) -> None:
     reference_out, _ = reference_run
     total = len(list((reference_out / "work" / "rollouts").glob("*.json")))
     first = kill_after(setup, tmp_path, 2)
-    second = kill_after(setup, tmp_path, first + 3)
-    assert 0 < first <= second < total, (first, second, total)  # both were real interruptions
+    second = kill_after(setup, tmp_path, 3)
+    assert (first, second) == (2, 5) and second < total, (first, second, total)
     assert not (tmp_path / "bundle").exists()
     build(setup, tmp_path)
     for kind in ("rollouts", "judge"):
@@ -147,3 +172,32 @@ def test_token_calibration_batches_equal_one_at_a_time() -> None:
     alone = token_projections(lm, axis, sample, batch_size=1, progress=False)
     assert batched.shape == (9, lm.shape.n_layers)
     torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_validate_recomputes_the_manifest_figures(reference_run, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from persona_axis.cli import app
+
+    out, result = reference_run
+    written = tmp_path / "quality.json"
+    run = CliRunner().invoke(app, ["validate", str(out / "bundle"), "--json", str(written)])
+    assert run.exit_code == 0, run.output
+    assert "holds the same figures" in run.output and "split-half cosine" in run.output
+    assert json.loads(written.read_text()) == result.bundle.manifest["quality"]
+
+
+def test_target_layer_override_is_recorded(setup, reference_run, tmp_path) -> None:
+    forced = build(setup.with_overrides(target_layer=0), tmp_path)
+    assert forced.bundle.target_layer == 0
+    assert forced.bundle.manifest["quality"]["target_layer"]["chosen_by"] == "override"
+    with pytest.raises(PersonaAxisError, match="out of range"):
+        build(setup.with_overrides(target_layer=9), tmp_path / "other")
+
+
+def test_a_build_too_small_to_assess_still_writes_its_bundle(setup, tmp_path) -> None:
+    small = build(setup.with_overrides(n_questions=1, n_traits=0), tmp_path)
+    quality = small.bundle.manifest["quality"]
+    assert "two question blocks" in quality["unavailable"]
+    assert small.bundle.target_layer == 2 and quality["target_layer"]["chosen_by"] == "default"
+    assert small.summary["warnings"][0].startswith("QUALITY NOT ASSESSED")

@@ -81,3 +81,14 @@ def test_judge_flags_become_settings() -> None:
         judge_settings("openai")
     with pytest.raises(PersonaAxisError, match="Unknown judge"):
         judge_settings("oracle")
+
+
+def test_stored_settings_round_trip_and_an_unset_target_layer_is_not_stored() -> None:
+    quick = preset("quick").with_overrides(cap_bands=((1, 3),), progress=False)
+    assert BuildConfig.from_result_fields(quick.result_fields()) == quick
+    assert "target_layer" not in quick.result_fields()  # older build directories still resume
+    pinned = quick.with_overrides(target_layer=5)
+    assert pinned.result_fields()["target_layer"] == 5
+    assert BuildConfig.from_result_fields(pinned.result_fields()) == pinned
+    with pytest.raises(PersonaAxisError, match="does not know"):
+        BuildConfig.from_result_fields({**quick.result_fields(), "colour": "blue"})

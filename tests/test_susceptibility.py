@@ -11,10 +11,14 @@ import pytest
 
 from persona_axis.catalog import load_catalog
 from persona_axis.errors import PersonaAxisError
+from persona_axis.evals.common import rate_summary
 from persona_axis.evals.susceptibility import (
     IDENTITY_QUESTIONS,
+    pick_cap,
+    plain_assistant_change,
     run_susceptibility,
     sample_items,
+    similarity,
     summarize_scores,
 )
 from persona_axis.judges.backends import OpenAIChatBackend
@@ -87,3 +91,63 @@ def test_run_susceptibility_on_a_tiny_model(tmp_path: Path) -> None:
         server.close()
     assert judged["conditions"]["none"]["in_role"]["k"] == 2  # items[0]'s role has 2 questions
     assert len(server.bodies) == len(items)
+
+
+def test_similarity_is_word_level_and_symmetric_in_range() -> None:
+    assert similarity("the cat sat", "the cat sat") == 1.0
+    assert similarity("", "") == 1.0
+    assert similarity("a b c d", "a b x d") == pytest.approx(0.75)
+    assert similarity("one two", "three four") == 0.0
+
+
+def table(rates: dict[str, int], n: int = 10) -> dict[str, Any]:
+    return {"conditions": {c: {"in_role": rate_summary(k, n)} for c, k in rates.items()}}
+
+
+def plain(similar: dict[str, float]) -> dict[str, Any]:
+    return {
+        c: {"similarity": v, "identical": rate_summary(int(10 * v), 10)} for c, v in similar.items()
+    }
+
+
+def test_pick_cap_takes_the_strongest_cap_that_leaves_the_assistant_alone() -> None:
+    rates = {"none": 6, "layers_1:3-p75": 4, "layers_1:3-p99": 1, "steer:+1": 0}
+    similar = {"none": 1.0, "layers_1:3-p75": 0.9, "layers_1:3-p99": 0.5, "steer:+1": 0.2}
+    picked, why = pick_cap(table(rates), plain(similar))
+    assert picked == "layers_1:3-p75"  # p99 pulls harder but rewrites plain replies
+    assert "60% to 40%" in why
+
+
+def test_pick_cap_says_so_when_only_steering_pulls_the_model_back() -> None:
+    rates = {"none": 5, "layers_1:3-p75": 5, "layers_1:3-p99": 2, "steer:+1": 1}
+    similar = {"none": 1.0, "layers_1:3-p75": 1.0, "layers_1:3-p99": 0.3, "steer:+1": 0.4}
+    picked, why = pick_cap(table(rates), plain(similar))
+    assert picked is None
+    assert "No cap setting lowers the in-role rate" in why and "layers_1:3-p99" in why
+    assert "steering (steer:+1) does" in why
+    picked, why = pick_cap(
+        table({"none": 0, "layers_1:3-p75": 0}), plain({"none": 1.0, "layers_1:3-p75": 1.0})
+    )
+    assert picked is None and why.endswith("nor does steering.")
+
+
+@pytest.mark.slow
+def test_plain_assistant_change_on_a_tiny_model(tmp_path: Path) -> None:
+    from eval_helpers import STRONG, tiny_bundle
+    from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.evals.common import Condition, cap_condition
+    from persona_axis.inference.generation import Sampling
+    from tiny_models import tiny_lm
+
+    lm = tiny_lm("llama")
+    bundle = AxisBundle.load(tiny_bundle(tmp_path, lm.shape))
+    conditions = [Condition("none"), cap_condition(bundle, STRONG)]
+    requests = ("Hello there.", "What is two plus two?", "Name a colour.")
+    out = plain_assistant_change(
+        lm, conditions, Sampling(max_new_tokens=6), requests=requests, batch_size=2
+    )
+    assert out["none"]["identical"]["k"] == 3 and out["none"]["similarity"] == 1.0
+    capped = out[STRONG]
+    assert capped["identical"]["n"] == 3 and len(capped["replies"]) == 3
+    assert 0.0 <= capped["similarity"] <= 1.0
+    assert capped["similarity"] < 1.0  # a strong floor on a random model changes its replies

@@ -9,8 +9,9 @@ so a higher projection means more Assistant-like. Inputs of any dtype are conver
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -18,15 +19,22 @@ from torch import Tensor
 from persona_axis.errors import PersonaAxisError
 
 __all__ = [
+    "ActivationSums",
     "RoleVectors",
+    "SumCount",
     "as_float32",
     "assistant_axis",
+    "axis_from_means",
     "check_layer",
     "cosine_by_layer",
     "mean_vector",
+    "pooled",
     "project",
     "role_vectors",
+    "role_vectors_from_sums",
+    "sum_count",
     "trait_vector",
+    "trait_vector_from_sums",
     "unit",
 ]
 
@@ -53,10 +61,15 @@ def mean_vector(activations: Tensor | Sequence[Tensor]) -> Tensor:
 
     ``activations`` is ``[n, n_layers, d]`` or a sequence of ``n`` tensors ``[n_layers, d]``
     (response activations, residual-stream units); returns ``[n_layers, d]``. Averaging is done
-    in float32 whatever the input dtype.
+    in float32 whatever the input dtype (the float32 sum over rollouts divided by ``n``).
     """
+    return sum_count(activations).mean()
+
+
+def sum_count(activations: Tensor | Sequence[Tensor]) -> SumCount:
+    """The float32 :class:`SumCount` of ``[n, n_layers, d]`` (or ``n`` × ``[n_layers, d]``)."""
     if isinstance(activations, Tensor):
-        stacked = activations
+        stacked = as_float32(activations, "activations")
     else:
         items = list(activations)
         if not items:
@@ -74,21 +87,116 @@ def mean_vector(activations: Tensor | Sequence[Tensor]) -> Tensor:
         )
     if stacked.shape[0] == 0:
         raise PersonaAxisError("No activations to average; pass at least one rollout.")
-    return stacked.detach().mean(dim=0, dtype=torch.float32)
+    return SumCount(stacked.sum(dim=0), int(stacked.shape[0]))
+
+
+@dataclass(frozen=True)
+class SumCount:
+    """The float32 sum ``total`` ``[n_layers, d]`` of ``count`` response activations.
+
+    Sums, not means, are what a build streams through (one rollout at a time, in any order);
+    every vector below is a ratio of pooled sums, so a mean over a union of groups is exact.
+    """
+
+    total: Tensor
+    count: int
+
+    def mean(self) -> Tensor:
+        """``total / count`` ``[n_layers, d]`` float32; refuses an empty group."""
+        if self.count < 1:
+            raise PersonaAxisError("No activations to average; the group holds no rollout.")
+        return self.total / self.count
+
+    def __add__(self, other: SumCount) -> SumCount:
+        if self.total.shape != other.total.shape:
+            raise PersonaAxisError(
+                f"Cannot pool sums of shapes {tuple(self.total.shape)} and "
+                f"{tuple(other.total.shape)}; all must come from the same model and layers."
+            )
+        return SumCount(self.total + other.total, self.count + other.count)
+
+
+def pooled(parts: Iterable[SumCount]) -> SumCount | None:
+    """The sum of ``parts`` (their union's sum and count), or None when there are none."""
+    result: SumCount | None = None
+    for part in parts:
+        result = part if result is None else result + part
+    return result
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass
+class ActivationSums(Generic[K]):
+    """Streaming float32 sums of response activations per group key (any hashable).
+
+    ``add(key, acts)`` takes one rollout ``[n_layers, d]`` or several ``[n, n_layers, d]`` of
+    any dtype; ``groups[key]`` is their :class:`SumCount`.
+    """
+
+    groups: dict[K, SumCount] = field(default_factory=dict)
+
+    def add(self, key: K, acts: Tensor) -> None:
+        part = sum_count(acts.unsqueeze(0) if acts.ndim == 2 else acts)
+        self.groups[key] = part if key not in self.groups else self.groups[key] + part
+
+    def get(self, keys: Iterable[K]) -> SumCount | None:
+        """The pooled sum of the groups ``keys`` that exist; None when none holds a rollout."""
+        return pooled(self.groups[k] for k in keys if k in self.groups)
+
+    def count(self, key: K) -> int:
+        return self.groups[key].count if key in self.groups else 0
 
 
 @dataclass(frozen=True)
 class RoleVectors:
-    """Result of :func:`role_vectors`.
+    """Result of :func:`role_vectors` and :func:`role_vectors_from_sums`.
 
     ``vectors`` maps each kept role to its ``[n_layers, d]`` float32 mean; ``counts`` gives, for
-    every role passed in (kept or dropped), how many rollouts had the requested judge score;
+    every role passed in (kept or dropped), how many rollouts had a requested judge score;
     ``dropped`` lists the roles with fewer than ``min_count`` such rollouts, in input order.
     """
 
     vectors: dict[str, Tensor]
     counts: dict[str, int]
     dropped: tuple[str, ...]
+
+
+def role_vectors_from_sums(
+    sums_by_role: Mapping[str, Mapping[int | None, SumCount]],
+    scores: Collection[int | None] = (3,),
+    min_count: int = 10,
+) -> RoleVectors:
+    """Mean response activation per role over its rollouts whose judge score is in ``scores``.
+
+    ``sums_by_role[r][s]`` is the :class:`SumCount` of role ``r``'s rollouts scored ``s``
+    (0-3, or None for "not judged"). docs/method.md uses ``scores=(3,)`` for role vectors and
+    ``(2,)`` for the "somewhat" vectors. Roles with fewer than ``max(min_count, 1)`` such
+    rollouts are dropped and reported in :attr:`RoleVectors.dropped`. This is the one
+    implementation of role vectors: :func:`role_vectors` and the build both call it.
+    """
+    if not sums_by_role:
+        raise PersonaAxisError("No roles given; pass activations for at least one role.")
+    vectors: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+    dropped: list[str] = []
+    shape: tuple[int, ...] | None = None
+    for name, by_score in sums_by_role.items():
+        for part in by_score.values():
+            if shape is not None and tuple(part.total.shape) != shape:
+                raise PersonaAxisError(
+                    f"Role {name!r} has vectors {tuple(part.total.shape)} but earlier roles have "
+                    f"{shape}; all roles must come from the same model and layers."
+                )
+            shape = tuple(part.total.shape)
+        chosen = pooled(by_score[s] for s in scores if s in by_score)
+        counts[name] = 0 if chosen is None else chosen.count
+        if chosen is None or counts[name] < max(min_count, 1):
+            dropped.append(name)
+        else:
+            vectors[name] = chosen.mean()
+    return RoleVectors(vectors=vectors, counts=counts, dropped=tuple(dropped))
 
 
 def role_vectors(
@@ -102,7 +210,8 @@ def role_vectors(
     ``activations_by_role[r]`` is ``[n_r, n_layers, d]``; ``scores_by_role[r]`` holds the ``n_r``
     judge scores (0-3) in the same order. Use ``score=3`` for role vectors (fully in role) and
     ``score=2`` for the "somewhat" vectors. Roles with fewer than ``max(min_count, 1)`` rollouts at
-    that score are dropped and reported in :attr:`RoleVectors.dropped`.
+    that score are dropped and reported in :attr:`RoleVectors.dropped`. Sums per role and score,
+    then :func:`role_vectors_from_sums`.
     """
     if not activations_by_role:
         raise PersonaAxisError("No roles given; pass activations for at least one role.")
@@ -112,10 +221,7 @@ def role_vectors(
             f"only activations {sorted(set(activations_by_role) - set(scores_by_role))}, "
             f"only scores {sorted(set(scores_by_role) - set(activations_by_role))}."
         )
-    vectors: dict[str, Tensor] = {}
-    counts: dict[str, int] = {}
-    dropped: list[str] = []
-    shape: tuple[int, ...] | None = None
+    sums: dict[str, dict[int | None, SumCount]] = {}
     for name, acts in activations_by_role.items():
         scores = torch.as_tensor(scores_by_role[name]).reshape(-1)
         if acts.ndim != 3 or acts.shape[0] != scores.numel():
@@ -123,31 +229,27 @@ def role_vectors(
                 f"Role {name!r}: activations must be [n, n_layers, d] with one score per rollout; "
                 f"got activations {tuple(acts.shape)} and {scores.numel()} scores."
             )
-        if shape is not None and tuple(acts.shape[1:]) != shape:
-            raise PersonaAxisError(
-                f"Role {name!r} has vectors {tuple(acts.shape[1:])} but earlier roles have "
-                f"{shape}; all roles must come from the same model and layers."
-            )
-        shape = tuple(acts.shape[1:])
-        keep = scores == score
-        counts[name] = int(keep.sum())
-        if counts[name] < max(min_count, 1):
-            dropped.append(name)
-        else:
-            vectors[name] = mean_vector(acts[keep])
-    return RoleVectors(vectors=vectors, counts=counts, dropped=tuple(dropped))
+        sums[name] = {
+            int(s): sum_count(acts[scores == s]) for s in scores.unique() if acts.shape[0] > 0
+        }
+    return role_vectors_from_sums(sums, scores=(score,), min_count=min_count)
+
+
+def trait_vector_from_sums(positive: SumCount, negative: SumCount) -> Tensor:
+    """``mean(positive) − mean(negative)`` from pooled sums: ``[n_layers, d]`` float32."""
+    if positive.total.shape != negative.total.shape:
+        raise PersonaAxisError(
+            f"Positive activations are {tuple(positive.total.shape)} per rollout but negative "
+            f"ones are {tuple(negative.total.shape)}; both must come from the same model and "
+            "layers."
+        )
+    return positive.mean() - negative.mean()
 
 
 def trait_vector(positive: Tensor, negative: Tensor) -> Tensor:
     """``mean(positive) − mean(negative)``: ``[n, n_layers, d]`` and ``[m, n_layers, d]`` in,
     ``[n_layers, d]`` float32 out (residual-stream units)."""
-    pos, neg = mean_vector(positive), mean_vector(negative)
-    if pos.shape != neg.shape:
-        raise PersonaAxisError(
-            f"Positive activations are {tuple(pos.shape)} per rollout but negative ones are "
-            f"{tuple(neg.shape)}; both must come from the same model and layers."
-        )
-    return pos - neg
+    return trait_vector_from_sums(sum_count(positive), sum_count(negative))
 
 
 def assistant_axis(default: Tensor, role_vectors: Mapping[str, Tensor]) -> Tensor:
@@ -173,7 +275,25 @@ def assistant_axis(default: Tensor, role_vectors: Mapping[str, Tensor]) -> Tenso
             f"{tuple(default32.shape)}; all must come from the same model and layers."
         )
     roles = torch.stack([as_float32(v, f"role vector {n!r}") for n, v in role_vectors.items()])
-    return default32 - roles.mean(dim=0)
+    return axis_from_means(default32, roles)
+
+
+def axis_from_means(default: Tensor, role_means: Tensor, weights: Tensor | None = None) -> Tensor:
+    """``default − Σ_r w_r·role_r / Σ_r w_r``, batched: the arithmetic of every axis.
+
+    ``default`` ``[..., n_layers, d]``, ``role_means`` ``[..., R, n_layers, d]``, ``weights``
+    ``[..., R]`` (None: each role once, as docs/method.md defines the axis; a weight of 0 leaves
+    a role out; weights proportional to rollout counts pool the rollouts instead). float32.
+    """
+    means = as_float32(role_means, "role means")
+    if weights is None:
+        return as_float32(default, "default vector") - means.mean(dim=-3)
+    w = as_float32(weights, "weights")
+    total = w.sum(dim=-1)
+    if bool((total <= 0).any()):
+        raise PersonaAxisError("The role weights sum to zero; keep at least one role.")
+    mean = (w[..., None, None] * means).sum(dim=-3) / total[..., None, None]
+    return as_float32(default, "default vector") - mean
 
 
 def unit(v: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ from persona_axis.cli import (
     serve,
     simulate,
     sweep,
+    validate,
 )
 from persona_axis.cli.common import fail
 from persona_axis.errors import PersonaAxisError
@@ -42,6 +43,7 @@ for command in (
     serve.serve,
     sweep.sweep,
     demo.demo,
+    validate.validate,
 ):
     app.command()(command)
 app.command()(interchange.export)

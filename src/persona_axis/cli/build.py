@@ -28,7 +28,7 @@ def build(
     ],
     model: ModelOption = None,
     preset: Annotated[
-        str, typer.Option(help="quick (≈3 min on 2 CPU cores) or paper (GPU).")
+        str, typer.Option(help="quick (minutes), standard (≈20 min on 2 CPU cores) or paper (GPU).")
     ] = "quick",
     catalog: Annotated[
         Path | None, typer.Option(help="Catalog folder (ours or the reference layout).")
@@ -54,6 +54,10 @@ def build(
     judge_key_env: JudgeKeyEnvOption = "OPENAI_API_KEY",
     judge_concurrency: JudgeConcurrencyOption = 8,
     min_role_rollouts: Annotated[int | None, typer.Option(min=1)] = None,
+    target_layer: Annotated[
+        int | None,
+        typer.Option(min=0, help="Read the axis at this layer (default: chosen by evidence)."),
+    ] = None,
     token_calibration_rollouts: OptInt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     workers: Annotated[
@@ -91,6 +95,7 @@ def build(
         model_name=model_name,
         judge=judge_config(judge, judge_url, judge_model, judge_key_env, judge_concurrency),
         min_role_rollouts=min_role_rollouts,
+        target_layer=target_layer,
         token_calibration_rollouts=token_calibration_rollouts,
         progress=progress,
         workers=workers,
@@ -106,7 +111,8 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
     """The figures to look at first after a build."""
     table = Table(show_header=False, title=f"Assistant Axis of {summary['model']}")
     table.add_row("bundle", str(path))
-    table.add_row("target layer", str(summary["target_layer"]))
+    reason = summary.get("target_reason")
+    table.add_row("target layer", f"{summary['target_layer']}" + (f" ({reason})" if reason else ""))
     table.add_row("roles kept", str(summary["roles_kept"]))
     table.add_row("default projection", f"{summary['default_projection']:.2f}")
     for label, key in (
@@ -128,3 +134,35 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
         "stage times (s)", ", ".join(f"{k} {v:.1f}" for k, v in summary["timings"].items())
     )
     console.print(table)
+    if "quality" in summary:
+        print_quality(summary["quality"], summary["target_layer"], summary["warnings"])
+    else:
+        for warning in summary.get("warnings", []):
+            console.print(f"[bold red]{warning}[/]")
+
+
+QUALITY_ROWS = (
+    ("stability_question", "split-half cosine, by question", ".3f"),
+    ("stability_role", "split-half cosine, by role", ".3f"),
+    ("heldout_auroc", "held-out AUROC (default vs role)", ".3f"),
+    ("heldout_effect_size", "held-out effect size (Cohen's d)", ".2f"),
+    ("cos_axis_pc1", "cos(axis, PC1)", ".3f"),
+    ("pc1_variance", "PC1 variance explained", ".1%"),
+)
+
+
+def print_quality(
+    figures: dict[str, tuple[float, float, float]], layer: int, warnings: list[str]
+) -> None:
+    """The axis quality metrics at ``layer`` with their bootstrap 95% intervals, then the
+    warnings (docs/axis-quality.md)."""
+    table = Table(title=f"Axis quality at layer {layer} (bootstrap 95% intervals)")
+    for column in ("metric", "estimate", "95% interval"):
+        table.add_column(column)
+    for key, label, spec in QUALITY_ROWS:
+        value, low, high = figures[key]
+        table.add_row(label, format(value, spec), f"{low:{spec}} – {high:{spec}}")
+    console.print(table)
+    for warning in warnings:
+        style = "dim" if warning.startswith("note") else "bold red"
+        console.print(f"[{style}]{warning}[/]")

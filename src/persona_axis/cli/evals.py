@@ -284,10 +284,16 @@ def susceptibility(
     allow_mismatch: AllowMismatchOption = False,
     progress: ProgressOption = True,
 ) -> None:
-    """How often "who are you?" is answered in role under role prompts, with and without caps."""
+    """How often "who are you?" is answered in role under role prompts, with and without caps
+    or steering, and how much each changes plain Assistant replies (greedy decoding)."""
     from persona_axis.catalog import load_catalog
     from persona_axis.evals.common import steer_condition
-    from persona_axis.evals.susceptibility import run_susceptibility, sample_items
+    from persona_axis.evals.susceptibility import (
+        pick_cap,
+        plain_assistant_change,
+        run_susceptibility,
+        sample_items,
+    )
     from persona_axis.inference.generation import Sampling
     from persona_axis.judges import role_judge
 
@@ -304,14 +310,55 @@ def susceptibility(
     result = run_susceptibility(
         lm, conditions, items, judge_used, sampling, batch_size=batch_size, progress=progress
     )
+    plain = plain_assistant_change(
+        lm, conditions, sampling, batch_size=batch_size, progress=progress
+    )
+    choice, why = pick_cap(result, plain)
     meta = result_meta(lm, bundle, model, roles=roles, questions=questions, seed=seed,
                  max_new_tokens=max_new_tokens)  # fmt: skip
-    record = {"eval": "susceptibility", **meta, **result}
+    record = {
+        "eval": "susceptibility",
+        **meta,
+        **result,
+        "plain_assistant": plain,
+        "picked_cap": choice,
+        "picked_because": why,
+    }
     path = files.write_json(out / "susceptibility.json", record)
-    rows = [
-        (n, s["in_role"], pct(result["in_role_change"][n])) for n, s in result["conditions"].items()
-    ]
-    _print_rates(f"In-role rate, score 3 (judge: {result['judge']})", rows)
+    print_capping_table(result, plain)
+    console.print(why)
     if "note" in meta:
         console.print(f"[dim]{meta['note']}[/]")
     console.print(f"results: {path}")
+
+
+def print_capping_table(result: dict[str, Any], plain: dict[str, Any]) -> None:
+    """In-role rate per condition (with its change from no intervention) beside how much the
+    condition changes plain Assistant replies."""
+    from rich.table import Table
+
+    table = Table(title=f"Staying in role vs changing the Assistant (judge: {result['judge']})")
+    for column in (
+        "condition",
+        "in role",
+        "95% CI",
+        "n",
+        "change",
+        "plain replies unchanged",
+        "plain similarity",
+    ):
+        table.add_column(column)
+    for name, summary in result["conditions"].items():
+        rate = summary["in_role"]
+        low, high = rate["ci95"]
+        kept = plain[name]["identical"]
+        table.add_row(
+            name,
+            "n/a" if rate["rate"] is None else f"{rate['rate']:.0%}",
+            f"{low:.0%}–{high:.0%}",
+            str(rate["n"]),
+            pct(result["in_role_change"][name]),
+            f"{kept['k']}/{kept['n']}",
+            f"{plain[name]['similarity']:.2f}",
+        )
+    console.print(table)

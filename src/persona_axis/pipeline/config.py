@@ -55,6 +55,7 @@ class BuildConfig:
     percentiles: tuple[float, ...] = (1.0, 25.0, 50.0, 75.0)
     cap_percentiles: tuple[float, ...] = (25.0, 50.0, 75.0, 99.0)
     cap_bands: tuple[tuple[int, int], ...] | None = None
+    target_layer: int | None = None
     token_calibration_rollouts: int = 2000
     activation_dtype: str = "float32"
     progress: bool = True
@@ -97,7 +98,27 @@ class BuildConfig:
         data["cap_percentiles"] = list(self.cap_percentiles)
         data["role_scores"] = list(self.role_scores)
         data["cap_bands"] = None if self.cap_bands is None else [list(b) for b in self.cap_bands]
+        if self.target_layer is None:  # unset: stored as before the field existed (resumable)
+            data.pop("target_layer")
         return data
+
+    @classmethod
+    def from_result_fields(cls, data: dict[str, Any]) -> BuildConfig:
+        """The settings a build directory stored (:meth:`result_fields`), back as a config."""
+        known = {f.name for f in fields(cls)} - RUNTIME_FIELDS
+        unknown = set(data) - known
+        if unknown:
+            raise PersonaAxisError(
+                f"The build stored settings {sorted(unknown)} this version does not know; "
+                "use the persona-axis version that built it."
+            )
+        values = dict(data)
+        for name in ("percentiles", "cap_percentiles", "role_scores"):
+            if name in values:
+                values[name] = tuple(values[name])
+        if values.get("cap_bands") is not None:
+            values["cap_bands"] = tuple(tuple(b) for b in values["cap_bands"])
+        return cls(**values, progress=False)
 
     def with_overrides(self, **overrides: Any) -> BuildConfig:
         """A copy with the given fields replaced; None values are ignored (not given)."""
@@ -110,24 +131,36 @@ class BuildConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+# A documented subset sized to finish in about three minutes on 2 CPU cores with the default
+# model: 12 roles (3 per category) × 2 prompts × 6 questions, the 5 default prompts × 6
+# questions, 4 traits × 1 pair × 2 polarities × 3 questions; 32 new tokens; bfloat16.
+# A 135M model rarely plays a role fully (the offline judge gives most replies a 1), so the
+# quick role vectors keep every non-refusal reply (scores 1-3) instead of score 3 only.
+_QUICK = BuildConfig(
+    dtype="bfloat16",
+    n_roles=12,
+    prompts_per_role=2,
+    n_questions=6,
+    n_traits=4,
+    pairs_per_trait=1,
+    trait_questions=3,
+    max_new_tokens=32,
+    min_role_rollouts=2,
+    role_scores=(1, 2, 3),
+    token_calibration_rollouts=200,
+)
+
 PRESETS: dict[str, BuildConfig] = {
-    # A documented subset sized to finish in about three minutes on 2 CPU cores with the default
-    # model: 12 roles (3 per category) × 2 prompts × 6 questions, the 5 default prompts × 6
-    # questions, 4 traits × 1 pair × 2 polarities × 3 questions; 32 new tokens; bfloat16.
-    # A 135M model rarely plays a role fully (the offline judge gives most replies a 1), so the
-    # quick role vectors keep every non-refusal reply (scores 1-3) instead of score 3 only.
-    "quick": BuildConfig(
-        dtype="bfloat16",
-        n_roles=12,
-        prompts_per_role=2,
-        n_questions=6,
-        n_traits=4,
-        pairs_per_trait=1,
-        trait_questions=3,
-        max_new_tokens=32,
-        min_role_rollouts=2,
-        role_scores=(1, 2, 3),
-        token_calibration_rollouts=200,
+    "quick": _QUICK,
+    # The best axis the default model gives in about 20 minutes on 2 CPU cores, chosen by the
+    # study in docs/axis-quality.md from the build's own quality metrics: the default vector
+    # (5 prompts × the questions) limits the stability by question, and about 50 roles already
+    # give a stable role mean, so the time goes to questions: 48 roles (12 per category) × 1
+    # prompt × 24 questions, the 5 default prompts × the same 24 questions (120 replies), 4
+    # traits, judge filter and length as in quick; 1,296 rollouts. float32: on this 2-core AVX2
+    # host bfloat16 generation ran at half the speed of float32 (docs/axis-quality.md).
+    "standard": replace(
+        _QUICK, dtype="float32", n_roles=48, prompts_per_role=1, n_questions=24, min_role_rollouts=4
     ),
     # The paper's design: 275 roles × 5 prompts × 240 questions, all traits (5 pairs each, 40
     # questions per trait), temperature 0.7, top_p 0.9, 512 new tokens. Meant for a GPU machine.

@@ -25,8 +25,29 @@ from tqdm.auto import tqdm
 
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.axis.calibrate import calibrate_grid, setting_name
+from persona_axis.axis.quality import (
+    AxisCells,
+    CellKey,
+    assess,
+    block_of,
+    cell_key,
+    n_blocks_for,
+    summary_at,
+    unavailable,
+    warnings_for,
+)
 from persona_axis.axis.space import axis_pc1_cosine, persona_space
-from persona_axis.axis.vectors import assistant_axis, cosine_by_layer, project, unit
+from persona_axis.axis.vectors import (
+    ActivationSums,
+    SumCount,
+    assistant_axis,
+    check_layer,
+    cosine_by_layer,
+    project,
+    role_vectors_from_sums,
+    trait_vector_from_sums,
+    unit,
+)
 from persona_axis.catalog import Catalog, load_catalog
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.telemetry import record_projections
@@ -38,7 +59,7 @@ from persona_axis.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 from persona_axis.pipeline.config import BuildConfig, default_cap_bands
 from persona_axis.pipeline.plan import RolloutSpec, make_batches, make_plan
 from persona_axis.pipeline.rollouts import generate_batch
-from persona_axis.pipeline.store import BuildStore, token_lists
+from persona_axis.pipeline.store import HEADER, BuildStore, read_json, token_lists
 
 if TYPE_CHECKING:
     from persona_axis.pipeline.sharding import ShardReport, WorkerInfo
@@ -87,6 +108,8 @@ def build(
             None if config.model == "default" else config.model, dtype=config.dtype
         )
         catalog = _catalog(config)
+    if config.target_layer is not None:
+        check_layer(config.target_layer, lm.shape.n_layers)
     name = model_display_name(lm, config.model_name)
     plan = make_plan(catalog, name, config.trait_questions)
     batches = make_batches(plan, config.batch_size)
@@ -104,14 +127,19 @@ def build(
     judge = judge or role_judge(config.judge, name)
     with _timed(timings, "judge"):
         judge_stage(store, batches, catalog, judge, config.progress)
-    with _timed(timings, "vectors"):
-        groups = accumulate(store, len(batches), config.progress)
-        vectors, counts = make_vectors(
-            groups, config.min_role_rollouts, config.role_scores, judged=judge.name != "none"
-        )
-    with _timed(timings, "axis_space"):
-        axis = assistant_axis(vectors["default"], _prefixed(vectors, "role/"))
-        space = describe_space(vectors, axis, lm.shape.target_layer)
+    analysis = analyse(
+        store, len(batches), catalog, config, judged=judge.name != "none", timings=timings
+    )
+    vectors, counts, axis, quality, groups = (
+        analysis.vectors,
+        analysis.counts,
+        analysis.axis,
+        analysis.quality,
+        analysis.groups,
+    )
+    target = quality["target_layer"]["layer"]
+    with _timed(timings, "space"):
+        space = describe_space(vectors, axis, target)
     with _timed(timings, "calibrate"):
         caps, calibration = calibrate(lm, store, batches, axis, config)
     bands = config.cap_bands or default_cap_bands(lm.shape.n_layers)
@@ -127,6 +155,7 @@ def build(
         model_shape=lm.shape,
         model_id=lm.name,
         fingerprint=try_weight_fingerprint(lm.model),
+        target_layer=target,
         caps=caps,
         extras={
             "model_name": name,
@@ -143,7 +172,8 @@ def build(
             "build_settings": config.result_fields(),
             "counts": counts,
             "space": space,
-            "rankings": rankings(vectors, axis, lm.shape.target_layer),
+            "rankings": rankings(vectors, axis, target),
+            "quality": quality,
             "calibration": calibration,
             "recommended_cap": recommended if recommended in caps else None,
             "timings": {k: round(v, 2) for k, v in timings.items()},
@@ -153,6 +183,75 @@ def build(
     return BuildResult(
         bundle=bundle, path=path, timings=timings, summary=summarize(bundle), generation=report
     )
+
+
+@dataclass
+class Analysis:
+    """What the build derives from a finished store before calibration."""
+
+    groups: Groups
+    vectors: dict[str, Tensor]
+    counts: dict[str, Any]
+    axis: Tensor
+    quality: dict[str, Any]
+
+
+def analyse(
+    store: BuildStore,
+    n_batches: int,
+    catalog: Catalog,
+    config: BuildConfig,
+    *,
+    judged: bool,
+    timings: dict[str, float] | None = None,
+) -> Analysis:
+    """Vectors, axis and quality metrics from a store whose batches are all generated and
+    judged: the part of the build that ``persona-axis validate`` repeats."""
+    timings = {} if timings is None else timings
+    n_blocks = n_blocks_for(len(catalog.questions))
+    with _timed(timings, "vectors"):
+        groups = accumulate(
+            store,
+            n_batches,
+            config.progress,
+            in_role=InRole(config.role_scores, judged),
+            n_blocks=n_blocks,
+        )
+        vectors, counts = make_vectors(
+            groups, config.min_role_rollouts, config.role_scores, judged=judged
+        )
+        axis = assistant_axis(vectors["default"], _prefixed(vectors, "role/"))
+    with _timed(timings, "quality"):
+        quality = quality_stage(
+            store, n_batches, groups, vectors, config, judged=judged, n_blocks=n_blocks
+        )
+    return Analysis(groups, vectors, counts, axis, quality)
+
+
+def assess_build(out: str | Path) -> dict[str, Any]:
+    """Recompute the axis quality metrics of a finished build directory from its store (the
+    same numbers the build wrote to ``manifest["quality"]``)."""
+    store = BuildStore(out)
+    header_path = store.root / HEADER
+    if not header_path.is_file():
+        raise PersonaAxisError(
+            f"{Path(out)} is not a build directory (no work/{HEADER}); pass the --out directory "
+            "of persona-axis build (a bundle alone holds no rollouts to recompute from)."
+        )
+    header = read_json(header_path)
+    config = BuildConfig.from_result_fields(header["settings"])
+    n_batches = int(header["batches"])
+    missing = [k for k in range(n_batches) if not (store.has_batch(k) and store.has_judgement(k))]
+    if missing:
+        raise PersonaAxisError(
+            f"The build in {Path(out)} is not finished ({len(missing)} of {n_batches} batches "
+            "lack rollouts or judgements); rerun the same persona-axis build command first."
+        )
+    judged = config.judge.get("backend") != "none"
+    manifest_path = Path(out) / "bundle" / "manifest.json"
+    if manifest_path.is_file():
+        judged = bool(read_json(manifest_path).get("counts", {}).get("judged", judged))
+    return analyse(store, n_batches, _catalog(config), config, judged=judged).quality
 
 
 # -- stages -------------------------------------------------------------------------------------
@@ -237,19 +336,52 @@ def judge_stage(
             bar.update(1)
 
 
+@dataclass(frozen=True)
+class InRole:
+    """Which role rollouts make a role vector: judge scores in ``scores``, or every rollout
+    when the build has no judge (``judged`` False; docs/method.md uses score 3 only)."""
+
+    scores: tuple[int, ...]
+    judged: bool
+
+    def __call__(self, score: int | None) -> bool:
+        return score in self.scores if self.judged else True
+
+    @property
+    def keys(self) -> tuple[int | None, ...]:
+        """The score keys of the sums that make a role vector (None: not judged)."""
+        return self.scores if self.judged else (None,)
+
+
+GroupKey = tuple[str, str, int | None]
+"""(kind, name, judge score or None)."""
+
+
 @dataclass
 class Groups:
-    """Streaming sums of response activations per group: ``(kind, name, score)``."""
+    """Streaming sums of response activations: per ``(kind, name, score)`` in ``sums``, and
+    per question block (:func:`~persona_axis.axis.quality.cell_key`) for the rollouts the
+    axis is built from (default, and role rollouts in role) in ``cells``."""
 
-    sums: dict[tuple[str, str, int | None], Tensor] = field(default_factory=dict)
-    counts: dict[tuple[str, str, int | None], int] = field(default_factory=dict)
+    sums: ActivationSums[GroupKey] = field(default_factory=ActivationSums)
+    cells: ActivationSums[CellKey] = field(default_factory=ActivationSums)
     norm_sum: Tensor | None = None
     norm_count: int = 0
     empty: int = 0
 
-    def add(self, key: tuple[str, str, int | None], acts: Tensor) -> None:
-        self.sums[key] = self.sums[key] + acts if key in self.sums else acts.clone()
-        self.counts[key] = self.counts.get(key, 0) + 1
+    def count(self, key: tuple[str, str, int | None]) -> int:
+        return self.sums.count(key)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted({key[1] for key in self.sums.groups if key[0] == kind})
+
+    def by_score(self, name: str) -> dict[int | None, SumCount]:
+        """A role's sums per judge score (None: not judged)."""
+        return {
+            key[2]: part
+            for key, part in self.sums.groups.items()
+            if key[0] == "role" and key[1] == name
+        }
 
     def mean_norm(self) -> Tensor:
         """Mean token ``‖h‖`` per layer ``[n_layers]`` over default rollouts (steering scale)."""
@@ -258,7 +390,9 @@ class Groups:
         return self.norm_sum / self.norm_count
 
 
-def accumulate(store: BuildStore, n_batches: int, progress: bool) -> Groups:
+def accumulate(
+    store: BuildStore, n_batches: int, progress: bool, *, in_role: InRole, n_blocks: int
+) -> Groups:
     """One streaming pass over the store: sums per group (empty replies are skipped)."""
     groups = Groups()
     for k, records, tensors in tqdm(
@@ -273,10 +407,14 @@ def accumulate(store: BuildStore, n_batches: int, progress: bool) -> Groups:
             if record["n_tokens"] == 0:
                 groups.empty += 1
                 continue
-            score = scores.get(record["id"]) if record["kind"] == "role" else None
-            acts = tensors["activations"][row].float()
-            groups.add((record["kind"], record["name"], score), acts)
-            if record["kind"] == "default":
+            kind = record["kind"]
+            score = scores.get(record["id"]) if kind == "role" else None
+            acts = tensors["activations"][row]
+            groups.sums.add((kind, record["name"], score), acts)
+            if kind == "default" or (kind == "role" and in_role(score)):
+                block = block_of(record["question_index"], n_blocks)
+                groups.cells.add(cell_key(kind, record["name"], block), acts)
+            if kind == "default":
                 norms = tensors["norms"][row]
                 groups.norm_sum = (
                     norms.clone() if groups.norm_sum is None else groups.norm_sum + norms
@@ -289,41 +427,30 @@ def make_vectors(
     groups: Groups, min_count: int, role_scores: tuple[int, ...] = (3,), *, judged: bool
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Default, role (rollouts scored in ``role_scores``; docs/method.md: 3), role_somewhat
-    (score 2) and trait vectors, plus counts.
+    (score 2) and trait vectors, plus counts, by the tested functions of
+    :mod:`persona_axis.axis.vectors`.
 
     Without a judge (``judged`` False) every role rollout counts as in role.
     """
-
-    def mean(keys: list[tuple[str, str, int | None]]) -> tuple[Tensor | None, int]:
-        n = sum(groups.counts.get(k, 0) for k in keys)
-        if n == 0:
-            return None, 0
-        return sum((groups.sums[k] for k in keys if k in groups.sums), torch.zeros(())) / n, n
-
-    vectors: dict[str, Tensor] = {}
-    default, n_default = mean([("default", "default", None)])
+    default = groups.sums.get([("default", "default", None)])
     if default is None:
         raise PersonaAxisError("No default rollout produced a reply; raise max_new_tokens.")
-    vectors["default"] = default
-    role_names = sorted({name for kind, name, _ in groups.counts if kind == "role"})
+    vectors: dict[str, Tensor] = {"default": default.mean()}
+    role_names = groups.names("role")
+    sums = {name: groups.by_score(name) for name in role_names}
+    in_role = InRole(role_scores, judged)
+    if not sums:
+        raise PersonaAxisError("No role rollout produced a reply; raise max_new_tokens.")
+    full = role_vectors_from_sums(sums, in_role.keys, min_count)
+    vectors |= {f"role/{name}": v for name, v in full.vectors.items()}
+    if judged and 2 not in role_scores:
+        somewhat = role_vectors_from_sums(sums, (2,), min_count)
+        vectors |= {f"role_somewhat/{name}": v for name, v in somewhat.vectors.items()}
     per_role: dict[str, dict[str, int]] = {}
-    dropped: list[str] = []
     for name in role_names:
-        per_score = {str(s): groups.counts.get(("role", name, s), 0) for s in (0, 1, 2, 3)}
-        per_score["unscored"] = groups.counts.get(("role", name, None), 0)
-        per_role[name] = per_score
-        full_keys: list[tuple[str, str, int | None]] = (
-            [("role", name, score) for score in role_scores] if judged else [("role", name, None)]
-        )
-        full, n_full = mean(full_keys)
-        if full is not None and n_full >= min_count:
-            vectors[f"role/{name}"] = full
-        else:
-            dropped.append(name)
-        somewhat, n_somewhat = mean([("role", name, 2)])
-        if judged and 2 not in role_scores and somewhat is not None and n_somewhat >= min_count:
-            vectors[f"role_somewhat/{name}"] = somewhat
-    kept = [n for n in role_names if f"role/{n}" in vectors]
+        per_role[name] = {str(s): groups.count(("role", name, s)) for s in (0, 1, 2, 3)}
+        per_role[name]["unscored"] = groups.count(("role", name, None))
+    kept = sorted(full.vectors)
     if len(kept) < 2:
         raise PersonaAxisError(
             f"Only {len(kept)} role(s) had at least {min_count} in-role replies (scores "
@@ -331,18 +458,18 @@ def make_vectors(
             "axis needs two or more. Lower --min-role-rollouts, generate more rollouts, or use "
             "another judge (--judge none counts every reply)."
         )
-    trait_names = sorted({name for kind, name, _ in groups.counts if kind == "trait_pos"})
+    trait_names = groups.names("trait_pos")
     for name in trait_names:
-        pos, _ = mean([("trait_pos", name, None)])
-        neg, _ = mean([("trait_neg", name, None)])
+        pos = groups.sums.get([("trait_pos", name, None)])
+        neg = groups.sums.get([("trait_neg", name, None)])
         if pos is not None and neg is not None:
-            vectors[f"trait/{name}"] = pos - neg
+            vectors[f"trait/{name}"] = trait_vector_from_sums(pos, neg)
     counts = {
-        "default": n_default,
+        "default": default.count,
         "roles": per_role,
         "roles_kept": len(kept),
-        "roles_dropped": dropped,
-        "traits": {n: groups.counts.get(("trait_pos", n, None), 0) for n in trait_names},
+        "roles_dropped": list(full.dropped),
+        "traits": {n: groups.count(("trait_pos", n, None)) for n in trait_names},
         "empty_replies": groups.empty,
         "min_role_rollouts": min_count,
         "role_scores": list(role_scores),
@@ -351,12 +478,65 @@ def make_vectors(
     return vectors, counts
 
 
+def quality_stage(
+    store: BuildStore,
+    n_batches: int,
+    groups: Groups,
+    vectors: dict[str, Tensor],
+    config: BuildConfig,
+    *,
+    judged: bool,
+    n_blocks: int,
+) -> dict[str, Any]:
+    """The axis quality metrics (:func:`persona_axis.axis.quality.assess`): the cells of the
+    kept roles, then one pass over the store projecting each default and in-role rollout on
+    the axis built without its question block."""
+    roles = sorted(_prefixed(vectors, "role/"))
+    try:
+        cells = AxisCells.from_sums(groups.cells, roles, n_blocks)
+    except PersonaAxisError as exc:  # too small a build to split: say so, do not fail
+        n_layers = vectors["default"].shape[0]
+        return unavailable(str(exc), n_layers, config.target_layer)
+    folds = unit(cells.fold_axes())  # [K, L, d]
+    in_role = InRole(config.role_scores, judged)
+    kept = set(roles)
+    projections: dict[str, list[Tensor]] = {"default": [], "role": []}
+    for k, records, tensors in store.iter_batches(n_batches):
+        scores = {j["id"]: j["score"] for j in store.read_judgement(k)}
+        for row, record in enumerate(records):
+            kind = record["kind"]
+            if record["n_tokens"] == 0 or not (
+                kind == "default"
+                or (kind == "role" and record["name"] in kept and in_role(scores.get(record["id"])))
+            ):
+                continue
+            fold = folds[block_of(record["question_index"], n_blocks)]
+            projections[kind].append((tensors["activations"][row].float() * fold).sum(-1))
+    somewhat = _prefixed(vectors, "role_somewhat/")
+    owners = [roles.index(name) for name in somewhat if name in kept]
+    extra = [v for name, v in somewhat.items() if name in kept]
+    return assess(
+        cells,
+        torch.stack(projections["default"]).numpy(),
+        torch.stack(projections["role"]).numpy(),
+        torch.stack(extra) if extra else None,
+        owners,
+        target_layer=config.target_layer,
+    )
+
+
 def describe_space(vectors: dict[str, Tensor], axis: Tensor, target: int) -> dict[str, Any]:
-    """Persona space at the target layer (role and role_somewhat vectors) and cos(axis, PC1)
-    at every layer; ``components``/``mean`` tensors are returned for the bundle's vectors."""
+    """Persona space at the target layer (role vectors and the role_somewhat vectors of the same
+    roles) and cos(axis, PC1) at every layer; ``components``/``mean`` tensors are returned for
+    the bundle's vectors."""
+    roles = _prefixed(vectors, "role/")
     points = {
-        **_prefixed(vectors, "role/"),
-        **{f"{k}@somewhat": v for k, v in _prefixed(vectors, "role_somewhat/").items()},
+        **roles,
+        **{
+            f"{k}@somewhat": v
+            for k, v in _prefixed(vectors, "role_somewhat/").items()
+            if k in roles
+        },
     }
     space = persona_space(points, target, default=vectors["default"])
     per_layer = [
@@ -550,6 +730,21 @@ def summarize(bundle: AxisBundle) -> dict[str, Any]:
         "caps": sorted(bundle.caps),
         "recommended_cap": manifest["recommended_cap"],
         "timings": manifest["timings"],
+        **quality_summary(manifest.get("quality"), bundle.target_layer),
+    }
+
+
+def quality_summary(quality: dict[str, Any] | None, layer: int) -> dict[str, Any]:
+    """The quality figures at ``layer`` (estimate, low, high), the layer's reason and the
+    warnings, for printing; empty when the bundle has no quality section."""
+    if not quality:
+        return {}
+    if "unavailable" in quality:
+        return {"target_reason": quality["target_layer"]["reason"], "warnings": quality["warnings"]}
+    return {
+        "quality": summary_at(quality, layer),
+        "target_reason": quality["target_layer"]["reason"],
+        "warnings": warnings_for(quality, layer),
     }
 
 

@@ -1,6 +1,8 @@
 """Assemble the report page from a bundle and optional monitor and simulation results.
 
-Sections: the model and key figures; the persona space (PC1/PC2 scatter of roles with the
+Sections: the model and key figures; the axis quality metrics (stability, held-out separation,
+persona-space structure, each with its bootstrap 95% interval, and the warnings); the persona
+space (PC1/PC2 scatter of roles with the
 default marked) and its explained variance; roles along the axis; trait cosines with the axis
 at both ends; cos(axis, PC1) per layer; cap thresholds per layer over the calibration
 percentiles; drift trajectories from ``persona-axis monitor`` and ``persona-axis simulate``
@@ -170,6 +172,67 @@ def _space_section(manifest: dict[str, Any]) -> str:
                 "Cosine of the axis with PC1 per layer",
             )
         )
+    parts.append("</section>")
+    return "".join(parts)
+
+
+QUALITY_LABELS = (
+    ("stability_question", "split-half cosine, by question", ".3f"),
+    ("stability_role", "split-half cosine, by role", ".3f"),
+    ("heldout_auroc", "held-out AUROC (default vs role replies)", ".3f"),
+    ("heldout_effect_size", "held-out effect size (Cohen's d)", ".2f"),
+    ("cos_axis_pc1", "cos(axis, PC1)", ".3f"),
+    ("pc1_variance", "PC1 variance explained", ".1%"),
+)
+
+
+def _quality_section(manifest: dict[str, Any]) -> str:
+    """The build's axis quality (manifest ``quality``): figures at the target layer with their
+    intervals, why that layer, the warnings, and every layer's estimates."""
+    quality = manifest.get("quality")
+    head = '<section class="card"><h2>Axis quality</h2>'
+    if not isinstance(quality, dict):
+        return (
+            head + '<p class="note">This bundle records no quality metrics (imported axes and '
+            "bundles from older builds have none); <code>persona-axis validate BUILD_DIR</code> "
+            "recomputes them from a build directory.</p></section>"
+        )
+    target = quality.get("target_layer") or {}
+    parts = [head]
+    if "unavailable" in quality:
+        parts.append(f'<p class="alarm">Not assessed: {_e(quality["unavailable"])}</p>')
+        return "".join([*parts, "</section>"])
+    layer = int(target.get("layer", manifest.get("target_layer", 0)))
+    parts.append(
+        f'<p class="lede">At the target layer {layer} ({_e(target.get("reason", ""))}). '
+        "Stability: cosine between axes built from two disjoint halves of the questions, or "
+        "of the roles. Held-out separation: default against in-role replies, each projected on "
+        "the axis built without its question block. Intervals: bootstrap 95% "
+        "(docs/axis-quality.md).</p>"
+    )
+    rows = []
+    for key, label, spec in QUALITY_LABELS:
+        value = quality[key]["estimate"][layer]
+        low, high = quality[key]["ci95"][layer]
+        rows.append([_e(label), _num(value, spec), f"{_num(low, spec)} – {_num(high, spec)}"])
+    parts.append(_table(["metric", "estimate", "95% interval"], rows, {1}))
+    for warning in quality.get("warnings") or []:
+        css = "note" if str(warning).startswith("note") else "alarm"
+        parts.append(f'<p class="{css}">{_e(warning)}</p>')
+    per_layer = [
+        [
+            f"<b>{index}</b>" if index == layer else str(index),
+            *(_num(quality[key]["estimate"][index], spec) for key, _, spec in QUALITY_LABELS),
+        ]
+        for index in range(len(quality["heldout_auroc"]["estimate"]))
+    ]
+    parts.append(
+        "<details><summary>every layer</summary>"
+        + _table(
+            ["layer", *(label for _, label, _ in QUALITY_LABELS)], per_layer, {1, 2, 3, 4, 5, 6}
+        )
+        + "</details>"
+    )
     parts.append("</section>")
     return "".join(parts)
 
@@ -375,6 +438,7 @@ def build_report(
     ]
     title = f"Assistant Axis report: {model.get('id') or 'unknown model'}"
     sections = [
+        _quality_section(manifest),
         _space_section(manifest),
         _rankings_section(rankings),
         _caps_section(bundle),
