@@ -131,13 +131,16 @@ class BuildConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
-# A documented subset sized to finish in about three minutes on 2 CPU cores with the default
-# model: 12 roles (3 per category) × 2 prompts × 6 questions, the 5 default prompts × 6
-# questions, 4 traits × 1 pair × 2 polarities × 3 questions; 32 new tokens; bfloat16.
+# A documented subset sized to finish in under three minutes on 2 CPU cores with the default
+# model (166 s on the project's AVX2 host, docs/axis-quality.md): 12 roles (3 per category) ×
+# 2 prompts × 6 questions, the 5 default prompts × 6 questions, 4 traits × 1 pair × 2
+# polarities × 3 questions; 32 new tokens; float32 in batches of 32 (bfloat16 generated at half
+# the speed of float32 on CPUs without AVX-512); 100 rollouts for the per-token calibration.
 # A 135M model rarely plays a role fully (the offline judge gives most replies a 1), so the
 # quick role vectors keep every non-refusal reply (scores 1-3) instead of score 3 only.
 _QUICK = BuildConfig(
-    dtype="bfloat16",
+    dtype="float32",
+    batch_size=32,
     n_roles=12,
     prompts_per_role=2,
     n_questions=6,
@@ -147,7 +150,7 @@ _QUICK = BuildConfig(
     max_new_tokens=32,
     min_role_rollouts=2,
     role_scores=(1, 2, 3),
-    token_calibration_rollouts=200,
+    token_calibration_rollouts=100,
 )
 
 PRESETS: dict[str, BuildConfig] = {
@@ -160,7 +163,13 @@ PRESETS: dict[str, BuildConfig] = {
     # traits, judge filter and length as in quick; 1,296 rollouts. float32: on this 2-core AVX2
     # host bfloat16 generation ran at half the speed of float32 (docs/axis-quality.md).
     "standard": replace(
-        _QUICK, dtype="float32", n_roles=48, prompts_per_role=1, n_questions=24, min_role_rollouts=4
+        _QUICK,
+        batch_size=16,
+        token_calibration_rollouts=200,
+        n_roles=48,
+        prompts_per_role=1,
+        n_questions=24,
+        min_role_rollouts=4,
     ),
     # The paper's design: 275 roles × 5 prompts × 240 questions, all traits (5 pairs each, 40
     # questions per trait), temperature 0.7, top_p 0.9, 512 new tokens. Meant for a GPU machine.
