@@ -1,33 +1,21 @@
-"""Calibrate the drift monitor on benign multi-turn conversations.
+"""The monitor calibration stored in a bundle, and the rule the monitor takes from a bundle.
 
-The build's reference levels come from the model's short single-question replies; long,
-code-heavy or list-heavy Assistant answers project at other levels and read as drift. So the
-monitor is calibrated on whole benign conversations instead: ones the model holds itself in its
-default persona across many topics (:mod:`persona_axis.drift.calibration_chats`) and/or the
-user's own logs. Every assistant turn is read exactly as the monitor reads it (same layer,
-context policy and pooling), then
-
-1. a :class:`~persona_axis.drift.features.Baseline` is fitted: the projection as a linear
-   function of the turn's code share, list share, log length and log turn index (Huber
-   regression, so a few odd turns do not pull it);
-2. ``scale`` is the robust spread of the turns around it (1.4826 × the median absolute
-   deviation of the residuals);
-3. the alert limits (:data:`DEFAULT_LIMITS`, in multiples of ``scale``) are stored beside them.
-
-The result is stored in the bundle's manifest (``monitor_calibration``) with its provenance,
-and :meth:`persona_axis.drift.rule.DriftRule.from_bundle` prefers it over the build's levels.
+``persona-axis calibrate-monitor`` (:mod:`persona_axis.drift.calibrate_monitor`) fits, on
+benign multi-turn conversations, the projection an Assistant turn is expected to have given its
+content and turn index (a :class:`~persona_axis.drift.features.Baseline`), the spread of benign
+turns around it (``scale``), and stores both with the alert limits and their provenance in the
+bundle's manifest (``monitor_calibration``). :func:`drift_rule` prefers it over the build's
+single-reply levels (:meth:`persona_axis.drift.rule.DriftRule.from_bundle`).
 """
 
 from __future__ import annotations
 
-import statistics
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from persona_axis.drift.features import FEATURES, Baseline, TurnFeatures
+from persona_axis.drift.features import Baseline
 from persona_axis.drift.rule import DriftRule
 from persona_axis.errors import PersonaAxisError
 
@@ -35,8 +23,6 @@ if TYPE_CHECKING:
     from persona_axis.axis.bundle import AxisBundle
 
 FORMAT_VERSION = 1
-MAD_TO_SD = 1.4826  # MAD of a normal distribution × this = its standard deviation
-MIN_TURNS = 12
 DEFAULT_LIMITS: dict[str, float | None] = {
     "watch": 2.326,  # one turn below the Assistant's 1st percentile (normal approximation)
     "warning": None,
@@ -44,16 +30,6 @@ DEFAULT_LIMITS: dict[str, float | None] = {
     "k": 0.5,
     "h": 4.0,
 }
-
-
-@dataclass(frozen=True)
-class CalibrationTurn:
-    """One benign assistant turn: its projection at the calibrated layer, its features and
-    the conversation it belongs to."""
-
-    projection: float
-    features: TurnFeatures
-    conversation: str
 
 
 @dataclass(frozen=True)
@@ -152,96 +128,6 @@ def drift_rule(
     if stored is not None and stored.layer == layer and percentile is None:
         return stored.rule(k=k, h=h)
     return DriftRule.from_bundle(bundle, layer, percentile=percentile, k=k, h=h)
-
-
-def fit_calibration(
-    turns: Sequence[CalibrationTurn],
-    layer: int,
-    *,
-    features: Sequence[str] = FEATURES,
-    limits: Mapping[str, float | None] | None = None,
-    provenance: Mapping[str, Any] | None = None,
-) -> MonitorCalibration:
-    """Fit the baseline and scale on benign ``turns`` (module doc)."""
-    import numpy as np
-    from sklearn.linear_model import HuberRegressor
-
-    if len(turns) < MIN_TURNS:
-        raise PersonaAxisError(
-            f"Calibrating the monitor needs at least {MIN_TURNS} benign assistant turns with "
-            f"content, not {len(turns)}; give more conversations or longer logs."
-        )
-    names = list(features)
-    x = np.array([[t.features.values()[n] for n in names] for t in turns], dtype=np.float64)
-    y = np.array([t.projection for t in turns], dtype=np.float64)
-    varying = [i for i in range(len(names)) if np.ptp(x[:, i]) > 0]
-    model = HuberRegressor(epsilon=1.35, alpha=1e-4, max_iter=1000)
-    if varying:
-        model.fit(x[:, varying], y)
-        coefficients = {names[i]: float(c) for i, c in zip(varying, model.coef_, strict=True)}
-        intercept = float(model.intercept_)
-    else:
-        coefficients, intercept = {}, float(np.median(y))
-    baseline = Baseline(intercept, coefficients)
-    expected = np.array([baseline.expected(t.features) for t in turns])
-    residuals = y - expected
-    scale = MAD_TO_SD * float(np.median(np.abs(residuals - np.median(residuals))))
-    if not scale > 0:
-        raise PersonaAxisError(
-            "The benign turns' projections do not vary around the baseline, so no spread can be "
-            "calibrated; give more varied conversations."
-        )
-    return MonitorCalibration(
-        layer,
-        baseline,
-        scale,
-        dict(limits or DEFAULT_LIMITS),
-        dict(provenance or {}),
-        effects(turns, residuals.tolist(), expected.tolist(), scale),
-    )
-
-
-def effects(
-    turns: Sequence[CalibrationTurn],
-    residuals: Sequence[float],
-    expected: Sequence[float],
-    scale: float,
-) -> dict[str, Any]:
-    """How benign projections moved: mean projection and mean residual (in scales) per content
-    kind, turn index and length band, and the share of residual variance between conversations
-    (near 0: turns vary independently; near 1: whole conversations sit high or low)."""
-    groups: dict[str, dict[str, list[int]]] = {"kind": {}, "turn": {}, "tokens": {}}
-    for index, turn in enumerate(turns):
-        f = turn.features
-        band = "<64" if f.n_tokens < 64 else "64-255" if f.n_tokens < 256 else ">=256"
-        for name, key in (("kind", f.kind), ("turn", str(min(f.turn, 8))), ("tokens", band)):
-            groups[name].setdefault(key, []).append(index)
-    table = {
-        name: {
-            key: {
-                "n": len(rows),
-                "mean_projection": round(statistics.fmean(turns[i].projection for i in rows), 4),
-                "mean_residual_scales": round(
-                    statistics.fmean(residuals[i] for i in rows) / scale, 3
-                ),
-            }
-            for key, rows in sorted(members.items())
-        }
-        for name, members in groups.items()
-    }
-    by_conversation: dict[str, list[float]] = defaultdict(list)
-    for turn, residual in zip(turns, residuals, strict=True):
-        by_conversation[turn.conversation].append(residual)
-    means = [statistics.fmean(v) for v in by_conversation.values() if len(v) > 1]
-    total = statistics.pvariance(residuals) if len(residuals) > 1 else 0.0
-    between = statistics.pvariance(means) if len(means) > 1 else 0.0
-    return {
-        "n_turns": len(turns),
-        "n_conversations": len(by_conversation),
-        "median_expected": round(statistics.median(expected), 5),
-        "between_conversation_share": round(between / total, 3) if total > 0 else None,
-        **table,
-    }
 
 
 def stamp(sources: list[dict[str, Any]], **settings: Any) -> dict[str, Any]:

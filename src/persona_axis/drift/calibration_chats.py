@@ -13,10 +13,11 @@ a checkpoint, so a killed run continues from the last finished turn.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -42,6 +43,12 @@ def chat_data() -> dict[str, Any]:
     text = resources.files("persona_axis.drift").joinpath("data", DATA_FILE).read_text("utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
+
+
+def chat_data_digest() -> str:
+    """sha256 of our openers and follow-ups as canonical JSON (for provenance)."""
+    text = json.dumps(chat_data(), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,4 @@ def hold_chats(
 
 def replace_seed(sampling: Sampling, turn: int) -> Sampling:
     """``sampling`` with its seed moved on by ``turn`` (each turn samples afresh)."""
-    from dataclasses import replace
-
     return replace(sampling, seed=sampling.seed + turn)

@@ -109,7 +109,7 @@ def _rounded(value: float | None, digits: int = 6) -> float | None:
 @dataclass(frozen=True)
 class TurnReading:
     """One assistant turn: ``turn`` (1-based), its message index (0-based), content tokens,
-    content kind, projection at the rule's layer and per band layer (None without content),
+    content features, projection at the rule's layer and per band layer (None without content),
     the rule's verdict (expected projection, shortfall ``z`` in scales, EWMA, CUSUM, flag,
     level) and the context it was read with."""
 
@@ -124,8 +124,12 @@ class TurnReading:
     expected: float | None = None
     z: float | None = None
     ewma: float | None = None
-    kind: str = ""
+    features: TurnFeatures | None = None
     context: TurnContext | None = None
+
+    @property
+    def kind(self) -> str:
+        return "" if self.features is None else self.features.kind
 
     @property
     def alarm(self) -> bool | None:
@@ -377,7 +381,7 @@ class Monitor:
                 expected=verdict.expected,
                 z=verdict.z,
                 ewma=verdict.ewma,
-                kind=feature.kind,
+                features=feature,
                 context=context,
             )
             for number, (context, verdict, feature) in enumerate(
