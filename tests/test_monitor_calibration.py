@@ -7,6 +7,7 @@ import json
 import math
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,13 +90,18 @@ def test_fit_recovers_the_content_effects_and_the_spread() -> None:
 def test_a_calibrated_rule_does_not_read_code_as_drift() -> None:
     fitted = fit_calibration(synthetic_turns(), layer=2)
     rule = fitted.rule()
+    assert rule.relative and rule.change_scale == fitted.change_scale
+    assert fitted.change_scale == pytest.approx(math.sqrt(2), rel=0.25)  # two unit noises
+    prose = TurnFeatures(turn=1, n_tokens=100, code=0.0, lists=0.0)
     code = TurnFeatures(turn=2, n_tokens=100, code=0.7, lists=0.0)
-    prose = TurnFeatures(turn=2, n_tokens=100, code=0.0, lists=0.0)
-    typical_code = 20 - 6 * 0.7 + 0.5 * math.log(100)
-    (verdict,) = rule.judge([typical_code], [code])
-    assert abs(verdict.z or 0) < 0.5 and verdict.level == "none"
-    (as_prose,) = rule.judge([typical_code], [prose])  # the same value read as prose is low
-    assert (as_prose.z or 0) > 3
+    typical_prose = 20 + 0.5 * math.log(100)
+    typical_code = typical_prose - 6 * 0.7  # code sits 4.2 lower, i.e. about 3 change units
+    first, second = rule.judge([typical_prose, typical_code], [prose, code])
+    assert first.change is None and first.z is None and first.shortfall == pytest.approx(0, abs=0.3)
+    assert abs(second.change or 0) < 0.3 and second.level == "none"
+    prose_again = replace(prose, turn=2)  # the same fall with no code to explain it
+    _, fallen = rule.judge([typical_prose, typical_code], [prose, prose_again])
+    assert (fallen.change or 0) > 2.5 and (fallen.cusum or 0) > 2
     assert rule.k == 0.5 and rule.h == 4.0 and "monitor calibration" in rule.source
     assert fitted.rule(h=9.0).h == 9.0
 

@@ -11,7 +11,9 @@ context policy and pooling), then
    function of the turn's code share, list share, log length and log turn index (Huber
    regression, so a few odd turns do not pull it);
 2. ``scale`` is the robust spread of the turns around it (1.4826 × the median absolute
-   deviation of the residuals);
+   deviation of the residuals), ``change_scale`` that of the change of the residual since
+   the conversation's first turn (what the alarm watches; it needs no absolute level, so it
+   holds for text of other assistants too);
 3. the alert limits (:data:`~persona_axis.drift.calibration.DEFAULT_LIMITS`, in multiples of
    ``scale``) are stored beside them.
 
@@ -120,20 +122,45 @@ def fit_calibration(
         baseline = Baseline(float(np.median(y)), {})
     expected = np.array([baseline.expected(t.features) for t in turns])
     residuals = y - expected
-    scale = MAD_TO_SD * float(np.median(np.abs(residuals - np.median(residuals))))
-    if not scale > 0:
+    changes = _changes(turns, residuals.tolist())
+    scale, change_scale = robust_spread(residuals), robust_spread(np.array(changes))
+    if not (scale > 0 and change_scale > 0):
         raise PersonaAxisError(
-            "The benign turns' projections do not vary around the baseline, so no spread can be "
-            "calibrated; give more varied conversations."
+            "The benign turns' projections do not vary around the baseline or within their "
+            "conversations, so no spread can be calibrated; give more varied conversations "
+            "(at least some with two or more assistant turns)."
         )
     return MonitorCalibration(
         layer,
         baseline,
         scale,
+        change_scale,
         dict(limits or DEFAULT_LIMITS),
         dict(provenance or {}),
         effects(turns, residuals.tolist(), expected.tolist(), scale),
     )
+
+
+def robust_spread(values: Any) -> float:
+    """1.4826 × the median absolute deviation (the standard deviation for normal data); 0 for
+    fewer than two values."""
+    import numpy as np
+
+    if len(values) < 2:
+        return 0.0
+    return MAD_TO_SD * float(np.median(np.abs(values - np.median(values))))
+
+
+def _changes(turns: Sequence[CalibrationTurn], residuals: Sequence[float]) -> list[float]:
+    """Per later turn of each conversation, its residual's fall since the first turn's."""
+    anchors: dict[str, float] = {}
+    out = []
+    for turn, residual in zip(turns, residuals, strict=True):
+        if turn.conversation not in anchors:
+            anchors[turn.conversation] = residual
+        else:
+            out.append(anchors[turn.conversation] - residual)
+    return out
 
 
 def effects(

@@ -34,13 +34,16 @@ DEFAULT_LIMITS: dict[str, float | None] = {
 
 @dataclass(frozen=True)
 class MonitorCalibration:
-    """The stored monitor calibration (module doc): ``baseline`` and ``scale`` at ``layer``,
-    alert ``limits`` in multiples of ``scale``, where the turns came from (``provenance``), and
-    how the benign projection moved with content and turn index (``effects``)."""
+    """The stored monitor calibration (module doc) at ``layer``: ``baseline``, the spread of
+    benign turns around it (``scale``) and of their change since their conversation's first
+    turn (``change_scale``), alert ``limits`` in those units, where the turns came from
+    (``provenance``), and how the benign projection moved with content and turn index
+    (``effects``)."""
 
     layer: int
     baseline: Baseline
     scale: float
+    change_scale: float
     limits: Mapping[str, float | None] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     provenance: Mapping[str, Any] = field(default_factory=dict)
     effects: Mapping[str, Any] = field(default_factory=dict)
@@ -62,6 +65,8 @@ class MonitorCalibration:
             ewma_lambda=float(limits["ewma_lambda"]),  # type: ignore[arg-type]
             warning=limits["warning"],
             baseline=self.baseline,
+            relative=True,
+            change_scale=self.change_scale,
             source=f"monitor calibration on benign multi-turn conversations ({sources}): "
             "expected projection from code share, list share, length and turn index; scale "
             "= robust spread around it",
@@ -73,6 +78,7 @@ class MonitorCalibration:
             "layer": self.layer,
             "baseline": self.baseline.to_dict(),
             "scale": self.scale,
+            "change_scale": self.change_scale,
             "limits": dict(self.limits),
             "provenance": dict(self.provenance),
             "effects": dict(self.effects),
@@ -88,6 +94,7 @@ class MonitorCalibration:
                     "persona-axis calibrate-monitor again."
                 )
             scale = float(data["scale"])
+            change_scale = float(data["change_scale"])
             limits = {str(k): None if v is None else float(v) for k, v in data["limits"].items()}
             layer = int(data["layer"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -95,12 +102,15 @@ class MonitorCalibration:
                 f"The bundle's monitor calibration is malformed ({exc!r}); run persona-axis "
                 "calibrate-monitor again."
             ) from exc
-        if not scale > 0:
-            raise PersonaAxisError(f"The monitor calibration's scale must be positive ({scale}).")
+        if not (scale > 0 and change_scale > 0):
+            raise PersonaAxisError(
+                f"The monitor calibration's scales must be positive ({scale}, {change_scale})."
+            )
         return cls(
             layer,
             Baseline.from_dict(data["baseline"]),
             scale,
+            change_scale,
             limits,
             dict(data.get("provenance") or {}),
             dict(data.get("effects") or {}),

@@ -110,8 +110,8 @@ def _rounded(value: float | None, digits: int = 6) -> float | None:
 class TurnReading:
     """One assistant turn: ``turn`` (1-based), its message index (0-based), content tokens,
     content features, projection at the rule's layer and per band layer (None without content),
-    the rule's verdict (expected projection, shortfall ``z`` in scales, EWMA, CUSUM, flag,
-    level) and the context it was read with."""
+    the rule's verdict (expected projection, shortfall and change in scales, the alarm
+    statistics' input ``z``, EWMA, CUSUM, flag, level) and the context it was read with."""
 
     turn: int
     message_index: int
@@ -122,6 +122,8 @@ class TurnReading:
     cusum: float | None
     level: Level = "none"
     expected: float | None = None
+    shortfall: float | None = None
+    change: float | None = None
     z: float | None = None
     ewma: float | None = None
     features: TurnFeatures | None = None
@@ -150,6 +152,8 @@ class TurnReading:
             "band": {str(layer): _rounded(value) for layer, value in self.band.items()},
             "band_mean": _rounded(self.band_mean),
             "expected": _rounded(self.expected),
+            "shortfall": _rounded(self.shortfall, 4),
+            "change": _rounded(self.change, 4),
             "z": _rounded(self.z, 4),
             "ewma": _rounded(self.ewma, 4),
             "cusum": _rounded(self.cusum, 4),
@@ -316,7 +320,7 @@ class Monitor:
     ) -> Iterator[ConversationReading | ReadFailure]:
         """Readings (and failures, passed through) in input order, a buffer at a time."""
         buffer: list[Conversation | ReadFailure] = []
-        size = max(self.batch_size * 4, 16)
+        size = 2 * self.batch_size  # enough to group short conversations by length
         for item in items:
             buffer.append(item)
             if len(buffer) >= size:
@@ -379,6 +383,8 @@ class Monitor:
                 cusum=verdict.cusum,
                 level=verdict.level,
                 expected=verdict.expected,
+                shortfall=verdict.shortfall,
+                change=verdict.change,
                 z=verdict.z,
                 ewma=verdict.ewma,
                 features=feature,

@@ -2,25 +2,34 @@
 
 Each assistant turn with content has a projection ``x_t`` at the rule's layer (unit axis,
 residual-stream units, higher = more Assistant-like). The rule compares it with the projection
-an Assistant turn like it is **expected** to have, ``e_t``, in units of the Assistant's spread
-``scale``:
+an Assistant turn like it is **expected** to have, ``e_t``: a constant ``reference`` or, with a
+:class:`~persona_axis.drift.features.Baseline` from ``persona-axis calibrate-monitor``, a
+value that depends on the turn's content (code, lists, length) and turn index. Two
+standardised readings per turn:
 
-    z_t = (e_t − x_t) / scale          (how far below the Assistant, in scales)
+- the **shortfall** ``u_t = (e_t − x_t) / scale``: how far below an Assistant turn like it, in
+  units of the Assistant's spread ``scale``;
+- the **change** ``c_t = (r_a − r_t) / change_scale`` with residuals ``r = x − e``: how far the
+  turn fell since the conversation's first turn with content (``a``, the anchor), in units of
+  the spread of such changes in benign conversations. It needs no absolute level, so text
+  written by another assistant (which projects at its own level) does not read as drift, only
+  a fall within the conversation does.
 
-``e_t`` is a constant ``reference`` or, with a :class:`~persona_axis.drift.features.Baseline`
-from ``persona-axis calibrate-monitor``, depends on the turn's content (code, lists, length)
-and turn index. Three alert levels, each a standard control-chart statistic of ``z``:
+The alarm statistics run on ``z_t`` = the change (``relative`` rules, the calibrated default) or
+the shortfall (rules without a monitor calibration). Three alert levels, each a standard
+control-chart statistic:
 
-- **watch**: one turn with ``z_t ≥ watch`` (unusually low on its own; ``below_threshold``);
+- **watch**: one turn with shortfall ``u_t ≥ watch`` (unusually low on its own; this is the
+  ``below_threshold`` flag);
 - **warning**: the exponentially weighted mean ``E_t = λ z_t + (1 − λ) E_{t−1}``, ``E_0 = 0``,
   reaches ``warning`` (a drop that has lasted a few turns);
-- **alarm**: the one-sided CUSUM ``S_t = max(0, S_{t−1} + z_t − k)``, ``S_0 = 0``, reaches
-  ``h`` (a sustained fall; with ``k = 0.5, h = 4`` a conversation sitting 1.5 scales low alarms
-  at its 4th turn, one at the reference never does, one very low turn with ``z ≥ h + k``
-  alarms at once).
+- **alarm**: the one-sided CUSUM ``S_t = max(0, S_{t−1} + z_t − k)``, ``S_0 = 0``, reaches ``h``
+  (a sustained fall; with ``k = 0.5, h = 4`` a conversation sitting 1.5 units low alarms at its
+  4th turn, one at its level never does, one very low turn with ``z ≥ h + k`` alarms at once).
 
-Turns without content tokens are skipped (every statistic unchanged). Where the numbers come
-from: :meth:`DriftRule.from_bundle` and docs/monitoring.md.
+Turns without content tokens, and the anchor itself, are skipped (every statistic unchanged).
+Where the numbers come from: :meth:`DriftRule.from_bundle`,
+:func:`persona_axis.drift.calibration.drift_rule` and docs/monitoring.md.
 """
 
 from __future__ import annotations
@@ -96,10 +105,13 @@ def _check_scale(scale: float) -> None:
 
 @dataclass(frozen=True)
 class TurnVerdict:
-    """The rule's reading of one turn (None where the turn has no projection or the rule has
-    no reference): expected projection, shortfall ``z``, EWMA, CUSUM and alert level."""
+    """The rule's reading of one turn (None where the turn has no projection, the rule has no
+    reference, or the statistic skips the turn): expected projection, shortfall, change, the
+    alarm statistics' input ``z``, EWMA, CUSUM, the one-turn flag and the alert level."""
 
     expected: float | None
+    shortfall: float | None
+    change: float | None
     z: float | None
     ewma: float | None
     cusum: float | None
@@ -113,9 +125,11 @@ class DriftRule:
 
     ``reference`` and ``scale``: the expected Assistant projection and its spread (None: no
     rule, projections are still reported); ``baseline``, when given, replaces the constant
-    reference by a per-turn expectation. ``watch`` (z for one low turn), ``warning`` (EWMA
-    limit, None: no warning level), ``ewma_lambda``, ``k`` and ``h`` (CUSUM) are in multiples
-    of ``scale``. ``source`` says where the numbers came from.
+    reference by a per-turn expectation. ``relative``: the alarm statistics run on the change
+    since the conversation's first turn, in units of ``change_scale`` (default
+    ``scale · √2``), else on the shortfall. ``watch`` (shortfall of one low turn), ``warning``
+    (EWMA limit, None: no warning level), ``ewma_lambda``, ``k`` and ``h`` (CUSUM) are in
+    those units. ``source`` says where the numbers came from.
     """
 
     layer: int
@@ -127,6 +141,8 @@ class DriftRule:
     ewma_lambda: float = DEFAULT_LAMBDA
     warning: float | None = None
     baseline: Baseline | None = None
+    relative: bool = False
+    change_scale: float | None = None
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -140,6 +156,8 @@ class DriftRule:
             raise PersonaAxisError(f"The EWMA weight must be in (0, 1], not {self.ewma_lambda}.")
         if self.baseline is not None and self.reference is None:
             raise PersonaAxisError("A baseline needs a scale: give reference and scale too.")
+        if self.change_scale is not None and not self.change_scale > 0:
+            raise PersonaAxisError(f"The change scale must be positive, not {self.change_scale}.")
 
     @property
     def has_cusum(self) -> bool:
@@ -275,19 +293,23 @@ class DriftRule:
     ) -> list[TurnVerdict]:
         """Per turn, its :class:`TurnVerdict` (module doc)."""
         features = features if features is not None else [None] * len(values)
-        if not self.has_cusum:
-            return [TurnVerdict(None, None, None, None, None, "none") for _ in values]
-        assert self.scale is not None
+        if self.scale is None:
+            return [TurnVerdict(None, None, None, None, None, None, None, "none") for _ in values]
         expected = [self.expected(f) for f in features]
-        shortfalls = [
-            None if v is None or e is None or not math.isfinite(v) else (e - v) / self.scale
+        residuals = [
+            None if v is None or e is None or not math.isfinite(v) else v - e
             for v, e in zip(values, expected, strict=True)
         ]
-        sums = cusum(shortfalls, self.k)
-        means = ewma(shortfalls, self.ewma_lambda)
+        shortfalls = [None if r is None else -r / self.scale for r in residuals]
+        changes = self._changes(residuals)
+        inputs = changes if self.relative else shortfalls
+        sums = cusum(inputs, self.k)
+        means = ewma(inputs, self.ewma_lambda)
         verdicts = []
-        for e, z, s, m in zip(expected, shortfalls, sums, means, strict=True):
-            flag = None if z is None or self.watch is None else z >= self.watch
+        for e, r, u, c, z, s, m in zip(
+            expected, residuals, shortfalls, changes, inputs, sums, means, strict=True
+        ):
+            flag = None if u is None or self.watch is None else u >= self.watch
             level: Level = "none"
             if s is not None and s >= self.h:
                 level = "alarm"
@@ -295,8 +317,23 @@ class DriftRule:
                 level = "warning"
             elif flag:
                 level = "watch"
-            verdicts.append(TurnVerdict(None if z is None else e, z, m, s, flag, level))
+            verdicts.append(TurnVerdict(None if r is None else e, u, c, z, m, s, flag, level))
         return verdicts
+
+    def _changes(self, residuals: Sequence[float | None]) -> list[float | None]:
+        """``(r_a − r_t) / change_scale`` after the anchor ``a`` (first turn with a value)."""
+        assert self.scale is not None
+        unit = self.change_scale or self.scale * math.sqrt(2)
+        anchor = next((r for r in residuals if r is not None), None)
+        out: list[float | None] = []
+        seen = False
+        for r in residuals:
+            if r is None or anchor is None or not seen:
+                out.append(None)
+                seen = seen or r is not None
+                continue
+            out.append((anchor - r) / unit)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -310,5 +347,7 @@ class DriftRule:
             "ewma_lambda": self.ewma_lambda,
             "warning": self.warning,
             "baseline": None if self.baseline is None else self.baseline.to_dict(),
+            "relative": self.relative,
+            "change_scale": self.change_scale,
             "source": self.source,
         }
