@@ -5,7 +5,7 @@ our labelled dev conversations, ``evaldata/monitor/*_dev.jsonl``), read by
 
 - ``windowed``: today's monitor: the context policy (window = trained positions − 1/16, keep
   1/4, 1,024-token chunks through the KV cache), target layer plus the recommended cap band;
-- ``windowed-target``: the same, target layer only;
+- ``windowed-target``: the same, target layer only (either with ``@N``: N-token chunks);
 - ``single-pass``: the monitor before the context policy: one forward pass over the whole
   rendering (positions past the model's 8,192 and attention buffers that grow with the square
   of the length), run under a time limit (``--timeout``) and an address-space limit
@@ -89,6 +89,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.drift.context import ContextPolicy
     from persona_axis.drift.monitor import default_band, monitor
     from persona_axis.drift.projections import projections_from_tokens
     from persona_axis.drift.rule import DriftRule
@@ -101,7 +102,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     bundle = AxisBundle.load(args.bundle)
     lm = load_model(bundle.model_id, dtype=args.dtype)
     target = bundle.target_layer
-    band = [] if args.variant.endswith("target") else default_band(bundle)
+    variant, _, chunk = args.variant.partition("@")
+    band = [] if variant.endswith("target") else default_band(bundle)
     layers = sorted({target, *band})
     if args.job == "long":
         conversations = [long_conversation(lm, args.tokens)]
@@ -111,7 +113,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     base = rss_mib()
     reset_peak_rss()
     started = time.perf_counter()
-    if args.variant.startswith("single-pass"):
+    if variant.startswith("single-pass"):
         rendered = [lm.chat.render(c) for c in conversations]
         projections_from_tokens(
             lm,
@@ -123,7 +125,16 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         )
     else:
         rule = DriftRule(target, None, None)
-        monitor(lm, bundle, conversations, band=band, rule=rule, batch_size=args.batch_size)
+        policy = ContextPolicy(chunk_tokens=int(chunk)) if chunk else ContextPolicy()
+        monitor(
+            lm,
+            bundle,
+            conversations,
+            band=band,
+            rule=rule,
+            policy=policy,
+            batch_size=args.batch_size,
+        )
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
@@ -214,7 +225,7 @@ def main() -> None:
         for round_index in range(args.rounds):
             shift = round_index % len(variants)
             for variant in variants[shift:] + variants[:shift]:
-                name, batch = variant.split(":")
+                name, batch = variant.rsplit(":", 1)
                 limit = args.single_pass_memory_gib if name == "single-pass" else 0
                 runs[variant].append(
                     child(
