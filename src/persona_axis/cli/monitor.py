@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from persona_axis.drift.conversations import Conversation, ReadFailure
     from persona_axis.drift.monitor import ConversationReading
+    from persona_axis.drift.rule import Level
 
 RESULTS_FILE = "monitor.json"
 JOURNAL_FILE = "monitor.jsonl"
@@ -224,7 +225,11 @@ def summarise(journal_path: Path, settings: dict[str, Any], seconds: float, done
             "seconds_per_conversation": round(seconds / max(1, done), 4),
         },
     }
-    accuracy = evaluate(conversations, k=settings["rule"]["k"])
+    rule = settings["rule"]
+    levels: list[Level] = ["alarm", "watch"]
+    if rule.get("warning") is not None:
+        levels.insert(1, "warning")
+    accuracy = evaluate(conversations, k=rule["k"], levels=levels)
     if accuracy is not None:
         summary["accuracy"] = accuracy
     return summary

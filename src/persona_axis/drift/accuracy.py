@@ -110,13 +110,13 @@ def evaluate(
     *,
     k: float,
     limits: Sequence[float] = DEFAULT_LIMITS,
+    levels: Sequence[Level] = ("alarm", "warning", "watch"),
 ) -> dict[str, Any] | None:
-    """Accuracy of ``monitor.json`` conversation ``entries`` at every alert level, and the
+    """Accuracy of ``monitor.json`` conversation ``entries`` at each of ``levels``, and the
     trade-off over CUSUM limits ``limits`` (allowance ``k``); None without labelled entries."""
     items = [item for item in map(Labelled.of, entries) if item is not None]
     if not items:
         return None
-    levels: list[Level] = ["alarm", "warning", "watch"]
     return {
         "n_benign": sum(item.label == BENIGN for item in items),
         "n_drifting": sum(item.label == DRIFTING for item in items),
