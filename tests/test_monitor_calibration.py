@@ -87,6 +87,21 @@ def test_fit_recovers_the_content_effects_and_the_spread() -> None:
         fit_calibration(synthetic_turns(5), layer=2)
 
 
+def test_logs_set_the_level_and_share_the_content_effects() -> None:
+    own = [replace(t, projection=t.projection + 10, source="generated") for t in synthetic_turns()]
+    logs = [
+        replace(t, source="logs.jsonl", conversation=f"log {t.conversation}")
+        for t in synthetic_turns(120, seed=5)
+    ]
+    fitted = fit_calibration(own + logs, layer=2)
+    alone = fit_calibration(logs, layer=2)
+    assert fitted.baseline.intercept == pytest.approx(alone.baseline.intercept, abs=1.0)
+    assert fitted.baseline.coefficients["code"] == pytest.approx(-6, abs=0.5)
+    assert fitted.scale == pytest.approx(1.0, rel=0.25)  # the logs' spread, not the mixture's
+    generated_only = fit_calibration(own, layer=2)
+    assert generated_only.baseline.intercept == pytest.approx(30, abs=1.0)
+
+
 def test_a_calibrated_rule_does_not_read_code_as_drift() -> None:
     fitted = fit_calibration(synthetic_turns(), layer=2)
     rule = fitted.rule()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from persona_axis.drift.calibration import DEFAULT_LIMITS, MonitorCalibration
+from persona_axis.drift.calibration_chats import GENERATED
 from persona_axis.drift.conversations import Conversation, ReadFailure
 from persona_axis.drift.features import FEATURES, Baseline, TurnFeatures
 from persona_axis.drift.monitor import Monitor
@@ -101,7 +102,13 @@ def fit_calibration(
     limits: Mapping[str, float | None] | None = None,
     provenance: Mapping[str, Any] | None = None,
 ) -> MonitorCalibration:
-    """Fit the baseline and scale on benign ``turns`` (module doc)."""
+    """Fit the baseline and the spreads on benign ``turns`` (module doc).
+
+    When the turns mix the model's own conversations and the user's logs, the two get their
+    own level (an indicator in the regression) and share the content effects; the baseline
+    keeps the logs' level, and the spreads come from the logs' turns (when there are at least
+    :data:`MIN_TURNS`), since the logs are what will be monitored.
+    """
     import numpy as np
     from sklearn.linear_model import HuberRegressor
 
@@ -113,17 +120,25 @@ def fit_calibration(
     names = list(features)
     x = np.array([[t.features.values()[n] for n in names] for t in turns], dtype=np.float64)
     y = np.array([t.projection for t in turns], dtype=np.float64)
+    logs = np.array([t.source != GENERATED for t in turns])
     varying = [i for i in range(len(names)) if np.ptp(x[:, i]) > 0]
-    if varying:
-        model = HuberRegressor(epsilon=1.35, alpha=1e-4, max_iter=1000).fit(x[:, varying], y)
-        coefficients = {names[i]: float(c) for i, c in zip(varying, model.coef_, strict=True)}
-        baseline = Baseline(float(model.intercept_), coefficients)
+    mixed = bool(logs.any() and not logs.all())
+    design = np.column_stack([x[:, varying], logs.astype(np.float64)]) if mixed else x[:, varying]
+    if design.shape[1]:
+        model = HuberRegressor(epsilon=1.35, alpha=1e-4, max_iter=1000).fit(design, y)
+        coefficients = {names[i]: float(c) for i, c in zip(varying, model.coef_, strict=False)}
+        level = float(model.intercept_) + (float(model.coef_[-1]) if mixed else 0.0)
+        baseline = Baseline(level, coefficients)
     else:
         baseline = Baseline(float(np.median(y)), {})
     expected = np.array([baseline.expected(t.features) for t in turns])
     residuals = y - expected
-    changes = _changes(turns, residuals.tolist())
-    scale, change_scale = robust_spread(residuals), robust_spread(np.array(changes))
+    if mixed:  # the generated turns sit at their own level: compare them with it
+        residuals[~logs] -= float(np.median(residuals[~logs]))
+    chosen = logs if logs.sum() >= MIN_TURNS else np.ones(len(turns), dtype=bool)
+    picked = [t for t, keep in zip(turns, chosen, strict=True) if keep]
+    changes = _changes(picked, residuals[chosen].tolist())
+    scale, change_scale = robust_spread(residuals[chosen]), robust_spread(np.array(changes))
     if not (scale > 0 and change_scale > 0):
         raise PersonaAxisError(
             "The benign turns' projections do not vary around the baseline or within their "

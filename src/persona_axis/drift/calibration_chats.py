@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 DATA_FILE = "calibration_chats.json"
 CHECKPOINT_FORMAT = "persona-axis calibration chats"
+GENERATED = "generated"  # the source name of these conversations
 
 
 @cache
@@ -103,7 +104,7 @@ class ChatRun:
         return [
             Conversation(
                 tuple(messages),
-                source="generated",
+                source=GENERATED,
                 position=f"index {index}",
                 id=f"calibration-{index:03d}",
                 meta={"domain": script.domain, "kinds": list(script.kinds)},
