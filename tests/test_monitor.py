@@ -297,3 +297,25 @@ def test_monitor_command_alarm_exit_status(tmp_path: Path) -> None:
     assert mixed.exit_code != 0 and "other settings" in str(mixed.exception)
     bad = runner.invoke(app, [*args, "--out", str(tmp_path / "c"), "--threshold-percentile", "7"])
     assert bad.exit_code != 0 and "pick one" in str(bad.exception)
+
+
+def test_a_killed_monitor_run_resumes_from_its_journal(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"id": f"c{i}", "messages": CHAT}) + "\n" for i in range(3)))
+    out = tmp_path / "out"
+    args = ["monitor", str(log), "--bundle", str(tiny_axis().bundle), "--out", str(out)]
+    args += ["--no-progress", "--no-turns", "--batch-size", "1"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    journal = out / "monitor.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    assert len(lines) == 4  # the settings, then one line per conversation as it finished
+    journal.write_text("".join(lines[:2]) + lines[2][:25])  # killed while writing the second
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "(1 done by an earlier run)" in resumed.output and "this run: 2 in" in resumed.output
+    data = json.loads((out / "monitor.json").read_text())
+    assert [c["id"] for c in data["conversations"]] == ["c0", "c1", "c2"]
+    again = runner.invoke(app, [*args, "--restart"])
+    assert "this run: 3 in" in again.output
+    assert len(journal.read_text().splitlines()) == 4

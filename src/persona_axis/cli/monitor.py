@@ -345,7 +345,8 @@ def _print_summary(console: Console, summary: dict, paths: list[Path], skipped: 
         f"{sum(c['n_turns'] for c in conversations)} assistant turns, "
         f"[bold]{alarms}[/] alarm(s), {cut} with context cut; this run: "
         f"{timing['conversations']} in {timing['seconds']:.1f} s "
-        f"({timing['seconds_per_conversation']:.2f} s per conversation)"
+        f"({timing['seconds_per_conversation']:.2f} s per conversation)",
+        soft_wrap=True,
     )
     console.print(
         f"[dim]rule at layer {rule['layer']}: reference {_fmt(rule['reference'])}, scale "

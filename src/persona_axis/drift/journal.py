@@ -5,7 +5,7 @@ layer, band, rule, context policy); every later line is one finished conversatio
 ``monitor.json`` conversation entry with ``"type": "conversation"``) or one input that could not
 be monitored (``"type": "failure"``, with its file and position). Lines are flushed as written.
 
-Opening an existing journal checks that its settings equal this run's (else the run is refused:
+Opening an existing (non-empty) journal checks that its settings equal this run's (else the run is refused:
 mixing settings in one file would make its numbers meaningless), drops a partial last line
 left by a kill, and reports which inputs (file, position) are already done, so the run skips
 them.
@@ -33,7 +33,7 @@ class Journal:
         self.path = Path(path)
         self.settings = json.loads(json.dumps(dict(settings)))  # as it reads back from disk
         self.done: set[tuple[str, str]] = set()
-        if restart or not self.path.exists():
+        if restart or not self.path.exists() or self.path.stat().st_size == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(
                 json.dumps({"format": JOURNAL_FORMAT, "settings": self.settings}) + "\n"
