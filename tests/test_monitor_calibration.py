@@ -152,6 +152,11 @@ def test_scripts_cover_every_domain_with_all_kinds_of_follow_up() -> None:
     kinds = {k for s in scripts for k in s.kinds}
     assert kinds == {"opener", "code", "list", "prose", "short"}
     assert plan_scripts(5, 3, seed=1) == plan_scripts(5, 3, seed=1)
+    longer = plan_scripts(5, 6, seed=1)
+    assert all(
+        short.user_messages == long.user_messages[:3]
+        for short, long in zip(plan_scripts(5, 3, seed=1), longer, strict=True)
+    )
     assert all(len(s.user_messages) == 3 for s in plan_scripts(5, 3))
     with pytest.raises(PersonaAxisError):
         plan_scripts(0, 3)

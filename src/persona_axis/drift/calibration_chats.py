@@ -64,11 +64,11 @@ class ChatScript:
 
 def plan_scripts(n_conversations: int, turns: int, seed: int = 0) -> list[ChatScript]:
     """``n_conversations`` scripts of ``turns`` user messages, cycling through the domains
-    (every opener once before any repeats); follow-ups are drawn per kind with ``seed``."""
+    (every opener once before any repeats); each script draws its follow-ups per kind from its
+    own generator (``seed`` and its number), so fewer turns give a prefix of more turns."""
     if n_conversations < 1 or turns < 1:
         raise PersonaAxisError("Ask for at least one conversation of at least one turn.")
     data = chat_data()
-    rng = random.Random(seed)
     domains = sorted(data["domains"])
     pool = [
         (domain, opener)
@@ -79,6 +79,7 @@ def plan_scripts(n_conversations: int, turns: int, seed: int = 0) -> list[ChatSc
     scripts = []
     for number in range(n_conversations):
         domain, opener = pool[number % len(pool)]
+        rng = random.Random(f"{seed}:{number}")
         kinds = data["domains"][domain]["follow_ups"]
         follow = [kinds[i % len(kinds)] for i in range(turns - 1)]
         texts = [rng.choice(data["follow_ups"][kind]) for kind in follow]

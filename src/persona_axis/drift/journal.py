@@ -5,10 +5,10 @@ layer, band, rule, context policy); every later line is one finished conversatio
 ``monitor.json`` conversation entry with ``"type": "conversation"``) or one input that could not
 be monitored (``"type": "failure"``, with its file and position). Lines are flushed as written.
 
-Opening an existing (non-empty) journal checks that its settings equal this run's (else the run is refused:
-mixing settings in one file would make its numbers meaningless), drops a partial last line
-left by a kill, and reports which inputs (file, position) are already done, so the run skips
-them.
+Opening an existing (non-empty) journal checks that its settings equal this run's (else the
+run is refused: mixing settings in one file would make its numbers meaningless), drops a
+partial last line left by a kill, and reports which inputs (file, position) are already
+done, so the run skips them.
 """
 
 from __future__ import annotations
