@@ -89,6 +89,16 @@ def test_recovery_lowers_the_statistic_and_flags_follow_the_threshold() -> None:
     assert no_threshold.judge([-9.0])[0].below_threshold is None
 
 
+def test_watch_and_warning_limits_can_be_overridden() -> None:
+    r = rule().with_overrides(watch=10.0, warning=0.8)
+    assert (r.watch, r.warning, r.h) == (10.0, 0.8, rule().h)
+    (verdict,) = r.judge([-3.0])  # shortfall 3: EWMA 0.9, CUSUM 2.5
+    assert verdict.below_threshold is False and verdict.level == "warning"
+    assert rule().judge([-3.0])[0].level == "watch"
+    with pytest.raises(PersonaAxisError, match="not both"):
+        rule().with_overrides(threshold=1.0, watch=2.0)
+
+
 def test_rule_without_cusum_and_bad_settings() -> None:
     plain = DriftRule(layer=1, reference=None, scale=None)
     assert [v.level for v in plain.judge([0.0, 2.0])] == ["none", "none"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from persona_axis.drift.accuracy import Labelled, evaluate, wilson
+from persona_axis.drift.accuracy import Labelled, evaluate, median_interval, wilson
 
 
 def entry(label: str, levels: list[str], zs: list[float | None], drift_turn: int | None = None):
@@ -55,3 +55,30 @@ def test_alarm_turn_is_recomputed_from_stored_shortfalls() -> None:
     assert item is not None
     assert item.alarm_turn_at(h=3.0, k=0.5) == 3  # 1.5, 3.0
     assert item.alarm_turn_at(h=5.0, k=0.5) is None
+
+
+def test_groups_twins_and_warning_tradeoff() -> None:
+    entries = [
+        {"meta": {"label": "benign", "domain": "coding"}, "turns": []},
+        entry("benign", ["none", "alarm"], [None, 6.0]),
+        entry("drifting", ["none", "alarm", "alarm"], [None, 2.0, 2.0], 2),
+        entry("drifting", ["none", "none", "alarm"], [None, 0.0, 9.0], 2),
+    ]
+    entries[1]["meta"] |= {"domain": "roleplay", "twin_of": "drift-1"}
+    entries[2]["meta"]["domain"] = entries[3]["meta"]["domain"] = "roleplay"
+    result = evaluate(entries, k=0.5, ewma_lambda=0.5, limits=(4.0,), warning_limits=(1.0, 2.5))
+    assert result is not None
+    groups = result["by_group"]["alarm"]
+    assert groups["benign: coding"]["hits"] == 0 and groups["benign: roleplay twin"]["hits"] == 1
+    assert groups["drifting: roleplay"] == {**groups["drifting: roleplay"], "hits": 2, "n": 2}
+    low, high = result["tradeoff_warning"]
+    # EWMA (λ 0.5): twin 3.0; first drifting 1.0, 1.5; second 0.0, 4.5
+    assert low["false_alarms"]["hits"] == 1 and low["detections"]["hits"] == 2
+    assert low["median_detection_turn"] == 2.5
+    assert high["false_alarms"]["hits"] == 1 and high["detections"]["hits"] == 1
+
+
+def test_median_interval_brackets_the_median() -> None:
+    low, high = median_interval([2, 3, 3, 4, 5, 6])
+    assert 2 <= low <= 3.5 <= high <= 6
+    assert median_interval([3]) is None

@@ -74,6 +74,14 @@ def monitor(
     cusum_h: Annotated[
         float | None, typer.Option(min=0.0, help="CUSUM decision limit (scales).")
     ] = None,
+    watch_limit: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Watch a turn this many scales below its expected level."),
+    ] = None,
+    warning_limit: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Warning when the EWMA of the alarm input reaches this."),
+    ] = None,
     window: Annotated[
         int | None,
         typer.Option(
@@ -126,7 +134,13 @@ def monitor(
 
     axis_bundle = AxisBundle.load(bundle)
     rule = drift_rule(axis_bundle, percentile=threshold_percentile, k=cusum_k, h=cusum_h)
-    rule = rule.with_overrides(threshold=threshold, reference=reference, scale=scale)
+    rule = rule.with_overrides(
+        threshold=threshold,
+        reference=reference,
+        scale=scale,
+        watch=watch_limit,
+        warning=warning_limit,
+    )
     band = None if layers is None else parse_layers(layers, axis_bundle.shape[0])
     lm = load_checked(axis_bundle, model, dtype, allow_mismatch)
     runner = Monitor.create(
@@ -229,7 +243,7 @@ def summarise(journal_path: Path, settings: dict[str, Any], seconds: float, done
     levels: list[Level] = ["alarm", "watch"]
     if rule.get("warning") is not None:
         levels.insert(1, "warning")
-    accuracy = evaluate(conversations, k=rule["k"], levels=levels)
+    accuracy = evaluate(conversations, k=rule["k"], ewma_lambda=rule["ewma_lambda"], levels=levels)
     if accuracy is not None:
         summary["accuracy"] = accuracy
     return summary

@@ -251,17 +251,16 @@ class DriftRule:
         scale: float | None = None,
         k: float | None = None,
         h: float | None = None,
+        watch: float | None = None,
+        warning: float | None = None,
     ) -> DriftRule:
         """This rule with user-given values (None keeps the rule's own). A ``threshold`` is a
-        projection; it sets the one-turn flag relative to the reference."""
-        changes: dict[str, Any] = {}
-        for key, value in {"reference": reference, "scale": scale}.items():
-            if value is not None:
-                changes[key] = value
-        if k is not None:
-            changes["k"] = k
-        if h is not None:
-            changes["h"] = h
+        projection; it sets the one-turn flag relative to the reference. ``watch`` (shortfall)
+        and ``warning`` (EWMA limit) are in the rule's units, like ``k`` and ``h``."""
+        if threshold is not None and watch is not None:
+            raise PersonaAxisError("Give the one-turn flag as --threshold or --watch, not both.")
+        given = dict(reference=reference, scale=scale, k=k, h=h, watch=watch, warning=warning)
+        changes: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
         told = {"threshold": threshold, "reference": reference, "scale": scale}
         named = ", ".join(f"{key} {value:g}" for key, value in told.items() if value is not None)
         if named:
