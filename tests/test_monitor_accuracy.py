@@ -65,7 +65,8 @@ def test_groups_twins_and_warning_tradeoff() -> None:
         entry("drifting", ["none", "none", "alarm"], [None, 0.0, 9.0], 2),
     ]
     entries[1]["meta"] |= {"domain": "roleplay", "twin_of": "drift-1"}
-    entries[2]["meta"]["domain"] = entries[3]["meta"]["domain"] = "roleplay"
+    entries[2]["meta"] |= {"domain": "roleplay", "twin_of": "twin-1"}
+    entries[3]["meta"]["domain"] = "roleplay"
     result = evaluate(entries, k=0.5, ewma_lambda=0.5, limits=(4.0,), warning_limits=(1.0, 2.5))
     assert result is not None
     groups = result["by_group"]["alarm"]

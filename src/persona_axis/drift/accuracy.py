@@ -65,7 +65,8 @@ class Labelled:
             return None
         drift_turn = meta.get("drift_turn")
         turns = entry.get("turns") or []
-        group = str(meta.get("domain") or "") + (" twin" if meta.get("twin_of") else "")
+        twin = label == BENIGN and meta.get("twin_of")  # drifting records name their twin too
+        group = str(meta.get("domain") or "") + (" twin" if twin else "")
         return cls(
             str(label),
             int(drift_turn) if isinstance(drift_turn, int) and label == DRIFTING else None,
