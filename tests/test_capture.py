@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from persona_axis.errors import PersonaAxisError
-from persona_axis.inference.capture import PoolingPlan, SpanPooler, pool_spans, response_activations
+from persona_axis.inference.capture import (
+    PoolingPlan,
+    SpanPooler,
+    pool_spans,
+    pool_spans_chunked,
+    response_activations,
+)
 from persona_axis.models import LoadedModel
 from tiny_models import ARCHITECTURES, tiny_lm
 
@@ -168,3 +174,18 @@ def test_bad_requests_get_clear_errors() -> None:
         pool_spans(lm, [[1, 2, 3]], [])
     with pytest.raises(PersonaAxisError, match="no assistant message"):
         response_activations(lm, [[{"role": "user", "content": "hi"}]])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_chunked_pooling_with_a_kv_cache_equals_one_pass(arch: str) -> None:
+    """Chunks of 7 tokens through a KV cache (spans crossing chunk ends, a chunk of context
+    only) give the single pass's span means; Gemma's 8-token sliding window included."""
+    lm = tiny_lm(arch)
+    sequences, spans = rendered_batch(lm)
+    sequence, units = sequences[1], spans[1]
+    (whole,) = pool_spans(lm, [sequence], [units], layers=[0, 2])
+    for chunk_tokens in (7, 1000):
+        chunked = pool_spans_chunked(lm, sequence, units, [0, 2], chunk_tokens=chunk_tokens)
+        torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-5)
+    with pytest.raises(PersonaAxisError, match="holds no tokens"):
+        pool_spans_chunked(lm, sequence, [((3, 3),)], [0])

@@ -15,14 +15,13 @@ from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app
 from persona_axis.drift.conversations import Conversation
 from persona_axis.drift.monitor import (
-    DriftRule,
-    cusum_lower,
     default_band,
     monitor,
     parse_layers,
     projections_from_tokens,
     turn_projections,
 )
+from persona_axis.drift.rule import DriftRule, cusum_lower
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.inference.interventions import InterventionSpec, intervene
@@ -47,13 +46,13 @@ CHAT = [
 
 
 def rule(**changes) -> DriftRule:
-    settings = {"layer": 0, "threshold": -2.0, "reference": 0.0, "scale": 1.0}
+    settings = {"layer": 0, "reference": 0.0, "scale": 1.0, "watch": 2.0}
     return DriftRule(**{**settings, **changes})
 
 
 def alarm_turn(values: list[float | None], r: DriftRule) -> int | None:
-    _, sums = r.judge(values)
-    return next((i + 1 for i, s in enumerate(sums) if s is not None and s >= r.h), None)
+    verdicts = r.judge(values)
+    return next((i + 1 for i, v in enumerate(verdicts) if v.level == "alarm"), None)
 
 
 def test_cusum_accumulates_shortfalls_beyond_the_allowance() -> None:
@@ -81,18 +80,32 @@ def test_alarm_turns_on_synthetic_trajectories(trajectory, expected) -> None:
 
 def test_recovery_lowers_the_statistic_and_flags_follow_the_threshold() -> None:
     r = rule()
-    flags, sums = r.judge([-3.0, -3.0, 2.0, 2.0, 2.0, None])
-    assert flags == [True, True, False, False, False, None]
-    assert sums == [2.5, 5.0, 2.5, 0.0, 0.0, None]
-    no_threshold = rule(threshold=None)
-    assert no_threshold.judge([-9.0])[0] == [None]
+    verdicts = r.judge([-3.0, -3.0, 2.0, 2.0, 2.0, None])
+    assert [v.below_threshold for v in verdicts] == [True, True, False, False, False, None]
+    assert [v.cusum for v in verdicts] == [2.5, 5.0, 2.5, 0.0, 0.0, None]
+    assert [v.level for v in verdicts] == ["watch", "alarm", "none", "none", "none", "none"]
+    assert r.threshold == -2.0
+    no_threshold = rule(watch=None)
+    assert no_threshold.judge([-9.0])[0].below_threshold is None
+
+
+def test_watch_and_warning_limits_can_be_overridden() -> None:
+    r = rule().with_overrides(watch=10.0, warning=0.8)
+    assert (r.watch, r.warning, r.h) == (10.0, 0.8, rule().h)
+    (verdict,) = r.judge([-3.0])  # shortfall 3: EWMA 0.9, CUSUM 2.5
+    assert verdict.below_threshold is False and verdict.level == "warning"
+    assert rule().judge([-3.0])[0].level == "watch"
+    with pytest.raises(PersonaAxisError, match="not both"):
+        rule().with_overrides(threshold=1.0, watch=2.0)
 
 
 def test_rule_without_cusum_and_bad_settings() -> None:
-    plain = DriftRule(layer=1, threshold=1.0, reference=None, scale=None)
-    assert plain.judge([0.0, 2.0]) == ([True, False], [None, None])
+    plain = DriftRule(layer=1, reference=None, scale=None)
+    assert [v.level for v in plain.judge([0.0, 2.0])] == ["none", "none"]
+    with pytest.raises(PersonaAxisError, match="give --reference and --scale"):
+        plain.with_overrides(threshold=1.0)
     with pytest.raises(PersonaAxisError, match="both the CUSUM reference and scale"):
-        DriftRule(layer=1, threshold=None, reference=1.0, scale=None)
+        DriftRule(layer=1, reference=1.0, scale=None)
     with pytest.raises(PersonaAxisError, match="positive"):
         rule(scale=0.0)
     with pytest.raises(PersonaAxisError, match="h > 0"):
@@ -119,10 +132,10 @@ def test_rule_from_calibration_uses_default_replies(bundle: AxisBundle) -> None:
     layer = bundle.target_layer
     table = bundle.manifest["calibration"]["per_response_by_kind"]["default"][layer]
     p1, p25, p50, p75 = table  # percentiles 1, 25, 50, 75
-    assert r.layer == layer and r.threshold == p1 and r.reference == p50
+    assert r.layer == layer and r.threshold == pytest.approx(p1) and r.reference == p50
     assert r.scale == pytest.approx((p75 - p25) / 1.349)
     assert "default replies' p1" in r.source
-    assert DriftRule.from_bundle(bundle, percentile=25).threshold == p25
+    assert DriftRule.from_bundle(bundle, percentile=25).threshold == pytest.approx(p25)
     with pytest.raises(PersonaAxisError, match="not 5; pick one"):
         DriftRule.from_bundle(bundle, percentile=5)
 
@@ -281,15 +294,38 @@ def test_monitor_command_writes_results_and_reports_failures(tmp_path: Path) -> 
 def test_monitor_command_alarm_exit_status(tmp_path: Path) -> None:
     chat = tmp_path / "chat.json"
     chat.write_text(json.dumps(CHAT))
-    args = ["monitor", str(chat), "--bundle", str(tiny_axis().bundle), "--out", str(tmp_path)]
+    args = ["monitor", str(chat), "--bundle", str(tiny_axis().bundle)]
     args += ["--no-progress", "--no-turns", "--fail-on-alarm"]
-    calm = runner.invoke(app, [*args, "--cusum-h", "1000"])
+    calm = runner.invoke(app, [*args, "--out", str(tmp_path / "a"), "--cusum-h", "1000"])
     assert calm.exit_code == 0, calm.output
     assert "no alarm" in calm.output
-    alarmed = runner.invoke(
-        app, [*args, "--threshold", "1000", "--reference", "1000", "--scale", "1"]
-    )
+    overrides = ["--threshold", "1000", "--reference", "1000", "--scale", "1"]
+    alarmed = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), *overrides])
     assert alarmed.exit_code == 1, alarmed.output
     assert "ALARM at turn 1" in alarmed.output and "first flag at turn 1" in alarmed.output
-    bad = runner.invoke(app, [*args, "--threshold-percentile", "7"])
+    mixed = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])  # other settings
+    assert mixed.exit_code != 0 and "other settings" in str(mixed.exception)
+    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "c"), "--threshold-percentile", "7"])
     assert bad.exit_code != 0 and "pick one" in str(bad.exception)
+
+
+def test_a_killed_monitor_run_resumes_from_its_journal(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"id": f"c{i}", "messages": CHAT}) + "\n" for i in range(3)))
+    out = tmp_path / "out"
+    args = ["monitor", str(log), "--bundle", str(tiny_axis().bundle), "--out", str(out)]
+    args += ["--no-progress", "--no-turns", "--batch-size", "1"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    journal = out / "monitor.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    assert len(lines) == 4  # the settings, then one line per conversation as it finished
+    journal.write_text("".join(lines[:2]) + lines[2][:25])  # killed while writing the second
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "(1 done by an earlier run)" in resumed.output and "this run: 2 in" in resumed.output
+    data = json.loads((out / "monitor.json").read_text())
+    assert [c["id"] for c in data["conversations"]] == ["c0", "c1", "c2"]
+    again = runner.invoke(app, [*args, "--restart"])
+    assert "this run: 3 in" in again.output
+    assert len(journal.read_text().splitlines()) == 4

@@ -72,6 +72,7 @@ LAYERWISE_KEYS = ("axis", "default")
 LAYERWISE_PREFIXES = ("role/", "role_somewhat/", "trait/")
 DIRECTION_KEYS_NOTE = "direction_keys"
 MEAN_NORM_KEY = "stats/mean_norm"
+MONITOR_CALIBRATION_KEY = "monitor_calibration"
 RECOMMENDED = "recommended"
 NO_CAP = "none"
 RESERVED_MANIFEST_KEYS = frozenset(
@@ -317,6 +318,22 @@ class AxisBundle:
         """The build's projection percentiles per layer and rollout kind (None when the bundle
         records none, e.g. an imported axis)."""
         return ProjectionCalibration.from_manifest(self.manifest)
+
+    @property
+    def monitor_calibration(self) -> dict[str, Any] | None:
+        """The drift monitor's calibration (manifest ``monitor_calibration``, written by
+        ``persona-axis calibrate-monitor``; read by
+        :class:`persona_axis.drift.calibration.MonitorCalibration`), or None."""
+        value = self.manifest.get(MONITOR_CALIBRATION_KEY)
+        return dict(value) if isinstance(value, dict) else None
+
+    def set_monitor_calibration(self, data: Mapping[str, Any]) -> None:
+        """Store a monitor calibration (plain JSON) in the manifest; :meth:`save` writes it."""
+        try:
+            json.dumps(data, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise PersonaAxisError(f"A monitor calibration must be plain JSON ({exc}).") from exc
+        self.manifest[MONITOR_CALIBRATION_KEY] = dict(data)
 
     def mean_norms(self, lm: LoadedModel | None = None) -> Tensor:
         """``[n_layers]`` mean residual norm ``‖h‖`` per layer (the steering scale): the stored

@@ -12,6 +12,7 @@ import typer
 
 from persona_axis.cli import (
     build,
+    calibrate_monitor,
     chat,
     demo,
     evals,
@@ -38,6 +39,7 @@ for command in (
     chat.chat,
     build.build,
     monitor.monitor,
+    calibrate_monitor.calibrate_monitor,
     simulate.simulate,
     report.report,
     serve.serve,

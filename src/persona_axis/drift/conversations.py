@@ -20,7 +20,7 @@ is several JSON values one per line). Positions are ``line N`` (1-based) in JSON
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,81 +195,116 @@ def _is_message(item: Any) -> bool:
     return isinstance(item, Mapping) and "role" in item and "messages" not in item
 
 
-def read_conversations(path: str | Path) -> tuple[list[Conversation], list[ReadFailure]]:
-    """Every conversation in ``path`` plus a failure per unusable record (module doc).
-
-    An unreadable file or invalid JSON gives one failure for the whole file.
-    """
+def iter_conversations(path: str | Path) -> Iterator[Conversation | ReadFailure]:
+    """Every conversation in ``path``, and a failure per unusable record, in file order
+    (module doc). JSONL files are read line by line, never whole; a JSON file is one
+    document and is read whole. An unreadable file or invalid JSON gives one failure for the
+    whole file."""
     file = Path(path)
     source = str(path)
+    if file.suffix.lower() in JSONL_SUFFIXES:
+        yield from _iter_jsonl(file, source)
+        return
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return [], [ReadFailure(source, "whole file", f"cannot read the file ({reason}).")]
-    if file.suffix.lower() in JSONL_SUFFIXES:
-        return _read_jsonl(text, source)
+        yield _unreadable(source, exc)
+        return
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data" and text.count("\n") > 0:
-            return _read_jsonl(text, source)  # JSON Lines in a .json file
-        return [], [
-            ReadFailure(
-                source,
-                f"line {exc.lineno} column {exc.colno}",
-                f"not valid JSON ({exc.msg}); fix the file, or use .jsonl for one "
-                "conversation per line.",
-            )
-        ]
+        if exc.msg == "Extra data" and text.count("\n") > 0:  # JSON Lines in a .json file
+            yield from _records_of_lines(enumerate(text.splitlines(), start=1), source)
+            return
+        yield ReadFailure(
+            source,
+            f"line {exc.lineno} column {exc.colno}",
+            f"not valid JSON ({exc.msg}); fix the file, or use .jsonl for one "
+            "conversation per line.",
+        )
+        return
+    except RecursionError:
+        yield ReadFailure(source, "whole file", "JSON nested too deeply to read; fix the file.")
+        return
     if isinstance(data, list) and data and all(_is_message(item) for item in data):
         records: list[tuple[str, Any]] = [("whole file", data)]
     elif isinstance(data, list):
         if not data:
-            return [], [ReadFailure(source, "whole file", "the file holds an empty list.")]
+            yield ReadFailure(source, "whole file", "the file holds an empty list.")
+            return
         records = [(f"index {i}", item) for i, item in enumerate(data)]
     else:
         records = [("whole file", data)]
-    return _parse_all(records, source)
+    for position, record in records:
+        yield _parse_or_fail(record, source, position)
 
 
-def _read_jsonl(text: str, source: str) -> tuple[list[Conversation], list[ReadFailure]]:
-    records: list[tuple[str, Any]] = []
+def read_conversations(path: str | Path) -> tuple[list[Conversation], list[ReadFailure]]:
+    """:func:`iter_conversations` collected: the good conversations and the failures."""
+    conversations: list[Conversation] = []
     failures: list[ReadFailure] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for item in iter_conversations(path):
+        if isinstance(item, ReadFailure):
+            failures.append(item)
+        else:
+            conversations.append(item)
+    return conversations, failures
+
+
+def _unreadable(source: str, exc: Exception) -> ReadFailure:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ReadFailure(source, "whole file", f"cannot read the file ({reason}).")
+
+
+def _iter_jsonl(file: Path, source: str) -> Iterator[Conversation | ReadFailure]:
+    try:
+        handle = file.open("rb")
+    except OSError as exc:
+        yield _unreadable(source, exc)
+        return
+    with handle:
+        lines = ((number, raw) for number, raw in enumerate(handle, start=1))
+        yield from _records_of_lines(lines, source)
+
+
+def _records_of_lines(
+    lines: Iterable[tuple[int, str | bytes]], source: str
+) -> Iterator[Conversation | ReadFailure]:
+    """One record per non-blank line; a line that is not UTF-8 or not JSON fails alone."""
+    seen = False
+    for number, raw in lines:
+        position = f"line {number}"
+        try:
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as exc:
+            seen = True
+            yield ReadFailure(source, position, f"not UTF-8 text ({exc.reason}); fix the line.")
+            continue
         if not line.strip():
             continue
+        seen = True
         try:
-            records.append((f"line {number}", json.loads(line)))
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
-            failures.append(
-                ReadFailure(
-                    source,
-                    f"line {number}",
-                    f"not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line.",
-                )
+            yield ReadFailure(
+                source,
+                position,
+                f"not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line.",
             )
-    if not records and not failures:
-        failures.append(ReadFailure(source, "whole file", "the file holds no conversation."))
-    conversations, bad = _parse_all(records, source)
-    return conversations, sorted(failures + bad, key=lambda f: _line_number(f.position))
+            continue
+        except RecursionError:
+            yield ReadFailure(source, position, "JSON nested too deeply; fix the line.")
+            continue
+        yield _parse_or_fail(record, source, position)
+    if not seen:
+        yield ReadFailure(source, "whole file", "the file holds no conversation.")
 
 
-def _line_number(position: str) -> int:
-    head, _, number = position.partition(" ")
-    return int(number) if head == "line" and number.isdigit() else 0
-
-
-def _parse_all(
-    records: list[tuple[str, Any]], source: str
-) -> tuple[list[Conversation], list[ReadFailure]]:
-    conversations, failures = [], []
-    for position, record in records:
-        try:
-            conversations.append(_parse(record, source, position))
-        except PersonaAxisError as exc:
-            failures.append(ReadFailure(source, position, str(exc)))
-    return conversations, failures
+def _parse_or_fail(record: Any, source: str, position: str) -> Conversation | ReadFailure:
+    try:
+        return _parse(record, source, position)
+    except PersonaAxisError as exc:
+        return ReadFailure(source, position, str(exc))
 
 
 def write_jsonl(conversations: Sequence[Conversation], path: str | Path) -> Path:

@@ -1,203 +1,68 @@
-"""Drift monitoring: per-turn projections of logged conversations on the Assistant Axis.
+"""Drift monitoring: per-turn projections of logged conversations, alert levels and alarms.
 
-For each conversation one teacher-forced forward pass (no LM head, stopped after the deepest
-layer needed) pools every assistant turn's content tokens at the target layer and a layer band;
-the turn's **projection** is ``⟨mean h, â_L⟩`` on the unit axis (float32, residual-stream units,
-higher = more Assistant-like), the same number live telemetry reads during generation
-(:func:`persona_axis.inference.telemetry.generate_with_telemetry`).
+Every assistant turn is projected on the Assistant Axis at the rule's layer (and a band of
+layers for display) under the context policy (:mod:`persona_axis.drift.context`: at most a
+window of context per turn, KV cache reused from turn to turn, batched when short;
+:mod:`persona_axis.drift.projections`). Each turn records the context it was read with; a
+conversation where context was cut carries one warning. The rule
+(:mod:`persona_axis.drift.rule`) turns the projections into alert levels (watch / warning /
+alarm); :func:`persona_axis.drift.calibration.drift_rule` picks it from the bundle.
 
-Each turn is then judged by a :class:`DriftRule` at the target layer:
-
-- **flag**: the turn's projection is below ``threshold``, by default the 1st percentile of the
-  bundle's *default* replies (``calibration.per_response_by_kind.default``), i.e. lower than
-  nearly every reply the model gives as itself;
-- **CUSUM alarm** on a sustained fall: with ``z_t = (reference − x_t) / scale`` (how far below
-  the typical Assistant reply, in units of its spread),
-  ``S_0 = 0, S_t = max(0, S_{t−1} + z_t − k)``, and the alarm is raised at the first turn with
-  ``S_t ≥ h``. ``reference`` is the default replies' median and ``scale`` their spread
-  (``(p75 − p25) / 1.349``, the standard deviation for normal data). With ``k = 0.5`` and
-  ``h = 4`` (the textbook choice for detecting a one-standard-deviation shift) a conversation
-  sitting 1.5 scales below the reference alarms at turn 4, one sitting at the reference never
-  does, and a single very low turn (``z > 4.5``) alarms at once. Turns without content tokens
-  are skipped (``S`` unchanged).
-
-Bundles without per-kind calibration (older builds) fall back to the default vector: its
-projection is the reference (the mean default reply), the threshold lies halfway to the mean
-role (``reference − ‖a_L‖ / 2``: the axis is default − mean role) and the scale is
-``‖a_L‖ / 4``. Bundles with neither (imported axes) have no rule unless a threshold is given;
-projections are still reported.
+:func:`iter_monitor` streams: it takes conversations (and read failures) one by one, runs them
+in small buffers and yields each result as soon as its buffer is done, in input order, so huge
+logs never sit in memory whole. :func:`monitor` collects everything into a
+:class:`MonitorResult`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from persona_axis.drift.context import (
+    ContextPolicy,
+    ConversationPlan,
+    TurnContext,
+    plan_conversation,
+)
 from persona_axis.drift.conversations import Conversation, ReadFailure
+from persona_axis.drift.features import TurnFeatures
+from persona_axis.drift.projections import (
+    project_plans,
+    projections_from_tokens,
+    turn_projections,
+)
+from persona_axis.drift.rule import LEVELS, DriftRule, Level, cusum_lower
 from persona_axis.errors import PersonaAxisError
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
     from persona_axis.axis.bundle import AxisBundle
-    from persona_axis.inference.capture import Segments
     from persona_axis.models.chat import Message
     from persona_axis.models.loading import LoadedModel
 
 RESULT_FORMAT = "persona-axis monitor"
-RESULT_VERSION = 1
-NORMAL_IQR = 1.349  # (p75 - p25) of a standard normal distribution
-DEFAULT_K = 0.5
-DEFAULT_H = 4.0
-DEFAULT_PERCENTILE = 1.0
+RESULT_VERSION = 2
 BAND_HALF_WIDTH = 2
+NO_CONTENT = "no assistant message with content; nothing to monitor."
 
-
-# -- the drift rule -----------------------------------------------------------------------------
-
-
-def cusum_lower(
-    values: Sequence[float | None], reference: float, scale: float, k: float = DEFAULT_K
-) -> list[float | None]:
-    """One-sided (downward) CUSUM statistics ``S_t`` of ``values`` (module doc).
-
-    ``S_t = max(0, S_{t−1} + (reference − x_t) / scale − k)``, ``S_0 = 0``; a None value (a turn
-    without content) gives None and leaves ``S`` unchanged. Unitless (multiples of ``scale``).
-    """
-    if not scale > 0 or not math.isfinite(scale):
-        raise PersonaAxisError(f"The CUSUM scale must be a positive number, not {scale!r}.")
-    if k < 0:
-        raise PersonaAxisError(f"The CUSUM allowance k must be >= 0, not {k!r}.")
-    total = 0.0
-    out: list[float | None] = []
-    for value in values:
-        if value is None or not math.isfinite(value):
-            out.append(None)
-            continue
-        total = max(0.0, total + (reference - value) / scale - k)
-        out.append(total)
-    return out
-
-
-@dataclass(frozen=True)
-class DriftRule:
-    """How per-turn projections at one layer are judged (module doc).
-
-    ``threshold``: flag a turn whose projection is below it (None: no flag). ``reference`` and
-    ``scale``: the CUSUM's in-control level and unit (None: no CUSUM). ``k``: allowance per turn,
-    ``h``: decision limit, both in multiples of ``scale``. ``source`` says where the numbers came
-    from. All values are projections on the unit axis at ``layer``.
-    """
-
-    layer: int
-    threshold: float | None
-    reference: float | None
-    scale: float | None
-    k: float = DEFAULT_K
-    h: float = DEFAULT_H
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if (self.reference is None) != (self.scale is None):
-            raise PersonaAxisError("Give both the CUSUM reference and scale, or neither.")
-        if self.scale is not None and not self.scale > 0:
-            raise PersonaAxisError(f"The CUSUM scale must be positive, not {self.scale}.")
-        if self.k < 0 or self.h <= 0:
-            raise PersonaAxisError(f"CUSUM needs k >= 0 and h > 0, not k={self.k}, h={self.h}.")
-
-    @property
-    def has_cusum(self) -> bool:
-        return self.reference is not None and self.scale is not None
-
-    @classmethod
-    def from_bundle(
-        cls,
-        bundle: AxisBundle,
-        layer: int | None = None,
-        *,
-        percentile: float = DEFAULT_PERCENTILE,
-        k: float = DEFAULT_K,
-        h: float = DEFAULT_H,
-    ) -> DriftRule:
-        """The rule calibrated from ``bundle`` at ``layer`` (default: its target layer).
-
-        ``percentile`` picks the flag threshold among the default replies' stored percentiles.
-        """
-        layer = bundle.target_layer if layer is None else layer
-        calibration = bundle.calibration
-        row = None if calibration is None else calibration.levels_at("default", layer)
-        if calibration is not None and row is not None:
-            if float(percentile) not in row:
-                raise PersonaAxisError(
-                    f"The bundle stores default-reply percentiles {list(row)}, not "
-                    f"{percentile:g}; pick one of them (--threshold-percentile) or give "
-                    "--threshold."
-                )
-            threshold = row[float(percentile)]
-            reference = row.get(50.0)
-            scale = None
-            if 25.0 in row and 75.0 in row:
-                scale = (row[75.0] - row[25.0]) / NORMAL_IQR
-            elif reference is not None and 0 < percentile < 50:
-                scale = (reference - threshold) / -statistics.NormalDist().inv_cdf(percentile / 100)
-            if reference is not None and scale is not None and scale > 0:
-                return cls(
-                    layer,
-                    threshold,
-                    reference,
-                    scale,
-                    k,
-                    h,
-                    f"bundle calibration: default replies' p{percentile:g} (threshold), median "
-                    f"(reference), IQR/1.349 (scale); {calibration.n_rollouts} rollouts in the "
-                    "build",
-                )
-        if "default" in bundle.vectors:
-            from persona_axis.axis.vectors import project
-
-            reference = float(project(bundle.default[layer], bundle.axis, layer))
-            length = float(bundle.axis[layer].norm())
-            return cls(
-                layer,
-                reference - length / 2,
-                reference,
-                length / 4,
-                k,
-                h,
-                "bundle without per-kind calibration: default vector's projection (reference), "
-                "halfway to the mean role (threshold), |axis|/4 (scale)",
-            )
-        return cls(layer, None, None, None, k, h, "no calibration and no default vector: no rule")
-
-    def judge(self, values: Sequence[float | None]) -> tuple[list[bool | None], list[float | None]]:
-        """Per turn: below the threshold (None without one or without a value), and ``S_t``."""
-        flags = [
-            None if self.threshold is None or v is None else v < self.threshold for v in values
-        ]
-        if not self.has_cusum:
-            return flags, [None] * len(values)
-        assert self.reference is not None and self.scale is not None
-        return flags, cusum_lower(values, self.reference, self.scale, self.k)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "layer": self.layer,
-            "threshold": self.threshold,
-            "reference": self.reference,
-            "scale": self.scale,
-            "k": self.k,
-            "h": self.h,
-            "source": self.source,
-        }
-
-
-# -- projections --------------------------------------------------------------------------------
+__all__ = [
+    "ConversationReading",
+    "DriftRule",
+    "MonitorResult",
+    "TurnReading",
+    "cusum_lower",
+    "default_band",
+    "iter_monitor",
+    "monitor",
+    "parse_layers",
+    "projections_from_tokens",
+    "turn_projections",
+]
 
 
 def default_band(bundle: AxisBundle) -> list[int]:
@@ -212,7 +77,10 @@ def default_band(bundle: AxisBundle) -> list[int]:
 
 
 def parse_layers(text: str, n_layers: int) -> list[int]:
-    """``"12:16"`` (half-open band) or ``"12,14,15"`` → layer list, checked against the model."""
+    """``"12:16"`` (half-open band), ``"12,14,15"`` or ``""`` (none) → layer list, checked
+    against the model."""
+    if not text.strip():
+        return []
     try:
         if ":" in text:
             first, stop = (int(part) for part in text.split(":"))
@@ -230,78 +98,19 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
     return sorted(set(layers))
 
 
-def projections_from_tokens(
-    lm: LoadedModel,
-    axis: Tensor,
-    sequences: Sequence[Sequence[int]],
-    spans: Sequence[Sequence[Segments]],
-    layers: Sequence[int],
-    *,
-    batch_size: int = 4,
-    progress: bool = False,
-) -> list[Tensor]:
-    """Per sequence ``[n_spans, len(layers)]`` float32: each span's mean hidden state at each
-    layer (``sorted(set(layers))``) projected on the unit ``axis`` ``[n_layers, d]`` of that
-    layer. One forward pass per sequence (batched by length), no LM head."""
-    import torch
-
-    from persona_axis.axis.vectors import unit
-    from persona_axis.inference.capture import pool_spans
-
-    chosen = sorted(set(layers))
-    units = unit(axis[chosen].float())  # [n_chosen, d]
-    pooled = pool_spans(
-        lm, sequences, spans, chosen, batch_size=batch_size, padding_side="right", progress=progress
-    )
-    return [torch.einsum("tld,ld->tl", acts, units) for acts in pooled]
-
-
-def turn_projections(
-    lm: LoadedModel,
-    axis: Tensor,
-    conversations: Sequence[Sequence[Message]],
-    layers: Sequence[int],
-    *,
-    batch_size: int = 4,
-    progress: bool = False,
-) -> list[Tensor]:
-    """Per conversation ``[n_assistant_turns, len(layers)]`` float32 projections of each
-    assistant turn's content mean on the unit axis (layers ``sorted(set(layers))``); turns with
-    no content token are NaN. Raises :class:`PersonaAxisError` for a conversation the chat
-    template refuses or one without an assistant turn."""
-    import torch
-
-    chosen = sorted(set(layers))
-    sequences, spans, kept = [], [], []
-    for index, conversation in enumerate(conversations):
-        rendered = lm.chat.render(conversation)
-        turns = rendered.role_spans("assistant")
-        usable = [i for i, span in enumerate(turns) if span.segments]
-        if not usable:
-            raise PersonaAxisError(
-                f"Conversation {index} has no assistant message with content; nothing to monitor."
-            )
-        sequences.append(rendered.input_ids)
-        spans.append([turns[i].segments for i in usable])
-        kept.append((len(turns), usable))
-    values = projections_from_tokens(
-        lm, axis, sequences, spans, chosen, batch_size=batch_size, progress=progress
-    )
-    out = []
-    for (n_turns, usable), projected in zip(kept, values, strict=True):
-        full = torch.full((n_turns, len(chosen)), float("nan"))
-        full[usable] = projected
-        out.append(full)
-    return out
-
-
 # -- results ------------------------------------------------------------------------------------
+
+
+def _rounded(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(value, digits)
 
 
 @dataclass(frozen=True)
 class TurnReading:
     """One assistant turn: ``turn`` (1-based), its message index (0-based), content tokens,
-    projection at the rule's layer and per band layer (None without content), flag and CUSUM."""
+    content features, projection at the rule's layer and per band layer (None without content),
+    the rule's verdict (expected projection, shortfall and change in scales, the alarm
+    statistics' input ``z``, EWMA, CUSUM, flag, level) and the context it was read with."""
 
     turn: int
     message_index: int
@@ -310,7 +119,22 @@ class TurnReading:
     band: dict[int, float | None]
     below_threshold: bool | None
     cusum: float | None
-    alarm: bool | None
+    level: Level = "none"
+    expected: float | None = None
+    shortfall: float | None = None
+    change: float | None = None
+    z: float | None = None
+    ewma: float | None = None
+    features: TurnFeatures | None = None
+    context: TurnContext | None = None
+
+    @property
+    def kind(self) -> str:
+        return "" if self.features is None else self.features.kind
+
+    @property
+    def alarm(self) -> bool | None:
+        return None if self.cusum is None else self.level == "alarm"
 
     @property
     def band_mean(self) -> float | None:
@@ -322,21 +146,31 @@ class TurnReading:
             "turn": self.turn,
             "message_index": self.message_index,
             "n_tokens": self.n_tokens,
-            "projection": self.projection,
-            "band": {str(layer): value for layer, value in self.band.items()},
-            "band_mean": self.band_mean,
+            "kind": self.kind,
+            "projection": _rounded(self.projection),
+            "band": {str(layer): _rounded(value) for layer, value in self.band.items()},
+            "band_mean": _rounded(self.band_mean),
+            "expected": _rounded(self.expected),
+            "shortfall": _rounded(self.shortfall, 4),
+            "change": _rounded(self.change, 4),
+            "z": _rounded(self.z, 4),
+            "ewma": _rounded(self.ewma, 4),
+            "cusum": _rounded(self.cusum, 4),
             "below_threshold": self.below_threshold,
-            "cusum": self.cusum,
+            "level": self.level,
             "alarm": self.alarm,
+            "context": None if self.context is None else self.context.to_dict(),
         }
 
 
 @dataclass(frozen=True)
 class ConversationReading:
-    """The monitored turns of one conversation."""
+    """The monitored turns of one conversation, and its context warning (None: no cut)."""
 
     conversation: Conversation
     turns: list[TurnReading]
+    warning: str | None = None
+    n_tokens: int = 0
 
     @property
     def projections(self) -> list[float | None]:
@@ -346,21 +180,42 @@ class ConversationReading:
     def first_flag_turn(self) -> int | None:
         return next((t.turn for t in self.turns if t.below_threshold), None)
 
+    def first_turn_at(self, level: Level) -> int | None:
+        """First turn at ``level`` or above."""
+        rank = LEVELS.index(level)
+        return next((t.turn for t in self.turns if LEVELS.index(t.level) >= rank), None)
+
     @property
     def alarm_turn(self) -> int | None:
-        return next((t.turn for t in self.turns if t.alarm), None)
+        return self.first_turn_at("alarm")
+
+    @property
+    def level(self) -> Level:
+        """The highest level any turn reached."""
+        return max((t.level for t in self.turns), key=LEVELS.index, default="none")
 
     def to_dict(self) -> dict[str, Any]:
         values = [v for v in self.projections if v is not None]
+        labels = {
+            key: value
+            for key, value in self.conversation.meta.items()
+            if isinstance(value, str | int | float | bool) or value is None
+        }
         return {
             "source": self.conversation.source,
             "position": self.conversation.position,
             "id": self.conversation.id,
             "layout": self.conversation.layout,
+            "meta": labels,
             "n_turns": len(self.turns),
-            "min_projection": min(values) if values else None,
+            "n_tokens": self.n_tokens,
+            "min_projection": _rounded(min(values)) if values else None,
+            "level": self.level,
             "first_flag_turn": self.first_flag_turn,
+            "first_watch_turn": self.first_turn_at("watch"),
+            "first_warning_turn": self.first_turn_at("warning"),
             "alarm_turn": self.alarm_turn,
+            "warning": self.warning,
             "turns": [turn.to_dict() for turn in self.turns],
         }
 
@@ -373,6 +228,7 @@ class MonitorResult:
     bundle: str
     rule: DriftRule
     band: list[int]
+    policy: ContextPolicy = field(default_factory=ContextPolicy)
     readings: list[ConversationReading] = field(default_factory=list)
     failures: list[ReadFailure] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
@@ -381,7 +237,8 @@ class MonitorResult:
     def alarms(self) -> list[ConversationReading]:
         return [r for r in self.readings if r.alarm_turn is not None]
 
-    def to_dict(self) -> dict[str, Any]:
+    def header(self) -> dict[str, Any]:
+        """Everything but the per-conversation entries (the settings of the run)."""
         return {
             "format": RESULT_FORMAT,
             "format_version": RESULT_VERSION,
@@ -390,11 +247,14 @@ class MonitorResult:
             "layer": self.rule.layer,
             "band": self.band,
             "rule": self.rule.to_dict(),
+            "context": self.policy.to_dict(),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.header(),
             "conversations": [reading.to_dict() for reading in self.readings],
-            "failures": [
-                {"source": f.source, "position": f.position, "error": f.error}
-                for f in self.failures
-            ],
+            "failures": [failure_dict(f) for f in self.failures],
             "timing": self.timing,
         }
 
@@ -405,128 +265,206 @@ class MonitorResult:
         return target
 
 
+def failure_dict(failure: ReadFailure) -> dict[str, str]:
+    return {"source": failure.source, "position": failure.position, "error": failure.error}
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Monitor:
+    """The settings of a monitoring run, resolved for one model and bundle."""
+
+    lm: LoadedModel
+    bundle: AxisBundle
+    rule: DriftRule
+    band: list[int]
+    policy: ContextPolicy
+    batch_size: int = 8
+
+    @classmethod
+    def create(
+        cls,
+        lm: LoadedModel,
+        bundle: AxisBundle,
+        *,
+        band: Sequence[int] | None = None,
+        rule: DriftRule | None = None,
+        policy: ContextPolicy | None = None,
+        batch_size: int = 8,
+    ) -> Monitor:
+        from persona_axis.drift.calibration import drift_rule
+
+        if batch_size < 1:
+            raise PersonaAxisError(f"batch_size must be at least 1, not {batch_size}.")
+        return cls(
+            lm,
+            bundle,
+            rule or drift_rule(bundle),
+            sorted(set(default_band(bundle) if band is None else band)),
+            (policy or ContextPolicy()).for_model(lm),
+            batch_size,
+        )
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({self.rule.layer, *self.band})
+
+    def result(self, bundle_label: str = "") -> MonitorResult:
+        return MonitorResult(self.lm.name, bundle_label, self.rule, self.band, self.policy)
+
+    def run(
+        self, items: Iterable[Conversation | ReadFailure]
+    ) -> Iterator[ConversationReading | ReadFailure]:
+        """Readings (and failures, passed through) in input order, a buffer at a time."""
+        buffer: list[Conversation | ReadFailure] = []
+        size = 2 * self.batch_size  # enough to group short conversations by length
+        for item in items:
+            buffer.append(item)
+            if len(buffer) >= size:
+                yield from self._run_buffer(buffer)
+                buffer = []
+        if buffer:
+            yield from self._run_buffer(buffer)
+
+    def _run_buffer(
+        self, items: list[Conversation | ReadFailure]
+    ) -> list[ConversationReading | ReadFailure]:
+        out: list[ConversationReading | ReadFailure | None] = []
+        planned: list[tuple[int, Conversation, ConversationPlan]] = []
+        for item in items:
+            if isinstance(item, ReadFailure):
+                out.append(item)
+                continue
+            try:
+                plan = plan_conversation(self.lm.chat, item.messages, self.policy)
+            except PersonaAxisError as exc:
+                out.append(ReadFailure(item.source, item.position, str(exc)))
+                continue
+            if not any(window.turns for window in plan.windows):
+                out.append(ReadFailure(item.source, item.position, NO_CONTENT))
+                continue
+            planned.append((len(out), item, plan))
+            out.append(None)
+        values = project_plans(
+            self.lm,
+            self.bundle.axis,
+            [plan for _, _, plan in planned],
+            self.layers,
+            batch_size=self.batch_size,
+        )
+        for (slot, conversation, plan), table in zip(planned, values, strict=True):
+            out[slot] = self.reading(conversation, plan, table.tolist())
+        return [item for item in out if item is not None]
+
+    def reading(
+        self, conversation: Conversation, plan: ConversationPlan, table: list[list[float]]
+    ) -> ConversationReading:
+        """Judge one conversation's projections ``table[turn][layer column]``."""
+        layers = self.layers
+        rows = [[_finite(x) for x in row] for row in table]
+        target = [row[layers.index(self.rule.layer)] for row in rows]
+        features = []
+        for number, context in enumerate(plan.contexts):
+            content = str(conversation.messages[context.message_index]["content"])
+            text = content.rpartition("</think>")[2]
+            features.append(TurnFeatures.of(text, plan.n_turn_tokens[number], number + 1))
+        verdicts = self.rule.judge(target, features)
+        turns = [
+            TurnReading(
+                turn=number + 1,
+                message_index=context.message_index,
+                n_tokens=plan.n_turn_tokens[number],
+                projection=target[number],
+                band={layer: rows[number][layers.index(layer)] for layer in self.band},
+                below_threshold=verdict.below_threshold,
+                cusum=verdict.cusum,
+                level=verdict.level,
+                expected=verdict.expected,
+                shortfall=verdict.shortfall,
+                change=verdict.change,
+                z=verdict.z,
+                ewma=verdict.ewma,
+                features=feature,
+                context=context,
+            )
+            for number, (context, verdict, feature) in enumerate(
+                zip(plan.contexts, verdicts, features, strict=True)
+            )
+        ]
+        return ConversationReading(conversation, turns, plan.warning, plan.n_tokens)
+
+
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def as_records(
+    conversations: Iterable[Conversation | ReadFailure | Sequence[Message]],
+) -> Iterator[Conversation | ReadFailure]:
+    """Records from plain message lists too (positions ``index N``)."""
+    for index, item in enumerate(conversations):
+        if isinstance(item, Conversation | ReadFailure):
+            yield item
+        else:
+            yield Conversation(tuple(map(dict, item)), position=f"index {index}")
+
+
+def iter_monitor(
+    lm: LoadedModel,
+    bundle: AxisBundle,
+    conversations: Iterable[Conversation | ReadFailure | Sequence[Message]],
+    *,
+    band: Sequence[int] | None = None,
+    rule: DriftRule | None = None,
+    policy: ContextPolicy | None = None,
+    batch_size: int = 8,
+) -> Iterator[ConversationReading | ReadFailure]:
+    """Stream :class:`ConversationReading` results (and :class:`ReadFailure` for records that
+    cannot be monitored) in input order (module doc)."""
+    runner = Monitor.create(lm, bundle, band=band, rule=rule, policy=policy, batch_size=batch_size)
+    return runner.run(as_records(conversations))
 
 
 def monitor(
     lm: LoadedModel,
     bundle: AxisBundle,
-    conversations: Sequence[Conversation | Sequence[Message]],
+    conversations: Iterable[Conversation | ReadFailure | Sequence[Message]],
     *,
     band: Sequence[int] | None = None,
     rule: DriftRule | None = None,
-    batch_size: int = 4,
-    progress: bool = False,
+    policy: ContextPolicy | None = None,
+    batch_size: int = 8,
     bundle_label: str = "",
 ) -> MonitorResult:
-    """Monitor ``conversations``: one forward pass each, readings at ``rule.layer`` (default:
-    the bundle's target layer) and ``band`` (default :func:`default_band`).
+    """Monitor ``conversations`` (module doc): readings at ``rule.layer`` (default: the rule of
+    :func:`~persona_axis.drift.calibration.drift_rule`) and ``band`` (default
+    :func:`default_band`), every turn read under the context ``policy``.
 
     ``conversations`` are :class:`Conversation` records (from the readers) or plain message
     lists. A conversation the chat template refuses, or one with no assistant content, becomes a
     :class:`ReadFailure` naming its file and position; the others are still monitored.
     """
-    records = [
-        c
-        if isinstance(c, Conversation)
-        else Conversation(tuple(map(dict, c)), position=f"index {i}")
-        for i, c in enumerate(conversations)
-    ]
-    rule = rule or DriftRule.from_bundle(bundle)
-    band_layers = sorted(set(default_band(bundle) if band is None else band))
-    layers = sorted({rule.layer, *band_layers})
-    result = MonitorResult(model=lm.name, bundle=bundle_label, rule=rule, band=band_layers)
-    prepared = []
+    runner = Monitor.create(lm, bundle, band=band, rule=rule, policy=policy, batch_size=batch_size)
+    result = runner.result(bundle_label)
     started = time.perf_counter()
-    for conversation in records:
-        try:
-            rendered = lm.chat.render(conversation.messages)
-        except PersonaAxisError as exc:
-            failure = ReadFailure(conversation.source, conversation.position, str(exc))
-            result.failures.append(failure)
-            continue
-        turns = rendered.role_spans("assistant")
-        if not any(span.segments for span in turns):
-            result.failures.append(
-                ReadFailure(
-                    conversation.source,
-                    conversation.position,
-                    "no assistant message with content; nothing to monitor.",
-                )
-            )
-            continue
-        prepared.append((conversation, rendered, turns))
-    usable = [[i for i, s in enumerate(turns) if s.segments] for _, _, turns in prepared]
-    values = projections_from_tokens(
-        lm,
-        bundle.axis,
-        [rendered.input_ids for _, rendered, _ in prepared],
-        [
-            [turns[i].segments for i in keep]
-            for (_, _, turns), keep in zip(prepared, usable, strict=True)
-        ],
-        layers,
-        batch_size=batch_size,
-        progress=progress,
-    )
-    elapsed = time.perf_counter() - started
-    roles = [
-        [i for i, m in enumerate(c.messages) if m["role"] == "assistant"] for c, _, _ in prepared
-    ]
-    for (conversation, _, turns), keep, projected, indices in zip(
-        prepared, usable, values, roles, strict=True
-    ):
-        table: list[list[float | None]] = [[None] * len(layers) for _ in turns]
-        for row, turn in zip(projected.tolist(), keep, strict=True):
-            table[turn] = [_finite(float(x)) for x in row]
-        target = [row[layers.index(rule.layer)] for row in table]
-        flags, sums = rule.judge(target)
-        alarms = [None if value is None else value >= rule.h for value in sums]
-        readings = [
-            TurnReading(
-                turn=number + 1,
-                message_index=indices[number],
-                n_tokens=span.n_tokens,
-                projection=target[number],
-                band={layer: table[number][layers.index(layer)] for layer in band_layers},
-                below_threshold=flags[number],
-                cusum=sums[number],
-                alarm=alarms[number],
-            )
-            for number, span in enumerate(turns)
-        ]
-        result.readings.append(ConversationReading(conversation, readings))
-    n = max(1, len(prepared))
-    result.timing = {
-        "seconds": round(elapsed, 3),
-        "conversations": len(prepared),
-        "seconds_per_conversation": round(elapsed / n, 4),
-        "assistant_turns": sum(len(r.turns) for r in result.readings),
-    }
+    for item in runner.run(as_records(conversations)):
+        if isinstance(item, ReadFailure):
+            result.failures.append(item)
+        else:
+            result.readings.append(item)
+    result.timing = timing(time.perf_counter() - started, result.readings)
     return result
 
 
-def with_overrides(
-    rule: DriftRule,
-    *,
-    threshold: float | None = None,
-    reference: float | None = None,
-    scale: float | None = None,
-    k: float | None = None,
-    h: float | None = None,
-) -> DriftRule:
-    """``rule`` with user-given values (None keeps the rule's own)."""
-    changes: dict[str, Any] = {}
-    given = {"threshold": threshold, "reference": reference, "scale": scale}
-    for key, value in given.items():
-        if value is not None:
-            changes[key] = value
-    if changes:
-        told = ", ".join(f"{key} {value:g}" for key, value in changes.items())
-        changes["source"] = f"{told} given by the user; {rule.source}"
-    if k is not None:
-        changes["k"] = k
-    if h is not None:
-        changes["h"] = h
-    return replace(rule, **changes)
+def timing(seconds: float, readings: Sequence[ConversationReading]) -> dict[str, float]:
+    """Seconds, conversations, seconds per conversation, assistant turns and tokens read."""
+    n = len(readings)
+    return {
+        "seconds": round(seconds, 3),
+        "conversations": n,
+        "seconds_per_conversation": round(seconds / max(1, n), 4),
+        "assistant_turns": sum(len(r.turns) for r in readings),
+        "tokens": sum(r.n_tokens for r in readings),
+    }

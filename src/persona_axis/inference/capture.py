@@ -8,6 +8,12 @@ and the LM head is never run: the decoder stack is called directly, without the 
 
 Batches mix lengths under right or left padding; position ids follow the attention mask, so a
 padded sequence gets the same activations as when it runs alone (up to float rounding).
+
+A sequence too long for one pass runs in chunks with a KV cache (:func:`pool_spans_chunked`):
+each chunk attends to the cached keys and values of the chunks before it, so the span means
+equal a single pass's (up to float rounding) while the attention buffers stay bounded by
+``chunk × sequence`` instead of ``sequence²``. The cache holds only the layers up to the last
+hooked one, since the pass stops there.
 """
 
 from __future__ import annotations
@@ -104,6 +110,7 @@ class SpanPooler:
         self._out: list[Tensor | None] = []
         params = inspect.signature(lm.stack.module.forward).parameters
         self._takes_positions = "position_ids" in params
+        self._cache_key = next((k for k in ("cache", "past_key_values") if k in params), None)
 
     def _hook(self, slot: int, is_last: bool) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
@@ -162,9 +169,6 @@ class SpanPooler:
             ids[row, pad : pad + len(seq)] = torch.as_tensor(seq, dtype=torch.long)
             mask[row, pad : pad + len(seq)] = 1
             offsets.append(pad)
-        self._cpu_plan = PoolingPlan.build(spans, offsets, width)
-        self._plan.clear()
-        self._out = [None] * len(self.layers)
         device = self.lm.device
         kwargs: dict[str, Any] = {
             "input_ids": ids.to(device),
@@ -173,6 +177,47 @@ class SpanPooler:
         }
         if self._takes_positions:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0).to(device)
+        return self._forward(kwargs, spans, offsets, width)
+
+    @torch.no_grad()
+    def run_cached(self, chunk: Sequence[int], spans: Sequence[Segments], cache: Any) -> Tensor:
+        """Pool one chunk of a single sequence that continues the tokens held in ``cache``.
+
+        ``spans`` are positions within the chunk; the chunk's tokens sit at absolute positions
+        ``past .. past + len(chunk)`` where ``past`` is what the cache holds. Returns
+        ``[n_spans, n_layers_chosen, d]`` float32 (CPU). The cache must only ever be fed through
+        this pooler (it stops after the last hooked layer, so deeper layers are never cached).
+        """
+        if not chunk:
+            raise PersonaAxisError("The chunk is empty; nothing to run.")
+        if self._cache_key is None:
+            raise PersonaAxisError(
+                f"{type(self.lm.stack.module).__name__} takes no KV cache argument, so long "
+                "sequences cannot be run in chunks; pass a window that fits one pass."
+            )
+        past = int(cache.get_seq_length())
+        device = self.lm.device
+        ids = torch.as_tensor([list(chunk)], dtype=torch.long)
+        kwargs: dict[str, Any] = {
+            "input_ids": ids.to(device),
+            self._cache_key: cache,
+            "use_cache": True,
+        }
+        if self._takes_positions:
+            kwargs["position_ids"] = torch.arange(past, past + len(chunk), device=device)[None]
+        (pooled,) = self._forward(kwargs, [spans], [0], len(chunk))
+        return pooled
+
+    def _forward(
+        self,
+        kwargs: dict[str, Any],
+        spans: Sequence[Sequence[Segments]],
+        offsets: Sequence[int],
+        width: int,
+    ) -> list[Tensor]:
+        self._cpu_plan = PoolingPlan.build(spans, offsets, width)
+        self._plan.clear()
+        self._out = [None] * len(self.layers)
         with contextlib.suppress(StopForward):  # raised after the last requested layer
             self.lm.stack.module(**kwargs)
         pooled = torch.stack([out for out in self._out if out is not None], dim=1)
@@ -219,6 +264,73 @@ def pool_spans(
                 results[i] = tensor
             bar.update(len(chunk))
     return [r for r in results if r is not None]
+
+
+def new_cache(lm: LoadedModel) -> Any:
+    """An empty KV cache for ``lm`` (transformers' ``DynamicCache``, laid out from its config)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=lm.model.config)
+
+
+def split_segments(segments: Segments, first: int, stop: int) -> tuple[tuple[int, int], ...]:
+    """The parts of ``segments`` inside ``[first, stop)``, shifted to start at ``first``."""
+    parts = []
+    for begin, end in segments:
+        low, high = max(begin, first), min(end, stop)
+        if high > low:
+            parts.append((low - first, high - first))
+    return tuple(parts)
+
+
+def pool_spans_chunked(
+    lm: LoadedModel,
+    sequence: Sequence[int],
+    spans: Sequence[Segments],
+    layers: Sequence[int] | None = None,
+    *,
+    chunk_tokens: int = 1024,
+    transform: TokenTransform | None = None,
+    pooler: SpanPooler | None = None,
+) -> Tensor:
+    """Span means over one long ``sequence``, run in chunks of at most ``chunk_tokens`` with a
+    KV cache (module doc): ``[n_spans, n_layers_chosen, d]`` float32, equal to
+    :func:`pool_spans` on the whole sequence up to float rounding.
+
+    A span crossing chunk boundaries is pooled per chunk and recombined weighted by its token
+    counts. The pass over each chunk stops after the last requested layer. Pass ``pooler``
+    (already :meth:`~SpanPooler.hooked`) to reuse its hooks across calls.
+    """
+    if chunk_tokens < 1:
+        raise PersonaAxisError(f"chunk_tokens must be at least 1, not {chunk_tokens}.")
+    if not sequence:
+        raise PersonaAxisError("The sequence is empty; nothing to run.")
+    counts = [sum(max(0, end - begin) for begin, end in segments) for segments in spans]
+    if any(count == 0 for count in counts):
+        raise PersonaAxisError(
+            f"Span {counts.index(0)} holds no tokens; every span to pool needs at least one "
+            "(an empty reply has no activation)."
+        )
+    if pooler is None:
+        pooler = SpanPooler(lm, layers, transform)
+        with pooler.hooked():
+            return pool_spans_chunked(lm, sequence, spans, chunk_tokens=chunk_tokens, pooler=pooler)
+    last = max(end for segments in spans for _, end in segments) if spans else 0
+    stop = min(len(sequence), last)  # nothing after the last span is needed
+    sums = torch.zeros(len(spans), len(pooler.layers), lm.shape.hidden_size)
+    cache = new_cache(lm)
+    for first in range(0, stop, chunk_tokens):
+        end = min(stop, first + chunk_tokens)
+        local = [split_segments(segments, first, end) for segments in spans]
+        used = [i for i, parts in enumerate(local) if parts]
+        chunk = sequence[first:end]
+        if not used:  # context only: feed it to the cache, pool a dummy span
+            pooler.run_cached(chunk, [((0, 1),)], cache)
+            continue
+        means = pooler.run_cached(chunk, [local[i] for i in used], cache)
+        weights = torch.tensor([sum(b - a for a, b in local[i]) for i in used], dtype=torch.float32)
+        sums[used] += means * weights[:, None, None]
+    return sums / torch.tensor(counts, dtype=torch.float32)[:, None, None]
 
 
 def response_activations(

@@ -1,0 +1,129 @@
+"""``persona-axis calibrate-monitor``: calibrate the drift monitor on benign multi-turn chats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from persona_axis.cli.common import (
+    AllowMismatchOption,
+    BundleOption,
+    DtypeOption,
+    ModelOption,
+    ProgressOption,
+    SeedOption,
+    console,
+    errors,
+    load_checked,
+)
+
+if TYPE_CHECKING:
+    from persona_axis.drift.calibration import MonitorCalibration
+
+RESULT_FILE = "monitor_calibration.json"
+
+
+def calibrate_monitor(
+    bundle: BundleOption,
+    out: Annotated[
+        Path, typer.Option(help="Folder for the generated chats and the calibration summary.")
+    ] = Path("monitor-calibration"),
+    model: ModelOption = None,
+    conversations: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Benign conversations the model holds itself (0: none, use --logs only)."
+        ),
+    ] = 74,
+    turns: Annotated[int, typer.Option(min=1, help="Assistant turns per conversation.")] = 6,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest reply, in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 0.7,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling.")] = 0.9,
+    logs: Annotated[
+        list[Path] | None,
+        typer.Option(help="Your own benign conversation logs (any monitor format); repeatable."),
+    ] = None,
+    layer: Annotated[
+        int | None, typer.Option(help="Layer to calibrate; default: the bundle's target layer.")
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(min=16, help="Context window (as for monitor).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Generation batch size.")] = 16,
+    seed: SeedOption = 0,
+    dtype: DtypeOption = "auto",
+    allow_mismatch: AllowMismatchOption = False,
+    write: Annotated[
+        bool, typer.Option(help="Store the calibration in the bundle (else only report it).")
+    ] = True,
+    progress: ProgressOption = True,
+) -> None:
+    """Fit the drift monitor's expected projection per turn (by code share, list share, length
+    and turn index) and its spread on benign multi-turn conversations, and store them in the
+    bundle with their provenance.
+
+    The conversations are held by the model itself in its default persona across many topics
+    (our package data; kill and re-run to continue from the last finished turn) and/or read
+    from --logs. `persona-axis monitor` then uses this calibration.
+    """
+    from persona_axis.axis.bundle import AxisBundle, bundle_directory
+    from persona_axis.drift.calibrate_monitor import calibrate
+    from persona_axis.drift.context import ContextPolicy
+    from persona_axis.files import write_json
+    from persona_axis.inference.generation import Sampling
+
+    axis_bundle = AxisBundle.load(bundle)
+    lm = load_checked(axis_bundle, model, dtype, allow_mismatch)
+    calibration, failures = calibrate(
+        lm,
+        axis_bundle,
+        generated=conversations,
+        turns=turns,
+        sampling=Sampling(max_new_tokens, temperature, top_p, seed),
+        logs=logs or [],
+        layer=layer,
+        policy=ContextPolicy(window),
+        batch_size=batch_size,
+        out=out,
+        progress=progress,
+    )
+    write_json(out / RESULT_FILE, calibration.to_dict(), indent=1)
+    _print(calibration)
+    if failures:
+        errors.print(f"[bold red]{len(failures)} input(s) could not be used:[/]")
+        for failure in failures:
+            errors.print(f"  {failure}", soft_wrap=True, markup=False)
+    if write:
+        axis_bundle.set_monitor_calibration(calibration.to_dict())
+        target = axis_bundle.save(bundle_directory(bundle))
+        console.print(f"stored the monitor calibration in {target}")
+    console.print(f"wrote {out / RESULT_FILE}")
+
+
+def _print(calibration: MonitorCalibration) -> None:
+    from rich.table import Table
+
+    effects = calibration.effects
+    console.print(
+        f"layer {calibration.layer}: expected projection = "
+        f"{calibration.baseline.intercept:.4g} + "
+        + " + ".join(f"{c:.4g}·{n}" for n, c in calibration.baseline.coefficients.items())
+        + f"; scale {calibration.scale:.4g} ({effects['n_turns']} turns in "
+        f"{effects['n_conversations']} conversations; between-conversation share of the "
+        f"residual variance {effects['between_conversation_share']})",
+        soft_wrap=True,
+    )
+    table = Table(title="benign turns by content, turn and length", title_justify="left")
+    for column in ("group", "n", "mean projection", "mean residual (scales)"):
+        table.add_column(column, justify="right")
+    for name in ("kind", "turn", "tokens"):
+        for key, row in effects[name].items():
+            table.add_row(
+                f"{name} {key}",
+                str(row["n"]),
+                f"{row['mean_projection']:.4g}",
+                f"{row['mean_residual_scales']:+.2f}",
+            )
+    console.print(table)

@@ -1,0 +1,352 @@
+"""The drift rule: how a conversation's per-turn projections become alert levels.
+
+Each assistant turn with content has a projection ``x_t`` at the rule's layer (unit axis,
+residual-stream units, higher = more Assistant-like). The rule compares it with the projection
+an Assistant turn like it is **expected** to have, ``e_t``: a constant ``reference`` or, with a
+:class:`~persona_axis.drift.features.Baseline` from ``persona-axis calibrate-monitor``, a
+value that depends on the turn's content (code, lists, length) and turn index. Two
+standardised readings per turn:
+
+- the **shortfall** ``u_t = (e_t − x_t) / scale``: how far below an Assistant turn like it, in
+  units of the Assistant's spread ``scale``;
+- the **change** ``c_t = (r_a − r_t) / change_scale`` with residuals ``r = x − e``: how far the
+  turn fell since the conversation's first turn with content (``a``, the anchor), in units of
+  the spread of such changes in benign conversations. It needs no absolute level, so text
+  written by another assistant (which projects at its own level) does not read as drift, only
+  a fall within the conversation does.
+
+The alarm statistics run on ``z_t`` = the change (``relative`` rules, the calibrated default) or
+the shortfall (rules without a monitor calibration). Three alert levels, each a standard
+control-chart statistic:
+
+- **watch**: one turn with shortfall ``u_t ≥ watch`` (unusually low on its own; this is the
+  ``below_threshold`` flag);
+- **warning**: the exponentially weighted mean ``E_t = λ z_t + (1 − λ) E_{t−1}``, ``E_0 = 0``,
+  reaches ``warning`` (a drop that has lasted a few turns);
+- **alarm**: the one-sided CUSUM ``S_t = max(0, S_{t−1} + z_t − k)``, ``S_0 = 0``, reaches ``h``
+  (a sustained fall; with ``k = 0.5, h = 4`` a conversation sitting 1.5 units low alarms at its
+  4th turn, one at its level never does, one very low turn with ``z ≥ h + k`` alarms at once).
+
+Turns without content tokens, and the anchor itself, are skipped (every statistic unchanged).
+Where the numbers come from: :meth:`DriftRule.from_bundle`,
+:func:`persona_axis.drift.calibration.drift_rule` and docs/monitoring.md.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from persona_axis.drift.features import Baseline, TurnFeatures
+from persona_axis.errors import PersonaAxisError
+
+if TYPE_CHECKING:
+    from persona_axis.axis.bundle import AxisBundle
+
+Level = Literal["none", "watch", "warning", "alarm"]
+LEVELS: tuple[Level, ...] = ("none", "watch", "warning", "alarm")
+NORMAL_IQR = 1.349  # (p75 - p25) of a standard normal distribution
+DEFAULT_K = 0.5
+DEFAULT_H = 4.0
+DEFAULT_LAMBDA = 0.3
+DEFAULT_PERCENTILE = 1.0
+
+
+def cusum_lower(
+    values: Sequence[float | None], reference: float, scale: float, k: float = DEFAULT_K
+) -> list[float | None]:
+    """One-sided (downward) CUSUM statistics ``S_t`` of ``values`` (module doc).
+
+    ``S_t = max(0, S_{t−1} + (reference − x_t) / scale − k)``, ``S_0 = 0``; a None value (a turn
+    without content) gives None and leaves ``S`` unchanged. Unitless (multiples of ``scale``).
+    """
+    _check_scale(scale)
+    shortfalls = [None if v is None else (reference - v) / scale for v in values]
+    return cusum(shortfalls, k)
+
+
+def cusum(shortfalls: Sequence[float | None], k: float = DEFAULT_K) -> list[float | None]:
+    """``S_t = max(0, S_{t−1} + z_t − k)`` over standardised shortfalls ``z`` (None: skipped)."""
+    if k < 0:
+        raise PersonaAxisError(f"The CUSUM allowance k must be >= 0, not {k!r}.")
+    return _recurse(shortfalls, lambda state, z: max(0.0, state + z - k))
+
+
+def ewma(shortfalls: Sequence[float | None], weight: float = DEFAULT_LAMBDA) -> list[float | None]:
+    """``E_t = λ z_t + (1 − λ) E_{t−1}``, ``E_0 = 0``, over shortfalls ``z`` (None: skipped)."""
+    if not 0 < weight <= 1:
+        raise PersonaAxisError(f"The EWMA weight must be in (0, 1], not {weight!r}.")
+    return _recurse(shortfalls, lambda state, z: weight * z + (1 - weight) * state)
+
+
+def _recurse(
+    shortfalls: Sequence[float | None], step: Callable[[float, float], float]
+) -> list[float | None]:
+    """``state_t = step(state_{t−1}, z_t)`` from 0; a missing or non-finite ``z`` gives None
+    and leaves the state unchanged."""
+    state = 0.0
+    out: list[float | None] = []
+    for z in shortfalls:
+        if z is None or not math.isfinite(z):
+            out.append(None)
+            continue
+        state = step(state, z)
+        out.append(state)
+    return out
+
+
+def _check_scale(scale: float) -> None:
+    if not (isinstance(scale, int | float) and scale > 0 and math.isfinite(scale)):
+        raise PersonaAxisError(f"The CUSUM scale must be a positive number, not {scale!r}.")
+
+
+@dataclass(frozen=True)
+class TurnVerdict:
+    """The rule's reading of one turn (None where the turn has no projection, the rule has no
+    reference, or the statistic skips the turn): expected projection, shortfall, change, the
+    alarm statistics' input ``z``, EWMA, CUSUM, the one-turn flag and the alert level."""
+
+    expected: float | None
+    shortfall: float | None
+    change: float | None
+    z: float | None
+    ewma: float | None
+    cusum: float | None
+    below_threshold: bool | None
+    level: Level
+
+
+@dataclass(frozen=True)
+class DriftRule:
+    """How per-turn projections at ``layer`` are judged (module doc).
+
+    ``reference`` and ``scale``: the expected Assistant projection and its spread (None: no
+    rule, projections are still reported); ``baseline``, when given, replaces the constant
+    reference by a per-turn expectation. ``relative``: the alarm statistics run on the change
+    since the conversation's first turn, in units of ``change_scale`` (default
+    ``scale · √2``), else on the shortfall. ``watch`` (shortfall of one low turn), ``warning``
+    (EWMA limit, None: no warning level), ``ewma_lambda``, ``k`` and ``h`` (CUSUM) are in
+    those units. ``source`` says where the numbers came from.
+    """
+
+    layer: int
+    reference: float | None
+    scale: float | None
+    watch: float | None = None
+    k: float = DEFAULT_K
+    h: float = DEFAULT_H
+    ewma_lambda: float = DEFAULT_LAMBDA
+    warning: float | None = None
+    baseline: Baseline | None = None
+    relative: bool = False
+    change_scale: float | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.reference is None) != (self.scale is None):
+            raise PersonaAxisError("Give both the CUSUM reference and scale, or neither.")
+        if self.scale is not None and not self.scale > 0:
+            raise PersonaAxisError(f"The CUSUM scale must be positive, not {self.scale}.")
+        if self.k < 0 or self.h <= 0:
+            raise PersonaAxisError(f"CUSUM needs k >= 0 and h > 0, not k={self.k}, h={self.h}.")
+        if not 0 < self.ewma_lambda <= 1:
+            raise PersonaAxisError(f"The EWMA weight must be in (0, 1], not {self.ewma_lambda}.")
+        if self.baseline is not None and self.reference is None:
+            raise PersonaAxisError("A baseline needs a scale: give reference and scale too.")
+        if self.change_scale is not None and not self.change_scale > 0:
+            raise PersonaAxisError(f"The change scale must be positive, not {self.change_scale}.")
+
+    @property
+    def has_cusum(self) -> bool:
+        return self.reference is not None and self.scale is not None
+
+    @property
+    def threshold(self) -> float | None:
+        """The flag threshold as a projection, for a constant reference (None otherwise)."""
+        if self.watch is None or self.scale is None or self.reference is None:
+            return None
+        return self.reference - self.watch * self.scale
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: AxisBundle,
+        layer: int | None = None,
+        *,
+        percentile: float | None = None,
+        k: float | None = None,
+        h: float | None = None,
+    ) -> DriftRule:
+        """The rule from ``bundle``'s build calibration at ``layer`` (default: its target
+        layer), from, in order:
+
+        1. its calibration of default replies: reference = their median, scale =
+           ``(p75 − p25) / 1.349``, flag threshold = their ``percentile`` (default p1);
+        2. its default vector: reference = its projection, flag threshold halfway to the mean
+           role (``reference − ‖a_L‖ / 2``; the axis is default − mean role), scale ``‖a_L‖/4``;
+        3. nothing: no rule, projections are still reported.
+
+        The monitor prefers a stored monitor calibration
+        (:func:`persona_axis.drift.calibration.drift_rule`).
+        """
+        layer = bundle.target_layer if layer is None else layer
+        k = DEFAULT_K if k is None else k
+        h = DEFAULT_H if h is None else h
+        percentile = DEFAULT_PERCENTILE if percentile is None else percentile
+        calibration = bundle.calibration
+        row = None if calibration is None else calibration.levels_at("default", layer)
+        if calibration is not None and row is not None:
+            if float(percentile) not in row:
+                raise PersonaAxisError(
+                    f"The bundle stores default-reply percentiles {list(row)}, not "
+                    f"{percentile:g}; pick one of them (--threshold-percentile) or give "
+                    "--threshold."
+                )
+            threshold = row[float(percentile)]
+            reference = row.get(50.0)
+            scale = None
+            if 25.0 in row and 75.0 in row:
+                scale = (row[75.0] - row[25.0]) / NORMAL_IQR
+            elif reference is not None and 0 < percentile < 50:
+                scale = (reference - threshold) / -statistics.NormalDist().inv_cdf(percentile / 100)
+            if reference is not None and scale is not None and scale > 0:
+                return cls(
+                    layer,
+                    reference,
+                    scale,
+                    watch=(reference - threshold) / scale,
+                    k=k,
+                    h=h,
+                    source=f"bundle calibration: default replies' p{percentile:g} (threshold), "
+                    f"median (reference), IQR/1.349 (scale); {calibration.n_rollouts} rollouts "
+                    "in the build; no monitor calibration (persona-axis calibrate-monitor)",
+                )
+        if "default" in bundle.vectors:
+            from persona_axis.axis.vectors import project
+
+            reference = float(project(bundle.default[layer], bundle.axis, layer))
+            length = float(bundle.axis[layer].norm())
+            return cls(
+                layer,
+                reference,
+                length / 4,
+                watch=2.0,
+                k=k,
+                h=h,
+                source="bundle without calibration: default vector's projection (reference), "
+                "halfway to the mean role (threshold), |axis|/4 (scale)",
+            )
+        return cls(layer, None, None, k=k, h=h, source="no calibration and no default vector")
+
+    def with_overrides(
+        self,
+        *,
+        threshold: float | None = None,
+        reference: float | None = None,
+        scale: float | None = None,
+        k: float | None = None,
+        h: float | None = None,
+        watch: float | None = None,
+        warning: float | None = None,
+    ) -> DriftRule:
+        """This rule with user-given values (None keeps the rule's own). A ``threshold`` is a
+        projection; it sets the one-turn flag relative to the reference. ``watch`` (shortfall)
+        and ``warning`` (EWMA limit) are in the rule's units, like ``k`` and ``h``."""
+        if threshold is not None and watch is not None:
+            raise PersonaAxisError("Give the one-turn flag as --threshold or --watch, not both.")
+        given = dict(reference=reference, scale=scale, k=k, h=h, watch=watch, warning=warning)
+        changes: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+        told = {"threshold": threshold, "reference": reference, "scale": scale}
+        named = ", ".join(f"{key} {value:g}" for key, value in told.items() if value is not None)
+        if named:
+            changes["source"] = f"{named} given by the user; {self.source}"
+        rule = replace(self, **changes)
+        if reference is not None and self.baseline is not None:
+            rule = replace(rule, baseline=None)
+        if threshold is not None:
+            if rule.reference is None or rule.scale is None:
+                raise PersonaAxisError(
+                    "This bundle has no calibration to set a threshold against; give "
+                    "--reference and --scale too (or run persona-axis calibrate-monitor)."
+                )
+            rule = replace(rule, watch=(rule.reference - threshold) / rule.scale)
+        return rule
+
+    # -- judging ------------------------------------------------------------------------------
+
+    def expected(self, features: TurnFeatures | None) -> float | None:
+        """The projection an Assistant turn like this should have."""
+        if self.baseline is not None and features is not None:
+            return self.baseline.expected(features)
+        return self.reference
+
+    def judge(
+        self,
+        values: Sequence[float | None],
+        features: Sequence[TurnFeatures | None] | None = None,
+    ) -> list[TurnVerdict]:
+        """Per turn, its :class:`TurnVerdict` (module doc)."""
+        features = features if features is not None else [None] * len(values)
+        if self.scale is None:
+            return [TurnVerdict(None, None, None, None, None, None, None, "none") for _ in values]
+        expected = [self.expected(f) for f in features]
+        residuals = [
+            None if v is None or e is None or not math.isfinite(v) else v - e
+            for v, e in zip(values, expected, strict=True)
+        ]
+        shortfalls = [None if r is None else -r / self.scale for r in residuals]
+        changes = self._changes(residuals)
+        inputs = changes if self.relative else shortfalls
+        sums = cusum(inputs, self.k)
+        means = ewma(inputs, self.ewma_lambda)
+        verdicts = []
+        for e, r, u, c, z, s, m in zip(
+            expected, residuals, shortfalls, changes, inputs, sums, means, strict=True
+        ):
+            flag = None if u is None or self.watch is None else u >= self.watch
+            level: Level = "none"
+            if s is not None and s >= self.h:
+                level = "alarm"
+            elif m is not None and self.warning is not None and m >= self.warning:
+                level = "warning"
+            elif flag:
+                level = "watch"
+            verdicts.append(TurnVerdict(None if r is None else e, u, c, z, m, s, flag, level))
+        return verdicts
+
+    def _changes(self, residuals: Sequence[float | None]) -> list[float | None]:
+        """``(r_a − r_t) / change_scale`` after the anchor ``a`` (first turn with a value)."""
+        assert self.scale is not None
+        unit = self.change_scale or self.scale * math.sqrt(2)
+        anchor = next((r for r in residuals if r is not None), None)
+        out: list[float | None] = []
+        seen = False
+        for r in residuals:
+            if r is None or anchor is None or not seen:
+                out.append(None)
+                seen = seen or r is not None
+                continue
+            out.append((anchor - r) / unit)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "threshold": self.threshold,
+            "reference": self.reference,
+            "scale": self.scale,
+            "watch": self.watch,
+            "k": self.k,
+            "h": self.h,
+            "ewma_lambda": self.ewma_lambda,
+            "warning": self.warning,
+            "baseline": None if self.baseline is None else self.baseline.to_dict(),
+            "relative": self.relative,
+            "change_scale": self.change_scale,
+            "source": self.source,
+        }

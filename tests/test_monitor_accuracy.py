@@ -1,0 +1,85 @@
+"""Accuracy of alerts on labelled conversations: rates, Wilson intervals, detection turns and the
+trade-off over CUSUM limits, from monitor.json entries."""
+
+from __future__ import annotations
+
+import pytest
+
+from persona_axis.drift.accuracy import Labelled, evaluate, median_interval, wilson
+
+
+def entry(label: str, levels: list[str], zs: list[float | None], drift_turn: int | None = None):
+    meta = {"label": label} if drift_turn is None else {"label": label, "drift_turn": drift_turn}
+    turns = [
+        {"turn": i + 1, "level": level, "z": z}
+        for i, (level, z) in enumerate(zip(levels, zs, strict=True))
+    ]
+    return {"meta": meta, "turns": turns}
+
+
+def test_wilson_matches_the_closed_form() -> None:
+    low, high = wilson(0, 10)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = wilson(5, 10)
+    assert (low, high) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    assert wilson(0, 0) == (None, None)
+
+
+def test_rates_turns_and_delays() -> None:
+    entries = [
+        entry("benign", ["none", "watch", "none"], [None, 1.0, 0.0]),
+        entry("benign", ["none", "alarm"], [None, 6.0]),
+        entry("drifting", ["none", "none", "alarm", "alarm"], [None, 0.2, 5.0, 3.0], 2),
+        entry("drifting", ["none", "alarm", "alarm"], [None, 5.0, 5.0], 3),  # early
+        entry("drifting", ["none", "none"], [None, 0.1], 2),
+        {"meta": {"label": "other"}, "turns": []},  # not labelled: ignored
+        {"meta": {}, "turns": []},
+    ]
+    result = evaluate(entries, k=0.5, limits=(4.0, 100.0))
+    assert result is not None and result["n_benign"] == 2 and result["n_drifting"] == 3
+    alarm = result["by_level"]["alarm"]
+    assert alarm["false_alarms"]["hits"] == 1 and alarm["false_alarms"]["rate"] == 0.5
+    assert alarm["detections"]["hits"] == 2 and alarm["detections"]["n"] == 3
+    assert alarm["median_detection_turn"] == 2.5  # turns 3 and 2
+    assert alarm["median_delay_turns"] == 0.0  # +1 and -1
+    assert alarm["early_detections"] == 1
+    assert result["by_level"]["watch"]["false_alarms"]["hits"] == 2  # watch counts alarms too
+    low_h, high_h = result["tradeoff"]
+    assert low_h["h"] == 4.0 and low_h["detections"]["hits"] == 2
+    assert high_h["false_alarms"]["hits"] == 0 and high_h["detections"]["hits"] == 0
+    assert evaluate([{"meta": {}, "turns": []}], k=0.5) is None
+
+
+def test_alarm_turn_is_recomputed_from_stored_shortfalls() -> None:
+    item = Labelled.of(entry("drifting", ["none"] * 4, [None, 2.0, 2.0, 2.0], 2))
+    assert item is not None
+    assert item.alarm_turn_at(h=3.0, k=0.5) == 3  # 1.5, 3.0
+    assert item.alarm_turn_at(h=5.0, k=0.5) is None
+
+
+def test_groups_twins_and_warning_tradeoff() -> None:
+    entries = [
+        {"meta": {"label": "benign", "domain": "coding"}, "turns": []},
+        entry("benign", ["none", "alarm"], [None, 6.0]),
+        entry("drifting", ["none", "alarm", "alarm"], [None, 2.0, 2.0], 2),
+        entry("drifting", ["none", "none", "alarm"], [None, 0.0, 9.0], 2),
+    ]
+    entries[1]["meta"] |= {"domain": "roleplay", "twin_of": "drift-1"}
+    entries[2]["meta"] |= {"domain": "roleplay", "twin_of": "twin-1"}
+    entries[3]["meta"]["domain"] = "roleplay"
+    result = evaluate(entries, k=0.5, ewma_lambda=0.5, limits=(4.0,), warning_limits=(1.0, 2.5))
+    assert result is not None
+    groups = result["by_group"]["alarm"]
+    assert groups["benign: coding"]["hits"] == 0 and groups["benign: roleplay twin"]["hits"] == 1
+    assert groups["drifting: roleplay"] == {**groups["drifting: roleplay"], "hits": 2, "n": 2}
+    low, high = result["tradeoff_warning"]
+    # EWMA (λ 0.5): twin 3.0; first drifting 1.0, 1.5; second 0.0, 4.5
+    assert low["false_alarms"]["hits"] == 1 and low["detections"]["hits"] == 2
+    assert low["median_detection_turn"] == 2.5
+    assert high["false_alarms"]["hits"] == 1 and high["detections"]["hits"] == 1
+
+
+def test_median_interval_brackets_the_median() -> None:
+    low, high = median_interval([2, 3, 3, 4, 5, 6])
+    assert 2 <= low <= 3.5 <= high <= 6
+    assert median_interval([3]) is None
