@@ -117,7 +117,8 @@ def test_a_calibrated_rule_does_not_read_code_as_drift() -> None:
     prose_again = replace(prose, turn=2)  # the same fall with no code to explain it
     _, fallen = rule.judge([typical_prose, typical_code], [prose, prose_again])
     assert (fallen.change or 0) > 2.5 and (fallen.cusum or 0) > 2
-    assert rule.k == 0.5 and rule.h == 4.0 and "monitor calibration" in rule.source
+    assert rule.k == 0.5 and rule.h == 8.0 and rule.warning == 2.0
+    assert "monitor calibration" in rule.source
     assert fitted.rule(h=9.0).h == 9.0
 
 

@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 DEFAULT_LIMITS: dict[str, float | None] = {
     "watch": 2.326,  # one turn below the Assistant's 1st percentile (normal approximation)
-    "warning": None,
+    "warning": 2.0,  # chosen on the dev split of evaldata/monitor (docs/monitoring.md)
     "ewma_lambda": 0.3,
     "k": 0.5,
-    "h": 4.0,
+    "h": 8.0,  # chosen on the dev split: the smallest h with dev false alarms ≤ 5%
 }
 
 
