@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from console_script import error_lines, run_console
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.cli import app
@@ -104,29 +102,10 @@ def test_user_errors_are_one_clear_line(tiny_dir: Path, tiny_bundle: Path, extra
 
 
 def test_the_console_script_prints_errors_without_a_traceback(tiny_dir: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "persona_axis.cli",
-            "chat",
-            "--model",
-            str(tiny_dir),
-            "--cap",
-            "layers_1:3-p75",
-            "-u",
-            "Hi",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    result = run_console("chat", "--model", str(tiny_dir), "--cap", "layers_1:3-p75", "-u", "Hi")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = error_lines(result)
     assert len(lines) == 1 and lines[0].startswith("error:") and "--bundle" in lines[0]
 
 

@@ -4,15 +4,13 @@ project's files, on a tiny model and the embedded SmolLM2's shape; user errors a
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from console_script import error_lines, run_console
 from persona_axis.axis.bundle import MEAN_NORM_KEY, AxisBundle
 from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.axis.control_vector import read_control_vector
@@ -205,17 +203,9 @@ def test_user_errors(files: dict[str, Path], tiny_dir: Path, tmp_path, args, mes
 
 
 def test_the_console_script_prints_one_error_line(files: dict[str, Path], tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     args = [*EXPORT_GGUF, "--bundle", str(files["bundle"])]
     args += ["--out", str(tmp_path / "x.gguf"), "--layers", "0,1"]
-    result = subprocess.run(
-        [sys.executable, "-m", "persona_axis.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    result = run_console(*args)
     assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = error_lines(result)
     assert len(lines) == 1 and lines[0].startswith("error: Layer 0 cannot be exported")
