@@ -21,9 +21,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from persona_axis._version import __version__
 from persona_axis.errors import PersonaAxisError
-
-__version__ = "0.1.0"
 
 _EXPORTS = {
     "load_model": "persona_axis.models.loading",

@@ -44,8 +44,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-import persona_axis
 from persona_axis import files
+from persona_axis._version import __version__
 from persona_axis.axis.calibrate import (
     CAP_RULE,
     CapSetting,
@@ -156,7 +156,7 @@ class AxisBundle:
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "library_version": persona_axis.__version__,
+            "library_version": __version__,
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "model": {
                 "id": model_id,

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import persona_axis
+from persona_axis._version import __version__
 from persona_axis.errors import PersonaAxisError
 from persona_axis.report import plots
 
@@ -461,7 +461,7 @@ def build_report(
             "projections are on the unit axis; higher = more Assistant-like.</p>",
             _figures(key),
             *sections,
-            f"<footer>persona-axis {_e(persona_axis.__version__)}, report written {_e(now)} "
+            f"<footer>persona-axis {_e(__version__)}, report written {_e(now)} "
             f"from {_e(bundle_dir)}.</footer>",
             "</main></body></html>",
         ]
