@@ -388,10 +388,22 @@ class AxisBundle:
         on every exit."""
         from persona_axis.inference.interventions import intervene
 
-        self.check_against(lm.model, allow_mismatch=allow_mismatch)
-        spec = self.intervention(cap, steer, lm=lm)
+        spec = self.checked_intervention(lm, cap, steer, allow_mismatch=allow_mismatch)
         with intervene(lm, spec):
             yield spec
+
+    def checked_intervention(
+        self,
+        lm: LoadedModel,
+        cap: str | None = RECOMMENDED,
+        steer: float | None = None,
+        *,
+        allow_mismatch: bool = False,
+    ) -> InterventionSpec:
+        """:meth:`check_against` ``lm``'s weights, then :meth:`intervention`: the spec every
+        bundle-aware caller applies (``capping``, chat sessions, ``persona_axis.generate``)."""
+        self.check_against(lm.model, allow_mismatch=allow_mismatch)
+        return self.intervention(cap, steer, lm=lm)
 
     # -- model checks -------------------------------------------------------------------------
 
