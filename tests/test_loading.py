@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models import loading
 from persona_axis.models.loading import default_model_dir, load_model
-from tiny_models import build_tiny, styled_tokenizer
+from support.tiny_models import build_tiny, styled_tokenizer
 
 
 @pytest.mark.slow
