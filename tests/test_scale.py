@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from persona_axis.pipeline import BuildConfig, build
 from persona_axis.pipeline.config import RUNTIME_FIELDS
 from persona_axis.pipeline.sharding import WorkerInfo, threads_per_worker
-from small_catalog import tiny_build_config
+from support.small_catalog import tiny_build_config
 
 ray = pytest.importorskip("ray")
 
