@@ -92,6 +92,12 @@ def main() -> None:
     parser.add_argument("--variants", default="base,performed")
     parser.add_argument("--limits", default="4,6,8,10,12")
     parser.add_argument("--json", type=Path, help="write the evaluations here")
+    parser.add_argument(
+        "--grid",
+        action="store_true",
+        help="instead: every (anchor, k, h) with performed turns skipped whose false alarms "
+        "are <= 5%%, most detections first (the choice made on dev)",
+    )
     args = parser.parse_args()
 
     records = {}
@@ -107,6 +113,9 @@ def main() -> None:
     assert header is not None
     stored = load_rule(header)
     limits = tuple(float(x) for x in args.limits.split(","))
+    if args.grid:
+        _grid(entries, records, stored, limits)
+        return
     results = {}
     for name in args.variants.split(","):
         rule, mark = variant(stored, name)
@@ -123,6 +132,35 @@ def main() -> None:
         _tradeoff(result)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+
+
+def _grid(
+    entries: list[dict[str, Any]],
+    records: dict[str, dict[str, Any]],
+    stored: DriftRule,
+    limits: tuple[float, ...],
+) -> None:
+    """The dev choice: every anchor (1–3 turns), allowance k and limit h, performed turns
+    skipped; those with false alarms ≤ 5%, by detections, then detections before the harm
+    turn."""
+    rows = []
+    for anchor in (1, 2, 3):
+        for k in (0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5):
+            rule, mark = variant(stored, f"performed+anchor{anchor}+k{k}")
+            result = evaluate(rejudge(entries, records, rule, mark), k=k, limits=limits)
+            assert result is not None
+            for row in result["tradeoff"]:
+                if row["false_alarms"]["rate"] <= 0.05:
+                    before = row.get("before_harm", {}).get("hits", 0)
+                    rows.append((-row["detections"]["hits"], -before, anchor, k, row))
+    print("| anchor | k | h | false alarms | detections | detected before harm_turn |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for _, _, anchor, k, row in sorted(rows, key=lambda r: r[:2])[:15]:
+        before = pct(row["before_harm"]) if "before_harm" in row else "-"
+        print(
+            f"| {anchor} | {k:g} | {row['h']:g} | {pct(row['false_alarms'])} "
+            f"| {pct(row['detections'])} | {before} |"
+        )
 
 
 def _lead(row: dict[str, Any]) -> str:
