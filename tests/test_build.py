@@ -20,8 +20,8 @@ import torch
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.errors import PersonaAxisError
 from persona_axis.pipeline import BuildConfig, build
-from small_catalog import ROLES, tiny_build_config
 from support.build_equality import assert_same_build
+from support.small_catalog import ROLES, tiny_build_config
 
 pytestmark = pytest.mark.slow
 
@@ -190,7 +190,7 @@ def test_changed_settings_in_an_existing_build_are_refused(setup, reference_run)
 
 def test_token_calibration_batches_equal_one_at_a_time() -> None:
     from persona_axis.pipeline.stages import token_projections
-    from tiny_models import tiny_lm
+    from support.tiny_models import tiny_lm
 
     lm = tiny_lm("qwen2")
     axis = torch.randn(lm.shape.n_layers, lm.shape.hidden_size)

@@ -22,8 +22,8 @@ import torch
 from persona_axis.pipeline import BuildConfig, build
 from persona_axis.pipeline.config import RUNTIME_FIELDS
 from persona_axis.pipeline.sharding import WorkerInfo, threads_per_worker
-from small_catalog import tiny_build_config
 from support.build_equality import assert_same_build
+from support.small_catalog import tiny_build_config
 
 ray = pytest.importorskip("ray")
 

@@ -27,8 +27,8 @@ import pytest
 
 from persona_axis.serve.config import ServerConfig, build_app
 from persona_axis.serve.runner import background_server
-from test_serve import CAP, make_bundle
-from tiny_models import build_tiny, styled_tokenizer, tiny_lm
+from support.bundles import CAP, serving_bundle
+from support.tiny_models import build_tiny, styled_tokenizer, tiny_lm
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -52,7 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Ser
     root = tmp_path_factory.mktemp("replicas")
     build_tiny("llama").save_pretrained(root / "model")
     styled_tokenizer("chatml").save_pretrained(root / "model")
-    bundle = make_bundle(tiny_lm("llama")).save(root / "bundle")
+    bundle = serving_bundle(tiny_lm("llama")).save(root / "bundle")
     options = {"default_cap": "none", "api_key": KEY, "max_tokens_limit": 512}
     config = ServerConfig({"default": str(bundle)}, str(root / "model"), "float32", False, options)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)

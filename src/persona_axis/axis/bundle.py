@@ -405,6 +405,31 @@ class AxisBundle:
         self.check_against(lm.model, allow_mismatch=allow_mismatch)
         return self.intervention(cap, steer, lm=lm)
 
+    def load_model(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        dtype: str | torch.dtype | None = "auto",
+        device: str | torch.device | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        allow_mismatch: bool = False,
+    ) -> LoadedModel:
+        """Load the model this bundle is for and check it against the weights.
+
+        The one model rule: ``model`` when given, else the model recorded in the manifest,
+        else the embedded default. Options as in :func:`persona_axis.models.load_model`.
+        """
+        from persona_axis.models.loading import load_model
+
+        lm = load_model(
+            self.model_id if model is None else model,
+            dtype=dtype,
+            device=device,
+            device_map=device_map,
+        )
+        self.check_against(lm.model, allow_mismatch=allow_mismatch)
+        return lm
+
     # -- model checks -------------------------------------------------------------------------
 
     def check_model(
