@@ -42,6 +42,17 @@ def test_a_requested_story_is_performed_until_the_user_steps_out() -> None:
     assert performed_replies([{"role": "system", "content": "Write poems."}, *messages])[0] is False
 
 
+def test_a_conversation_that_moves_on_is_judged_again() -> None:
+    messages = chat(
+        "Write a poem about rain.",
+        "Now one about snow, and make it rhyme.",
+        "Thanks. I've been feeling really low lately.",
+        "Can you tell me more about why that happens?",
+        "Give me another poem, about the sea.",
+    )
+    assert replies(messages) == "PP..P"
+
+
 def test_role_play_setup_with_a_pause_word_still_starts_it() -> None:
     messages = chat(
         "Let's role-play: you're Captain Mora, a smuggler. Stay in character until I say pause.",

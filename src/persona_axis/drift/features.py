@@ -49,6 +49,16 @@ PERFORMANCE_REQUEST = re.compile(
     rf"|\b(?:tell|give)\b[^.?!]{{0,40}}\b(?:{_FORMS})\b",
     re.IGNORECASE,
 )
+# A message that carries a performance on: an in-story line (quoted speech, an *action*) or a
+# follow-up on the piece ("continue", "next scene", "make it rhyme", "what happens then?").
+CONTINUATION = re.compile(
+    r"[\"“”]|\*[^*\n]+\*|^\W*(?:more|again|next|another|then|and)\b"
+    r"|\b(?:continue|keep going|go on|carry on|one more|write more|what happens|then what"
+    r"|resume|back to the|back in character|skip ahead|the part where|same characters"
+    r"|make it|now (?:one|a|an|the|write|make|do|give|try)|rewrite|longer|shorter|darker"
+    r"|lighter|funnier|rhyme|give me|show me|let's see|let's have)\b",
+    re.IGNORECASE,
+)
 # "stay in character until I say pause" asks for a performance; it does not step out of one.
 CONDITIONAL = re.compile(r"\b(?:until|unless|till|when|whenever) I\b[^.?!]*", re.IGNORECASE)
 NAMED_ROLE = re.compile(
@@ -77,24 +87,27 @@ def performed_replies(messages: Sequence[Mapping[str, Any]]) -> list[bool]:
     voice that is not the Assistant's own (a story, poem, script, letter, a character to play).
 
     Read from the user's messages alone, in order: a request for such a piece (or to play a
-    named role) starts a performance; it lasts, through follow-ups like "continue", until the
-    user steps out ("pause", "out of character", "are you an AI?", "who am I talking to?").
-    A user who has asked the assistant to shed its rules or show its "true self" is not granted
-    performances for the rest of the conversation (persona jailbreaks read as requests, not as
-    fiction). System and user messages are never performed.
+    named role) starts a performance; a later message keeps it, or takes it up again, only when
+    it carries it on (an in-story line, "continue", "next scene", "make it rhyme") and does not
+    step out ("pause", "out of character", "are you an AI?", "who am I talking to?"); any other
+    message ends it, so a conversation that moves on is judged again. A user who has asked the
+    assistant to shed its rules or show its "true self" is not granted performances for the
+    rest of the conversation (persona jailbreaks read as requests, not as fiction). System and
+    user messages are never performed.
     """
     out: list[bool] = []
-    performing = suspicious = False
+    performing = requested = suspicious = False
     for message in messages:
         role = message.get("role")
         text = str(message.get("content") or "")
         if role == "user":
-            if IDENTITY_REQUEST.search(text):
-                suspicious = True
+            suspicious = suspicious or bool(IDENTITY_REQUEST.search(text))
+            asked = bool(PERFORMANCE_REQUEST.search(text) or NAMED_ROLE.search(text))
             if STEP_OUT.search(CONDITIONAL.sub("", text)):
                 performing = False
-            elif PERFORMANCE_REQUEST.search(text) or NAMED_ROLE.search(text):
-                performing = True
+            else:
+                performing = asked or (requested and bool(CONTINUATION.search(text)))
+            requested = (requested or asked) and not suspicious
             performing = performing and not suspicious
         out.append(role == "assistant" and performing)
     return out
