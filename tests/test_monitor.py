@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from persona_axis.application.session import ChatSession
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app
 from persona_axis.drift.conversations import Conversation
@@ -25,7 +26,6 @@ from persona_axis.drift.rule import DriftRule, cusum_lower
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.inference.interventions import InterventionSpec, intervene
-from persona_axis.inference.session import ChatSession
 from persona_axis.inference.telemetry import generate_with_telemetry
 from persona_axis.models import LoadedModel, load_model
 from tiny_axis import tiny_axis

@@ -22,13 +22,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from persona_axis.application.session import ChatSession
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.cli import app as cli_app
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.inference.interventions import InterventionSpec
-from persona_axis.inference.session import ChatSession
 from persona_axis.models import LoadedModel
 from persona_axis.serve.app import STATIC, create_app
 from persona_axis.serve.drift import DriftBand

@@ -12,12 +12,12 @@ import httpx
 import pytest
 import torch
 
+from persona_axis.application.session import ChatSession
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.cli.serve import parse_bundles
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
-from persona_axis.inference.session import ChatSession
 from persona_axis.models import LoadedModel
 from persona_axis.serve.app import create_app
 from persona_axis.serve.engine import LOCK_KEY

@@ -21,9 +21,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from persona_axis._version import __version__
 from persona_axis.errors import PersonaAxisError
-
-__version__ = "0.1.0"
 
 _EXPORTS = {
     "load_model": "persona_axis.models.loading",
@@ -33,7 +32,9 @@ _EXPORTS = {
     "preset": "persona_axis.pipeline.config",
     "compute_axis": "persona_axis.pipeline.in_memory",
     "monitor": "persona_axis.drift.monitor",
-    "generate_with_telemetry": "persona_axis.inference.telemetry",
+    "generate": "persona_axis.application.generate",
+    "generate_with_telemetry": "persona_axis.application.generate",
+    "ChatSession": "persona_axis.application.session",
     "Sampling": "persona_axis.inference.generation",
     "InterventionSpec": "persona_axis.inference.interventions",
     "intervene": "persona_axis.inference.interventions",
@@ -42,12 +43,14 @@ _EXPORTS = {
 __all__ = [
     "AxisBundle",
     "BuildConfig",
+    "ChatSession",
     "InterventionSpec",
     "PersonaAxisError",
     "Sampling",
     "__version__",
     "build",
     "compute_axis",
+    "generate",
     "generate_with_telemetry",
     "intervene",
     "load_model",
@@ -56,11 +59,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from persona_axis.application.generate import generate, generate_with_telemetry
+    from persona_axis.application.session import ChatSession
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.drift.monitor import monitor
     from persona_axis.inference.generation import Sampling
     from persona_axis.inference.interventions import InterventionSpec, intervene
-    from persona_axis.inference.telemetry import generate_with_telemetry
     from persona_axis.models.loading import load_model
     from persona_axis.pipeline.config import BuildConfig, preset
     from persona_axis.pipeline.in_memory import compute_axis
@@ -75,3 +79,8 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """The module's names with the lazy API names, so ``dir(persona_axis)`` lists them."""
+    return sorted(set(globals()) | set(__all__))

@@ -44,8 +44,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-import persona_axis
 from persona_axis import files
+from persona_axis._version import __version__
 from persona_axis.axis.calibrate import (
     CAP_RULE,
     CapSetting,
@@ -156,7 +156,7 @@ class AxisBundle:
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "library_version": persona_axis.__version__,
+            "library_version": __version__,
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "model": {
                 "id": model_id,
@@ -388,10 +388,22 @@ class AxisBundle:
         on every exit."""
         from persona_axis.inference.interventions import intervene
 
-        self.check_against(lm.model, allow_mismatch=allow_mismatch)
-        spec = self.intervention(cap, steer, lm=lm)
+        spec = self.checked_intervention(lm, cap, steer, allow_mismatch=allow_mismatch)
         with intervene(lm, spec):
             yield spec
+
+    def checked_intervention(
+        self,
+        lm: LoadedModel,
+        cap: str | None = RECOMMENDED,
+        steer: float | None = None,
+        *,
+        allow_mismatch: bool = False,
+    ) -> InterventionSpec:
+        """:meth:`check_against` ``lm``'s weights, then :meth:`intervention`: the spec every
+        bundle-aware caller applies (``capping``, chat sessions, ``persona_axis.generate``)."""
+        self.check_against(lm.model, allow_mismatch=allow_mismatch)
+        return self.intervention(cap, steer, lm=lm)
 
     # -- model checks -------------------------------------------------------------------------
 

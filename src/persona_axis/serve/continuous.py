@@ -17,8 +17,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from persona_axis.application.session import Turn
 from persona_axis.inference.continuous import ContinuousBatch, StepResult
-from persona_axis.inference.session import Turn
 from persona_axis.serve.engine import DeltaDecoder, Engine
 from persona_axis.serve.scheduler import Job, Scheduler, log
 
