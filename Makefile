@@ -55,13 +55,15 @@ $(VLLM_STAMP): pyproject.toml
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	$(VLLM_BIN)/python -m pytest -q tests/test_vllm_engine.py
+	$(VLLM_BIN)/python -m pytest -q --durations=10 tests/test_vllm_*.py
 
 demo: $(STAMP)
 	$(BIN)/persona-axis demo
 
 test: lint
 	$(BIN)/python -m pytest -q --durations=25
+	# the vLLM engine's tests, in their own environment (created on first use)
+	$(MAKE) test-vllm
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

