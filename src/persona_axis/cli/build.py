@@ -110,6 +110,10 @@ def build(
         ray_address=ray_address,
         gpus_per_worker=gpus_per_worker,
     )
+    if config.engine == "vllm":
+        from persona_axis.inference.vllm import require_vllm
+
+        require_vllm()  # before loading anything
     lm = load(config.model if config.model != "default" else None, config.dtype)
     result = run_build(config, out, lm=lm)
     print_summary(result.summary, result.path)
