@@ -108,15 +108,15 @@ def apply_to_tokens(op: RowOp, x: Tensor, slots: Tensor, generated: Tensor) -> T
     """``x`` ``[tokens, d]`` with ``op`` applied to the tokens whose row it acts on at their
     position (the per-row parameters of ``op`` indexed per token); others untouched."""
     acting = torch.where(generated, op.phases["generated"][slots], op.phases["prompt"][slots])
-    first = op.first[slots]
+    amount = op.amount[slots]
     out = apply_kind(
         op.kind,
         x[:, None, :],
         op.directions[slots],
-        coefficient=first,
-        value=first,
-        floor=first,
-        ceiling=op.second[slots],
+        coefficient=amount,
+        value=amount,
+        floor=amount,
+        ceiling=op.ceiling[slots],
     )[:, 0]
     return torch.where(acting[:, None], out, x)
 
