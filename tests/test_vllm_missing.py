@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from console_script import error_lines, run_console
 from persona_axis.errors import PersonaAxisError
 from persona_axis.pipeline import BuildConfig
+from support.console_script import error_lines, run_console
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here"

@@ -19,7 +19,7 @@ from persona_axis.inference.interventions import InterventionSpec
 from persona_axis.inference.rows import Probe
 from persona_axis.inference.vllm.engine import VllmBatch, start_engine
 from persona_axis.models import LoadedModel
-from tiny_models import CONFIGS, styled_tokenizer
+from support.tiny_models import CONFIGS, styled_tokenizer
 
 PROMPTS = ["Hello there", "What is two plus two?", "Tell me about the sea."]
 
