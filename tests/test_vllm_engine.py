@@ -194,3 +194,24 @@ def test_cancel_drops_a_request(smollm, engine) -> None:
     engine.step()
     assert engine.cancel(request.key) and engine.idle
     assert not engine.cancel(request.key)
+
+
+def test_prefix_cache_is_isolated_by_intervention(smollm, engine, axis) -> None:
+    """A capped request never reuses blocks cached without its cap (its prompt KV would be
+    uncapped), while equal settings share theirs; outputs equal their uncached runs."""
+    text = "Here is a long note about lighthouses and the sea. " * 10 + "Summarise it."
+    chat = [{"role": "user", "content": text}]
+    prompt = smollm.chat.render(chat, add_generation_prompt=True).input_ids
+    cap = InterventionSpec.floor_cap(axis, [(layer, 1.5) for layer in BAND])  # unused elsewhere
+
+    def one(key: str, spec: InterventionSpec | None) -> Finished:
+        request = RowRequest(key, prompt, Sampling(max_new_tokens=12), spec)
+        return run_to_end(engine, [request])[key]
+
+    plain, capped = one("p-none-1", None), one("p-cap-1", cap)
+    plain_again, capped_again = one("p-none-2", None), one("p-cap-2", cap)
+    hf = generate_rows(smollm, [RowRequest("hf", prompt, Sampling(max_new_tokens=12), cap)])
+    assert engine.cached_tokens["p-cap-1"] == 0
+    assert engine.cached_tokens["p-none-2"] >= 64 and engine.cached_tokens["p-cap-2"] >= 64
+    assert tokens(capped) == tokens(hf["hf"]) != tokens(plain)
+    assert tokens(capped_again) == tokens(capped) and tokens(plain_again) == tokens(plain)

@@ -7,9 +7,8 @@ vLLM's engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
 per-request state directly. A request carries our row id in ``SamplingParams.extra_args``; the
 runner's batch order, query offsets and computed-token counts give each request's tokens and
 positions in the flattened step. Requirements that follow: eager mode (``enforce_eager``: hooks
-do not run inside CUDA graphs), no asynchronous scheduling (the hooks read the batch being run),
-and no prefix caching (a prompt cached under one intervention must not serve another; the
-salted cache of docs/vllm-backend.md §3 is not built).
+do not run inside CUDA graphs) and no asynchronous scheduling (the hooks read the batch being
+run). Prefix caching stays on, isolated per intervention by :func:`~.salt.cache_salt`.
 
 Replies follow the HF engine's rules: greedy or seeded sampling (vLLM's own sampler: sampled
 replies are not expected to equal HF's token for token), end at an end-of-turn token (dropped)
@@ -34,6 +33,7 @@ from persona_axis.inference.interventions import by_layer_checked
 from persona_axis.inference.rows import RowTelemetry
 from persona_axis.inference.vllm import require_vllm
 from persona_axis.inference.vllm.residual import decoder_layers
+from persona_axis.inference.vllm.salt import cache_salt
 from persona_axis.inference.vllm.tokens import Live, PoolSums, TokenSteering
 from persona_axis.models.loading import LoadedModel
 
@@ -74,6 +74,9 @@ def shared_batch(lm: LoadedModel, *, max_rows: int = 16) -> VllmBatch:
 def _start(lm: LoadedModel, dtype: str, max_rows: int, seed: int) -> Any:
     require_vllm()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", KV_CACHE_GIB)
+    # vLLM drops torch to one thread unless OMP_NUM_THREADS is set; its engine runs here, in
+    # the same process as the HF model, so keep the threads torch already has
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     from vllm import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
@@ -84,7 +87,7 @@ def _start(lm: LoadedModel, dtype: str, max_rows: int, seed: int) -> Any:
         seed=seed,
         max_num_seqs=max_rows,
         enforce_eager=True,
-        enable_prefix_caching=False,
+        enable_prefix_caching=True,  # isolated per intervention by cache_salt
         async_scheduling=False,
     )
     return LLMEngine.from_engine_args(args)
@@ -133,6 +136,8 @@ class VllmBatch:
         self.steering = TokenSteering(lm, layers, self._scheduled)
         self._rows: dict[str, _Row] = {}  # by our engine id
         self._keys: dict[Hashable, str] = {}
+        self.cached_tokens: dict[Hashable, int] = {}
+        """Prompt tokens each finished request took from vLLM's prefix cache."""
 
     def close(self) -> None:
         """Abort what runs and remove the hooks (the vLLM engine stays usable)."""
@@ -173,7 +178,11 @@ class VllmBatch:
             extra_args={EXTRA_KEY: engine_id},
         )
         live = Live(request, telemetry, pool_sums)
-        self.engine.add_request(engine_id, {"prompt_token_ids": list(request.prompt)}, params)
+        prompt: dict[str, Any] = {"prompt_token_ids": list(request.prompt)}
+        salt = cache_salt(request.spec)
+        if salt is not None:
+            prompt["cache_salt"] = salt
+        self.engine.add_request(engine_id, prompt, params)
         self._rows[engine_id] = _Row(live, engine_id, sampling.max_new_tokens)
         self._keys[request.key] = engine_id
 
@@ -228,6 +237,7 @@ class VllmBatch:
                 self._take(row, token, result)
             row.seen = len(token_ids)
             if output.finished:
+                self.cached_tokens[row.live.request.key] = int(output.num_cached_tokens or 0)
                 del self._rows[row.engine_id]
                 self._keys.pop(row.live.request.key, None)
                 result.finished.append(self._finished(row))
