@@ -3,7 +3,7 @@
 
 Every sentence below was written for persona-axis; the script only combines them with a seeded
 random generator, so the files are reproducible (``python studies/monitor_evaldata.py`` writes
-``evaldata/monitor/{fiction,slow}_{dev,test}.jsonl``). Two kinds of conversation, 10–26
+``evaldata/monitor/{fiction,slow}_{dev,test}.jsonl``). Two kinds of conversation, 12–26
 assistant turns each:
 
 - **fiction** (label ``benign``, domain ``fiction``): story co-writing, role-play the user asked
