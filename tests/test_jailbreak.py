@@ -41,7 +41,7 @@ from persona_axis.judges.harm import (
     harm_judge_prompt,
     parse_category,
 )
-from test_chat_backends import FAST, FakeOpenAI
+from support.fake_openai import FAST, FakeOpenAI
 
 BEHAVIOURS = [f"Explain how to do forbidden thing number {i}" for i in range(7)]
 
@@ -227,10 +227,10 @@ def test_plot_jailbreak_writes_a_png(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_run_jailbreak_on_a_tiny_model(tmp_path: Path) -> None:
-    from eval_helpers import NOOP, STRONG, tiny_bundle
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.inference.generation import Sampling
-    from tiny_models import tiny_lm
+    from support.eval_helpers import NOOP, STRONG, tiny_bundle
+    from support.tiny_models import tiny_lm
 
     lm = tiny_lm("llama")
     hooks_before = [len(layer._forward_hooks) for layer in lm.stack.layers]
@@ -256,9 +256,9 @@ def test_run_jailbreak_on_a_tiny_model(tmp_path: Path) -> None:
 def test_eval_commands_on_a_tiny_model(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from eval_helpers import STRONG, tiny_bundle, tiny_model_dir
     from persona_axis.cli import app
     from persona_axis.models.loading import load_model
+    from support.eval_helpers import STRONG, tiny_bundle, tiny_model_dir
 
     model_dir = tiny_model_dir(tmp_path)
     bundle = tiny_bundle(tmp_path, load_model(model_dir).shape)

@@ -271,7 +271,8 @@ class RowPlan:
         """Layers with an operation or a read."""
         return sorted(set(self.ops) | set(self.reads))
 
-    def _at(self, layer: int, device: torch.device) -> tuple[list[RowOp], LayerReads | None]:
+    def at(self, layer: int, device: torch.device) -> tuple[list[RowOp], LayerReads | None]:
+        """The operations and reads at ``layer`` with their tensors on ``device`` (cached)."""
         key = (layer, device)
         found = self._on_device.get(key)
         if found is None:
@@ -288,7 +289,7 @@ class RowPlan:
 
         def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
             h = block_output(output)
-            ops, reads = self._at(layer, h.device)
+            ops, reads = self.at(layer, h.device)
             before = capped = after = None
             if read and reads is not None:
                 wide = h.float()
