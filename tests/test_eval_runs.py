@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from eval_helpers import STRONG, tiny_bundle, tiny_model_dir
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app
 from persona_axis.evals.runs import capability_eval, lm_eval_capability
 from persona_axis.models.loading import load_model
+from support.eval_helpers import STRONG, tiny_bundle, tiny_model_dir
 
 TASKS = Path(__file__).parent / "data" / "lm_eval"
 
