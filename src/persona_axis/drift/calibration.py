@@ -28,8 +28,10 @@ DEFAULT_LIMITS: dict[str, float | None] = {
     "watch": 2.326,  # one turn below the Assistant's 1st percentile (normal approximation)
     "warning": 2.0,  # chosen on the dev split of evaldata/monitor (docs/monitoring.md)
     "ewma_lambda": 0.3,
-    "k": 0.5,
-    "h": 8.0,  # chosen on the dev split: the smallest h with dev false alarms ≤ 5%
+    # k and h chosen together on the dev split (with performed turns skipped and a two-turn
+    # anchor): the pair with the most dev detections at dev false alarms ≤ 5%
+    "k": 2.0,
+    "h": 2.0,
 }
 
 
