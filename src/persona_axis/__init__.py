@@ -10,6 +10,7 @@ The Python API in one import (loaded lazily, so ``import persona_axis`` stays li
         ...                                      # any forward / generate call is capped
     pa.generate_with_telemetry(lm, chats, bundle)    # replies + projections, one pass
     pa.monitor(lm, bundle, conversations)        # per-turn projections, flags, alarms
+    pa.drift_rule(bundle)                        # the one drift rule monitor/serve/simulate use
 
 Conventions (docs/method.md): layer L is the output of decoder block L, 0-based (= Hugging Face
 ``hidden_states[L + 1]``); projections are taken on the unit axis, in float32; caps are floors
@@ -33,6 +34,7 @@ _EXPORTS = {
     "preset": "persona_axis.pipeline.config",
     "compute_axis": "persona_axis.pipeline.in_memory",
     "monitor": "persona_axis.drift.monitor",
+    "drift_rule": "persona_axis.drift.calibration",
     "generate_with_telemetry": "persona_axis.inference.telemetry",
     "Sampling": "persona_axis.inference.generation",
     "InterventionSpec": "persona_axis.inference.interventions",
@@ -48,6 +50,7 @@ __all__ = [
     "__version__",
     "build",
     "compute_axis",
+    "drift_rule",
     "generate_with_telemetry",
     "intervene",
     "load_model",
@@ -57,6 +60,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.drift.calibration import drift_rule
     from persona_axis.drift.monitor import monitor
     from persona_axis.inference.generation import Sampling
     from persona_axis.inference.interventions import InterventionSpec, intervene

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from persona_axis.drift.calibration import DEFAULT_LIMITS, MonitorCalibration
+from persona_axis.drift.calibration import DEFAULT_LIMITS, MonitorCalibration, robust_spread
 from persona_axis.drift.calibration_chats import GENERATED
 from persona_axis.drift.conversations import Conversation, ReadFailure
 from persona_axis.drift.features import FEATURES, Baseline, TurnFeatures
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 CHATS_FILE = "calibration_chats.jsonl"
 CHECKPOINT_FILE = "calibration_chats.partial.json"
-MAD_TO_SD = 1.4826  # MAD of a normal distribution × this = its standard deviation
 MIN_TURNS = 12
 
 
@@ -154,16 +153,6 @@ def fit_calibration(
         dict(provenance or {}),
         effects(turns, residuals.tolist(), expected.tolist(), scale),
     )
-
-
-def robust_spread(values: Any) -> float:
-    """1.4826 × the median absolute deviation (the standard deviation for normal data); 0 for
-    fewer than two values."""
-    import numpy as np
-
-    if len(values) < 2:
-        return 0.0
-    return MAD_TO_SD * float(np.median(np.abs(values - np.median(values))))
 
 
 def _changes(turns: Sequence[CalibrationTurn], residuals: Sequence[float]) -> list[float]:
