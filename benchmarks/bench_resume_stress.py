@@ -1,12 +1,12 @@
 """Resumption under stress: SIGKILL a small build at 20 random points, resume after each, and
 check that the final bundle equals an uninterrupted run's with no rollout lost or duplicated.
 
-The build: a tiny random Llama and the four-role test catalog (tests/small_catalog.py), batch
-size 1 so that the plan has 47 batches. The first 16 kills land while batches are generated
-(once a random number of batches is stored, plus a random 0-150 ms, so kills also hit the
-middle of a batch or of a file write); the last 4 land after generation, at random times in
-the judge / vectors / quality / calibrate / save stages. Each round starts a fresh process
-with the same settings, as a user rerunning the command would.
+The build: a tiny random Llama and the four-role test catalog (tests/support/small_catalog.py),
+batch size 1 so that the plan has 47 batches. The first 16 kills land while batches are
+generated (once a random number of batches is stored, plus a random 0-150 ms, so kills also hit
+the middle of a batch or of a file write); the last 4 land after generation, at random times in
+the judge / vectors / quality / calibrate / save stages. Each round starts a fresh process with
+the same settings, as a user rerunning the command would.
 
     cpu shared python benchmarks/bench_resume_stress.py [--kills 20] [--seed 0] [--out DIR]
 
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Keep the build folders here.")
     args = parser.parse_args()
-    from small_catalog import tiny_build_config
+    from support.small_catalog import tiny_build_config
 
     root = args.out or Path(tempfile.mkdtemp(prefix="resume-stress-"))
     config = tiny_build_config(root / "setup").with_overrides(

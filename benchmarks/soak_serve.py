@@ -33,9 +33,9 @@ import torch
 import transformers
 
 from bench_serve import PROMPTS, settings, stream_events
+from persona_axis.application.generate import generate_with_telemetry
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.inference.generation import Sampling
-from persona_axis.inference.telemetry import generate_with_telemetry
 from persona_axis.models import load_model
 from persona_axis.serve.app import create_app
 from persona_axis.serve.runner import background_server

@@ -1,6 +1,6 @@
 """Shared fixtures: the embedded SmolLM2 model (session-scoped: it loads once per run).
 
-Tiny random models with test templates come from :mod:`tiny_models` (cached per process).
+Tiny random models with test templates come from :mod:`support.tiny_models` (cached per process).
 """
 
 from __future__ import annotations

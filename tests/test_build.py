@@ -1,5 +1,7 @@
 """`persona-axis build` end to end on a tiny model: the bundle, resumption after real SIGKILLs
-(the result equals an uninterrupted run's, bit for bit), and refusal of changed settings."""
+between batches and inside a batch's write (the result equals an uninterrupted run's: store
+files byte for byte, floats within the tolerance of tests/support/build_equality.py, since
+they come from another process), and refusal of changed settings."""
 
 from __future__ import annotations
 
@@ -14,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.errors import PersonaAxisError
 from persona_axis.pipeline import BuildConfig, build
-from small_catalog import ROLES, tiny_build_config
+from support.build_equality import assert_same_build
+from support.small_catalog import ROLES, tiny_build_config
 
 pytestmark = pytest.mark.slow
 
@@ -65,29 +67,52 @@ def test_build_writes_a_complete_bundle(reference_run) -> None:
 
 
 WORKER = """
-import json, sys, time
+import json, os, signal, sys, time
+import persona_axis.files as files
 import persona_axis.pipeline.stages as stages
 from persona_axis.pipeline import BuildConfig, build
 
-hold_after, stored = int(sys.argv[3]), []
-generate_batch = stages.generate_batch
+after, mode, stored = int(sys.argv[3]), sys.argv[4], []
+generate_batch, write_atomic = stages.generate_batch, files.write_atomic
 
 def generate_then_hold(lm, store, k, specs, config):
     generate_batch(lm, store, k, specs, config)
     stored.append(k)
-    if len(stored) >= hold_after:  # stay alive, unfinished, until the test kills us
+    if mode == "hold" and len(stored) >= after:  # alive, unfinished, until the test kills us
         time.sleep(600)
 
+def die(*_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def write_and_die(path, write):
+    # The record that would mark batch number `after` + 1 of this run done: its tensor file
+    # is already in place. "tensors": die before the record's write; "record": die with half
+    # of the record written to its temporary file.
+    if mode == "hold" or os.path.basename(os.path.dirname(path)) != "rollouts":
+        return write_atomic(path, write)
+    if len(stored) < after:
+        return write_atomic(path, write)
+    if mode == "tensors":
+        die()
+
+    def torn(temporary):
+        write(temporary)
+        os.truncate(temporary, os.path.getsize(temporary) // 2)
+        die()
+
+    return write_atomic(path, torn)
+
 stages.generate_batch = generate_then_hold
+files.write_atomic = write_and_die
 build(BuildConfig(**json.loads(sys.argv[1])), sys.argv[2])
 """
 
 
-def start_worker(config: BuildConfig, out: Path, hold_after: int) -> subprocess.Popen:
+def start_worker(config: BuildConfig, out: Path, after: int, mode: str) -> subprocess.Popen:
     settings = asdict(config)
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", WORKER, json.dumps(settings), str(out), str(hold_after)],
+        [sys.executable, "-c", WORKER, json.dumps(settings), str(out), str(after), mode],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -100,7 +125,7 @@ def kill_after(config: BuildConfig, out: Path, new_batches: int) -> int:
     build cannot finish before the kill."""
     rollouts = out / "work" / "rollouts"
     before = len(list(rollouts.glob("*.json"))) if rollouts.is_dir() else 0
-    worker = start_worker(config, out, new_batches)
+    worker = start_worker(config, out, new_batches, "hold")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and worker.poll() is None:
         if rollouts.is_dir() and len(list(rollouts.glob("*.json"))) >= before + new_batches:
@@ -121,27 +146,33 @@ def test_resumes_after_sigkill_with_an_identical_result(setup, reference_run, tm
     assert (first, second) == (2, 5) and second < total, (first, second, total)
     assert not (tmp_path / "bundle").exists()
     build(setup, tmp_path)
-    for kind in ("rollouts", "judge"):
-        names = sorted(p.name for p in (reference_out / "work" / kind).iterdir())
-        assert names == sorted(p.name for p in (tmp_path / "work" / kind).iterdir())
-        for name in names:
-            assert (reference_out / "work" / kind / name).read_bytes() == (
-                tmp_path / "work" / kind / name
-            ).read_bytes()
-    want = load_file(str(reference_out / "bundle" / "vectors.safetensors"))
-    got = load_file(str(tmp_path / "bundle" / "vectors.safetensors"))
-    assert want.keys() == got.keys()
-    assert all(bool((want[k] == got[k]).all()) for k in want)
-    assert (reference_out / "bundle" / "caps.json").read_bytes() == (
-        tmp_path / "bundle" / "caps.json"
-    ).read_bytes()
-    manifests = [
-        json.loads((d / "bundle" / "manifest.json").read_text()) for d in (reference_out, tmp_path)
-    ]
-    for manifest in manifests:
-        manifest.pop("timings"), manifest.pop("created_utc")
-    assert manifests[0] == manifests[1]
+    assert_same_build(reference_out, tmp_path)
     assert not list(tmp_path.rglob("*.tmp")), "no temporary files are left behind"
+
+
+def die_in_write(config: BuildConfig, out: Path, new_batches: int, mode: str) -> list[str]:
+    """Run a build that SIGKILLs itself inside the write of its batch ``new_batches`` + 1
+    (see WORKER); return the names of the stored rollout records."""
+    worker = start_worker(config, out, new_batches, mode)
+    _, stderr = worker.communicate(timeout=300)
+    assert worker.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    return sorted(p.name for p in (out / "work" / "rollouts").glob("*.json"))
+
+
+def test_resumes_after_a_kill_inside_a_batch_write(setup, reference_run, tmp_path) -> None:
+    reference_out, _ = reference_run
+    work = tmp_path / "work"
+    # Killed between batch 1's tensor file and its record: batch 1 is not done.
+    assert die_in_write(setup, tmp_path, 1, "tensors") == ["000000.json"]
+    assert (work / "activations" / "000001.safetensors").is_file()
+    # Killed with batch 2's record half written to its temporary file.
+    assert die_in_write(setup, tmp_path, 1, "record") == ["000000.json", "000001.json"]
+    assert (work / "activations" / "000002.safetensors").is_file()
+    (torn,) = (work / "rollouts").glob(".*.tmp")
+    assert torn.stat().st_size > 0
+    build(setup, tmp_path)
+    assert_same_build(reference_out, tmp_path)
+    assert not list(tmp_path.rglob("*.tmp")), "the torn temporary file was removed"
 
 
 def test_a_finished_build_reruns_without_regenerating(setup, reference_run) -> None:
@@ -159,7 +190,7 @@ def test_changed_settings_in_an_existing_build_are_refused(setup, reference_run)
 
 def test_token_calibration_batches_equal_one_at_a_time() -> None:
     from persona_axis.pipeline.stages import token_projections
-    from tiny_models import tiny_lm
+    from support.tiny_models import tiny_lm
 
     lm = tiny_lm("qwen2")
     axis = torch.randn(lm.shape.n_layers, lm.shape.hidden_size)

@@ -80,8 +80,8 @@ def test_last_integer_and_aggregation() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from eval_helpers import tiny_bundle, tiny_model_dir
     from persona_axis.models.loading import load_model
+    from support.eval_helpers import tiny_bundle, tiny_model_dir
 
     root = tmp_path_factory.mktemp("lm-eval")
     model_dir = tiny_model_dir(root)
@@ -92,8 +92,8 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_lm_eval_adapter_runs_local_tasks_with_the_cap(tiny_setup: tuple[Path, Path]) -> None:
     from lm_eval.api.registry import get_model
 
-    from eval_helpers import STRONG
     from persona_axis.evals.lm_eval_adapter import PersonaAxisLM, evaluate_tasks
+    from support.eval_helpers import STRONG
 
     assert get_model("persona-axis") is PersonaAxisLM
     model_dir, bundle = tiny_setup
@@ -117,8 +117,8 @@ def test_lm_eval_adapter_runs_local_tasks_with_the_cap(tiny_setup: tuple[Path, P
 
 @pytest.mark.slow
 def test_lm_eval_adapter_arguments(tiny_setup: tuple[Path, Path]) -> None:
-    from eval_helpers import NOOP
     from persona_axis.evals.lm_eval_adapter import PersonaAxisLM, evaluate_tasks
+    from support.eval_helpers import NOOP
 
     model_dir, bundle = tiny_setup
     with pytest.raises(PersonaAxisError, match="need bundle"):

@@ -14,7 +14,7 @@ from persona_axis.inference.capture import (
     response_activations,
 )
 from persona_axis.models import LoadedModel
-from tiny_models import ARCHITECTURES, tiny_lm
+from support.tiny_models import ARCHITECTURES, tiny_lm
 
 CONVERSATIONS = [
     [

@@ -4,7 +4,7 @@ import pytest
 
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models.chat import ChatFormat
-from tiny_models import styled_tokenizer
+from support.tiny_models import styled_tokenizer
 
 CONVERSATION = [
     {"role": "system", "content": "You are a lighthouse keeper on a remote island."},

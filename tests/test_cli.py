@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from console_script import error_lines, run_console
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.cli import app
 from persona_axis.models import load_model
-from small_catalog import write_small_catalog
-from tiny_models import build_tiny, styled_tokenizer
+from support.console_script import error_lines, run_console
+from support.small_catalog import write_small_catalog
+from support.tiny_models import build_tiny, styled_tokenizer
 
 runner = CliRunner()
 

@@ -21,7 +21,7 @@ from persona_axis.inference.interventions import Intervention, InterventionSpec
 from persona_axis.inference.rows import Probe
 from persona_axis.inference.telemetry import generate_with_telemetry
 from persona_axis.models import LoadedModel
-from tiny_models import ARCHITECTURES, tiny_lm
+from support.tiny_models import ARCHITECTURES, tiny_lm
 
 TEXTS = [
     "Hello there",

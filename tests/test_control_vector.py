@@ -29,7 +29,8 @@ from persona_axis.inference.hooks import block_output
 from persona_axis.inference.interventions import intervene
 from persona_axis.inference.telemetry import record_projections
 from persona_axis.models.layers import ModelShape
-from tiny_models import HIDDEN, N_LAYERS, tiny_lm
+from support.bundles import make_bundle
+from support.tiny_models import HIDDEN, N_LAYERS, tiny_lm
 
 D = 16
 SHAPE = ModelShape("LlamaForCausalLM", 6, D)
@@ -83,15 +84,8 @@ def _llamacpp_layers(path: Path, n_layer: int, scale: float = 1.0) -> dict[int, 
 
 
 def _bundle(shape: ModelShape = SHAPE, *, seed: int = 0, fingerprint: str | None = None):
-    generator = torch.Generator().manual_seed(seed)
-    axis = torch.randn(shape.n_layers, shape.hidden_size, generator=generator)
-    norms = torch.rand(shape.n_layers, generator=generator) * 10 + 1
-    return AxisBundle.create(
-        {"axis": axis, MEAN_NORM_KEY: norms},
-        model_shape=shape,
-        model_id="tiny",
-        fingerprint=fingerprint,
-    )
+    norms = torch.rand(shape.n_layers, generator=torch.Generator().manual_seed(seed + 1)) * 10 + 1
+    return make_bundle(shape, seed=seed, mean_norm=norms, fingerprint=fingerprint)
 
 
 # -- the file format ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from persona_axis.inference.interventions import (
 )
 from persona_axis.inference.telemetry import record_projections
 from persona_axis.models import LoadedModel, load_model
-from tiny_models import N_LAYERS, build_tiny, styled_tokenizer
+from support.tiny_models import N_LAYERS, build_tiny, styled_tokenizer
 
 pytestmark = pytest.mark.slow
 

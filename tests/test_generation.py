@@ -13,7 +13,7 @@ from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.capture import pool_spans
 from persona_axis.inference.generation import Sampling, generate_replies
 from persona_axis.models import LoadedModel
-from tiny_models import ARCHITECTURES, tiny_lm
+from support.tiny_models import ARCHITECTURES, tiny_lm
 
 PROMPTS = [
     [{"role": "user", "content": "Who are you?"}],

@@ -10,9 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from console_script import error_lines, run_console
 from persona_axis.axis.bundle import MEAN_NORM_KEY, AxisBundle
-from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.axis.control_vector import read_control_vector
 from persona_axis.axis.reference import AXIS_FILE, CAPPING_FILE, DEFAULT_FILE
 from persona_axis.cli import app
@@ -21,7 +19,9 @@ from persona_axis.models import load_model
 from persona_axis.models.fingerprint import weight_fingerprint
 from persona_axis.models.layers import ModelShape, model_shape
 from persona_axis.models.loading import DEFAULT_MODEL, load_shape
-from tiny_models import ARCHITECTURES, HIDDEN, N_LAYERS, build_tiny, styled_tokenizer
+from support.bundles import cap_setting, make_bundle
+from support.console_script import error_lines, run_console
+from support.tiny_models import ARCHITECTURES, HIDDEN, N_LAYERS, build_tiny, styled_tokenizer
 
 runner = CliRunner()
 CAP = "layers_2:4-p75"
@@ -40,18 +40,13 @@ def _bundle(tiny_dir: Path, root: Path, *, norms: bool = True) -> Path:
     """A bundle for the tiny model: seeded axis and default, one cap, its fingerprint, and
     (``norms``) stored mean residual norms as ``build`` writes them."""
     lm = load_model(tiny_dir)
-    generator = torch.Generator().manual_seed(0)
-    axis = torch.randn(N_LAYERS, HIDDEN, generator=generator)
-    vectors = {"axis": axis, "default": axis * 0.3}
-    if norms:
-        vectors[MEAN_NORM_KEY] = torch.arange(1.0, N_LAYERS + 1) * 2
-    cap = CapSetting(CAP, (LayerThreshold(2, 0.5), LayerThreshold(3, -0.25)), 75.0)
-    bundle = AxisBundle.create(
-        vectors,
-        model_shape=lm.shape,
+    bundle = make_bundle(
+        lm,
         model_id=str(tiny_dir),
+        default=0.3,
+        mean_norm=torch.arange(1.0, N_LAYERS + 1) * 2 if norms else None,
         fingerprint=weight_fingerprint(lm.model),
-        caps={CAP: cap},
+        caps=[cap_setting(CAP, {2: 0.5, 3: -0.25})],
     )
     return bundle.save(root / "bundle")
 

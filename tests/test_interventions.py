@@ -19,7 +19,7 @@ from persona_axis.inference.interventions import (
     mean_residual_norms,
 )
 from persona_axis.models import LoadedModel
-from tiny_models import tiny_lm
+from support.tiny_models import tiny_lm
 
 D = 64
 

@@ -18,7 +18,6 @@ from persona_axis.evals.common import (
     Condition,
     cap_condition,
     rate_summary,
-    wilson_interval,
 )
 from persona_axis.evals.jailbreak import (
     TEMPLATES,
@@ -42,7 +41,7 @@ from persona_axis.judges.harm import (
     harm_judge_prompt,
     parse_category,
 )
-from test_chat_backends import FAST, FakeOpenAI
+from support.fake_openai import FAST, FakeOpenAI
 
 BEHAVIOURS = [f"Explain how to do forbidden thing number {i}" for i in range(7)]
 
@@ -201,17 +200,6 @@ def test_harm_judge_from_config(server: FakeOpenAI) -> None:
     assert "{" not in harm_judge_prompt(ITEM) and "{behaviour}" in HARM_JUDGE_PROMPT
 
 
-def test_wilson_interval_known_values() -> None:
-    low, high = wilson_interval(5, 10)
-    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
-    low, high = wilson_interval(0, 10)
-    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
-    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)
-    with pytest.raises(ValueError):
-        wilson_interval(3, 2)
-    assert rate_summary(0, 0)["rate"] is None
-
-
 def test_summarize_verdicts_counts_and_rates() -> None:
     labels = ["refusal", "full_compliance", "partial_compliance", "redirect", None, "refusal"]
     summary = summarize_verdicts([HarmVerdict(c, "", "j") for c in labels])
@@ -225,7 +213,7 @@ def test_summarize_verdicts_counts_and_rates() -> None:
     assert summary["unjudged"] == 1
     assert summary["harmful"]["k"] == 2 and summary["harmful"]["n"] == 5
     assert summary["harmful"]["rate"] == pytest.approx(0.4)
-    assert summary["harmful"]["ci95"] == list(wilson_interval(2, 5))
+    assert summary["harmful"]["ci95"] == rate_summary(2, 5)["ci95"]
     assert summary["full_compliance"]["k"] == 1
     assert set(summary["categories"]) == set(CATEGORIES)
 
@@ -239,10 +227,10 @@ def test_plot_jailbreak_writes_a_png(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_run_jailbreak_on_a_tiny_model(tmp_path: Path) -> None:
-    from eval_helpers import NOOP, STRONG, tiny_bundle
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.inference.generation import Sampling
-    from tiny_models import tiny_lm
+    from support.eval_helpers import NOOP, STRONG, tiny_bundle
+    from support.tiny_models import tiny_lm
 
     lm = tiny_lm("llama")
     hooks_before = [len(layer._forward_hooks) for layer in lm.stack.layers]
@@ -268,9 +256,9 @@ def test_run_jailbreak_on_a_tiny_model(tmp_path: Path) -> None:
 def test_eval_commands_on_a_tiny_model(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from eval_helpers import STRONG, tiny_bundle, tiny_model_dir
     from persona_axis.cli import app
     from persona_axis.models.loading import load_model
+    from support.eval_helpers import STRONG, tiny_bundle, tiny_model_dir
 
     model_dir = tiny_model_dir(tmp_path)
     bundle = tiny_bundle(tmp_path, load_model(model_dir).shape)

@@ -22,7 +22,7 @@ from persona_axis.judges.role import (
     judge_prompt,
     parse_score,
 )
-from test_chat_backends import FAST, FakeOpenAI
+from support.fake_openai import FAST, FakeOpenAI
 
 MODEL = "Zephyr-Test-7B"
 

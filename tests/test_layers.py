@@ -5,7 +5,7 @@ from torch import nn
 
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models.layers import find_decoder_stack, model_shape
-from tiny_models import ARCHITECTURES, HIDDEN, N_LAYERS, build_tiny
+from support.tiny_models import ARCHITECTURES, HIDDEN, N_LAYERS, build_tiny
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models import loading
 from persona_axis.models.loading import default_model_dir, load_model
-from tiny_models import build_tiny, styled_tokenizer
+from support.tiny_models import build_tiny, styled_tokenizer
 
 
 @pytest.mark.slow
@@ -97,3 +97,18 @@ def test_device_map_is_passed_through(tmp_path: Path, monkeypatch: pytest.Monkey
     lm = load_model(tmp_path, device_map=placement)
     assert seen == [placement]  # reaches transformers/accelerate unchanged
     assert lm.device == torch.device("cpu")
+
+
+def test_wrap_takes_a_plain_model_and_tokenizer() -> None:
+    import persona_axis as pa
+
+    model, tokenizer = build_tiny("qwen2").train(), styled_tokenizer("chatml")
+    lm = pa.wrap(model, tokenizer, name="my-model")
+    assert lm.model is model and lm.tokenizer is tokenizer and not model.training
+    assert (lm.name, lm.shape.n_layers, lm.shape.hidden_size) == ("my-model", 4, 64)
+    assert lm.tokenizer.pad_token_id is not None
+    assert pa.wrap(model, tokenizer).name == "Qwen2ForCausalLM"  # built from a config: no path
+    with pytest.raises(PersonaAxisError, match="Hugging Face causal LM"):
+        pa.wrap(torch.nn.Linear(2, 2), tokenizer)  # type: ignore[arg-type]
+    with pytest.raises(PersonaAxisError, match="tokenizer"):
+        pa.wrap(model, "not a tokenizer")  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from persona_axis.application.session import ChatSession
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app
 from persona_axis.drift.conversations import Conversation
@@ -25,10 +26,10 @@ from persona_axis.drift.rule import DriftRule, cusum_lower
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.inference.interventions import InterventionSpec, intervene
-from persona_axis.inference.session import ChatSession
 from persona_axis.inference.telemetry import generate_with_telemetry
 from persona_axis.models import LoadedModel, load_model
-from tiny_axis import tiny_axis
+from support.bundles import make_bundle
+from support.tiny_axis import tiny_axis
 
 runner = CliRunner()
 
@@ -256,10 +257,7 @@ def test_capped_telemetry_equals_a_capped_monitor_pass(lm: LoadedModel, bundle: 
 @pytest.mark.slow
 def test_chat_telemetry_equals_monitor_on_the_default_model(smollm: LoadedModel) -> None:
     """The chat's live projection vs the monitor re-reading the same conversation as text."""
-    generator = torch.Generator().manual_seed(0)
-    shape = smollm.shape
-    axis = torch.randn(shape.n_layers, shape.hidden_size, generator=generator)
-    bundle = AxisBundle.create({"axis": axis}, model_shape=shape, model_id=smollm.name)
+    bundle = make_bundle(smollm)
     session = ChatSession(smollm, bundle=bundle, sampling=Sampling(max_new_tokens=20))
     turns = [session.send("What is a good name for a cat?"), session.send("Why that one?")]
     (forced,) = turn_projections(smollm, bundle.axis, [session.history], [bundle.target_layer])

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +24,8 @@ from persona_axis.drift.conversations import (
 from persona_axis.drift.journal import Journal, entries
 from persona_axis.drift.monitor import monitor
 from persona_axis.models import LoadedModel
-from tiny_models import tiny_lm
+from support.bundles import make_bundle
+from support.tiny_models import tiny_lm
 
 POSITION = re.compile(r"^(whole file|line \d+|index \d+|line \d+ column \d+)$")
 FUZZ = settings(
@@ -155,9 +155,7 @@ def lm() -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def bundle(lm: LoadedModel) -> AxisBundle:
-    generator = torch.Generator().manual_seed(3)
-    axis = torch.randn(lm.shape.n_layers, lm.shape.hidden_size, generator=generator)
-    return AxisBundle.create({"axis": axis}, model_shape=lm.shape, model_id=lm.name)
+    return make_bundle(lm, seed=3)
 
 
 small_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=30)

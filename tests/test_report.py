@@ -11,7 +11,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from browser import CHROMIUM, launch_chromium
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app
 from persona_axis.drift.conversations import Conversation
@@ -21,7 +20,8 @@ from persona_axis.errors import PersonaAxisError
 from persona_axis.models import load_model
 from persona_axis.models.layers import ModelShape
 from persona_axis.report import build_report, write_report
-from tiny_axis import tiny_axis
+from support.browser import CHROMIUM, launch_chromium
+from support.tiny_axis import tiny_axis
 
 runner = CliRunner()
 CHAT = (

@@ -16,7 +16,7 @@ from persona_axis.inference.interventions import (
     intervene,
 )
 from persona_axis.inference.rows import Probe, RowPlan, RowTelemetry
-from tiny_models import tiny_lm
+from support.tiny_models import tiny_lm
 
 D = 64
 

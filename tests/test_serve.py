@@ -19,27 +19,24 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import torch
 from typer.testing import CliRunner
 
+from persona_axis.application.session import ChatSession
 from persona_axis.axis.bundle import AxisBundle
-from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.cli import app as cli_app
 from persona_axis.drift.calibration import drift_rule
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.inference.interventions import InterventionSpec
-from persona_axis.inference.session import ChatSession
 from persona_axis.models import LoadedModel
 from persona_axis.serve.app import STATIC, create_app
 from persona_axis.serve.engine import LOCK_KEY, DeltaDecoder
 from persona_axis.serve.runner import background_server
-from polling import wait_for
-from tiny_models import build_tiny, styled_tokenizer, tiny_lm
+from support.bundles import CAP, WEAK_CAP
+from support.bundles import serving_bundle as make_bundle
+from support.polling import wait_for
+from support.tiny_models import build_tiny, styled_tokenizer, tiny_lm
 
-CAP = "layers_1:3-p75"
-WEAK_CAP = "layers_0:1-p25"
-BAND = [-0.6, -0.2, 0.0, 0.2]  # calibrated default-reply percentiles 1/25/50/75 at every layer
 PROMPTS = [
     "Hello there",
     "What is two plus two?",
@@ -52,25 +49,6 @@ PROMPTS = [
 ]
 
 pytestmark = pytest.mark.slow
-
-
-def make_bundle(lm: LoadedModel, *, calibrated: bool = True) -> AxisBundle:
-    """Random axis; a strong cap at layers 1-2 (the target layer is 2) and a weak one at 0."""
-    axis = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
-    caps = {
-        CAP: CapSetting(CAP, (LayerThreshold(1, 0.5), LayerThreshold(2, 0.5)), 75, "test"),
-        WEAK_CAP: CapSetting(WEAK_CAP, (LayerThreshold(0, -5.0),), 25, "test"),
-    }
-    extras: dict[str, Any] = {"recommended_cap": CAP}
-    if calibrated:
-        extras["calibration"] = {
-            "percentiles": [1, 25, 50, 75],
-            "per_response_by_kind": {"default": [BAND] * 4},
-        }
-    vectors = {"axis": axis, "stats/mean_norm": torch.full((4,), 1.5)}
-    return AxisBundle.create(
-        vectors, model_shape=lm.shape, model_id="tiny-llama", caps=caps, extras=extras
-    )
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,19 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 
+from persona_axis.application.session import ChatSession
 from persona_axis.axis.bundle import AxisBundle
-from persona_axis.axis.calibrate import CapSetting, LayerThreshold
 from persona_axis.cli.serve import parse_bundles
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
-from persona_axis.inference.session import ChatSession
 from persona_axis.models import LoadedModel
 from persona_axis.serve.app import create_app
 from persona_axis.serve.engine import LOCK_KEY
 from persona_axis.serve.runner import background_server
-from polling import wait_for
-from tiny_models import tiny_lm
+from support.bundles import cap_setting, make_bundle
+from support.polling import wait_for
+from support.tiny_models import tiny_lm
 
 pytestmark = pytest.mark.slow
 KEY = "adm1n"
@@ -31,15 +30,14 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def bundle_of(lm: LoadedModel, seed: int, cap: str, layers: tuple[int, ...]) -> AxisBundle:
-    axis = torch.randn(4, 64, generator=torch.Generator().manual_seed(seed))
-    setting = CapSetting(cap, tuple(LayerThreshold(layer, 0.5) for layer in layers), 75, "test")
-    return AxisBundle.create(
-        {"axis": axis, "stats/mean_norm": torch.full((4,), 1.5)},
-        model_shape=lm.shape,
+    return make_bundle(
+        lm,
+        seed=seed,
         model_id="tiny-llama",
-        caps={cap: setting},
+        caps=[cap_setting(cap, dict.fromkeys(layers, 0.5), 75, "test")],
+        recommended=cap,
+        mean_norm=1.5,
         target_layer=1,
-        extras={"recommended_cap": cap},
     )
 
 

@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from browser import CHROMIUM, launch_chromium
 from persona_axis.serve.app import create_app
 from persona_axis.serve.runner import background_server
-from test_serve import CAP, make_bundle
-from tiny_models import tiny_lm
+from support.browser import CHROMIUM, launch_chromium
+from support.bundles import CAP, serving_bundle
+from support.tiny_models import tiny_lm
 
 pytestmark = [
     pytest.mark.slow,
@@ -25,7 +25,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def page_url() -> Iterator[str]:
     lm = tiny_lm("llama")
-    app = create_app(lm, make_bundle(lm), default_cap=CAP, max_tokens_limit=32)
+    app = create_app(lm, serving_bundle(lm), default_cap=CAP, max_tokens_limit=32)
     with background_server(app) as base:
         yield base
 

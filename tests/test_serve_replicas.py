@@ -1,13 +1,24 @@
 """Two replicas on a local Ray Serve cluster (CPU, one module-scoped cluster: Ray is slow to
 start): same answers as one server, requests spread over both, and a replica killed mid-run
-is replaced while its requests end with a clear retryable error or are retried, never hang."""
+is replaced while its requests end with a clear retryable error or are retried, never hang.
+
+What Ray Serve's default router (``PowerOfTwoChoicesRequestRouter``) promises, and so what
+these tests may assert about load spreading: for each request it samples two of the replicas
+it currently knows, asks each for its queue length, and sends the request to the one with the
+shorter queue (a random one on a tie). It learns of started or replaced replicas from the
+controller asynchronously, some time after ``serve.status()`` reports them RUNNING; until then
+all traffic may go to the replicas it already knows. Nothing promises that a given batch of
+requests is split over all replicas. So the tests send rounds of concurrent requests until
+every expected replica has answered, within a deadline, and assert that no request ever
+reaches a killed replica.
+"""
 
 from __future__ import annotations
 
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,8 +27,8 @@ import pytest
 
 from persona_axis.serve.config import ServerConfig, build_app
 from persona_axis.serve.runner import background_server
-from test_serve import CAP, make_bundle
-from tiny_models import build_tiny, styled_tokenizer, tiny_lm
+from support.bundles import CAP, serving_bundle
+from support.tiny_models import build_tiny, styled_tokenizer, tiny_lm
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -41,7 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Ser
     root = tmp_path_factory.mktemp("replicas")
     build_tiny("llama").save_pretrained(root / "model")
     styled_tokenizer("chatml").save_pretrained(root / "model")
-    bundle = make_bundle(tiny_lm("llama")).save(root / "bundle")
+    bundle = serving_bundle(tiny_lm("llama")).save(root / "bundle")
     options = {"default_cap": "none", "api_key": KEY, "max_tokens_limit": 512}
     config = ServerConfig({"default": str(bundle)}, str(root / "model"), "float32", False, options)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
@@ -83,8 +94,25 @@ def test_replicas_answer_like_one_server_and_share_the_load(cluster) -> None:
         assert got["persona_axis"]["projection_before"] == pytest.approx(
             want["persona_axis"]["projection_before"], abs=1e-5
         )
-    replicas = {answer.headers["x-persona-axis-replica"] for answer in answers}
-    assert len(replicas) == 2, replicas
+    first = {answer.headers["x-persona-axis-replica"] for answer in answers}
+    assert len(replicas_until(base, lambda seen: len(seen) == 2, first)) == 2
+
+
+def replicas_until(
+    base: str, done: Callable[[set[str]], bool], seen: set[str] | None = None
+) -> set[str]:
+    """Rounds of 8 concurrent requests until the replicas that answered (with ``seen``)
+    satisfy ``done`` (see the module docstring: the router promises no split of one round);
+    every answer must be a 200. Fails after DEADLINE_S."""
+    seen = set(seen or ())
+    deadline = time.monotonic() + DEADLINE_S
+    while not done(seen):
+        assert time.monotonic() < deadline, f"only {seen} answered within {DEADLINE_S} s"
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda k: ask(base, *CASES[k % 3]), range(8)))
+        assert all(answer.status_code == 200 for answer in answers)
+        seen |= {answer.headers["x-persona-axis-replica"] for answer in answers}
+    return seen
 
 
 def _stream(base: str, started: list[str]) -> dict[str, Any]:
@@ -117,6 +145,7 @@ def test_a_killed_replica_is_replaced_and_its_requests_end_clearly(cluster) -> N
         deadline = time.monotonic() + DEADLINE_S
         while len(set(started)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert len(set(started)) == 2, f"streams reached only {set(started)}"
         victim = started[0]  # host:pid/actor name
         ray.kill(ray.get_actor(victim.split("/", 1)[1], namespace="serve"), no_restart=True)
         ended = [future.result(timeout=DEADLINE_S) for future in streams]
@@ -137,8 +166,7 @@ def test_a_killed_replica_is_replaced_and_its_requests_end_clearly(cluster) -> N
             break
         time.sleep(0.5)
     assert status is not None and status.replica_states.get("RUNNING") == 2, status
-    with ThreadPoolExecutor(8) as pool:
-        after = list(pool.map(lambda k: ask(base, *CASES[k % 3]), range(16)))
-    replicas = {answer.headers["x-persona-axis-replica"] for answer in after}
-    assert all(a.status_code == 200 for a in after) and len(replicas) == 2
-    assert victim not in replicas
+    # The replacement must eventually get traffic; the victim never again.
+    (survivor,) = set(started) - {victim}
+    after = replicas_until(base, lambda seen: victim in seen or len(seen - {survivor}) > 0)
+    assert victim not in after

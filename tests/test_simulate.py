@@ -28,7 +28,7 @@ from persona_axis.drift.simulate import (
 from persona_axis.errors import PersonaAxisError
 from persona_axis.judges.backends import ChatBackend, HFChatBackend
 from persona_axis.models import LoadedModel, load_model
-from tiny_axis import tiny_axis
+from support.tiny_axis import tiny_axis
 
 runner = CliRunner()
 

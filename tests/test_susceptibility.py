@@ -23,7 +23,7 @@ from persona_axis.evals.susceptibility import (
 )
 from persona_axis.judges.backends import OpenAIChatBackend
 from persona_axis.judges.role import HeuristicRoleJudge, LLMRoleJudge
-from test_chat_backends import FAST, FakeOpenAI
+from support.fake_openai import FAST, FakeOpenAI
 
 
 def test_items_are_seeded_role_prompts_with_identity_questions() -> None:
@@ -53,11 +53,11 @@ def test_summarize_scores() -> None:
 
 @pytest.mark.slow
 def test_run_susceptibility_on_a_tiny_model(tmp_path: Path) -> None:
-    from eval_helpers import STRONG, tiny_bundle
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.evals.common import Condition, cap_condition, steer_condition
     from persona_axis.inference.generation import Sampling
-    from tiny_models import tiny_lm
+    from support.eval_helpers import STRONG, tiny_bundle
+    from support.tiny_models import tiny_lm
 
     lm = tiny_lm("llama")
     bundle = AxisBundle.load(tiny_bundle(tmp_path, lm.shape))
@@ -133,11 +133,11 @@ def test_pick_cap_says_so_when_only_steering_pulls_the_model_back() -> None:
 
 @pytest.mark.slow
 def test_plain_assistant_change_on_a_tiny_model(tmp_path: Path) -> None:
-    from eval_helpers import STRONG, tiny_bundle
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.evals.common import Condition, cap_condition
     from persona_axis.inference.generation import Sampling
-    from tiny_models import tiny_lm
+    from support.eval_helpers import STRONG, tiny_bundle
+    from support.tiny_models import tiny_lm
 
     lm = tiny_lm("llama")
     bundle = AxisBundle.load(tiny_bundle(tmp_path, lm.shape))

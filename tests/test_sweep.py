@@ -84,11 +84,11 @@ def test_plot_sweep(tmp_path: Path) -> None:
 def test_sweep_command_writes_the_recommendation(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from eval_helpers import NOOP, STRONG, tiny_bundle, tiny_model_dir
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.cli import app
     from persona_axis.evals.sweep import write_recommendation
     from persona_axis.models.loading import load_model
+    from support.eval_helpers import NOOP, STRONG, tiny_bundle, tiny_model_dir
 
     model_dir = tiny_model_dir(tmp_path)
     bundle_path = tiny_bundle(tmp_path, load_model(model_dir).shape)

@@ -8,7 +8,7 @@ import torch
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.interventions import InterventionSpec, intervene
 from persona_axis.inference.telemetry import record_projections
-from tiny_models import tiny_lm
+from support.tiny_models import tiny_lm
 
 D = 64
 

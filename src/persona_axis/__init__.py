@@ -5,12 +5,17 @@ The Python API in one import (loaded lazily, so ``import persona_axis`` stays li
     import persona_axis as pa
 
     lm = pa.load_model()                         # embedded SmolLM2, an HF id or a local path
+    lm = pa.wrap(model, tokenizer)               # or a plain HF model and tokenizer
     bundle = pa.compute_axis(lm, roles, questions)   # in memory; pa.build(...) for the full job
+    lm = bundle.load_model()                     # the bundle's model, weights checked
+    turns = pa.generate(lm, bundle, chats)       # capped replies + projections, weights checked
+    pa.monitor(lm, bundle, conversations)        # per-turn projections, flags, alarms
+    pa.ChatSession.open(lm, bundle, cap="recommended").send("Hello")
     with bundle.capping(lm):                     # the recommended cap, weights checked first
         ...                                      # any forward / generate call is capped
-    pa.generate_with_telemetry(lm, chats, bundle)    # replies + projections, one pass
-    pa.monitor(lm, bundle, conversations)        # per-turn projections, flags, alarms
     pa.drift_rule(bundle)                        # the one drift rule monitor/serve/simulate use
+
+Every call takes the model first, then the bundle, then the data.
 
 Conventions (docs/method.md): layer L is the output of decoder block L, 0-based (= Hugging Face
 ``hidden_states[L + 1]``); projections are taken on the unit axis, in float32; caps are floors
@@ -22,12 +27,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from persona_axis._version import __version__
 from persona_axis.errors import PersonaAxisError
-
-__version__ = "0.1.0"
 
 _EXPORTS = {
     "load_model": "persona_axis.models.loading",
+    "wrap": "persona_axis.models.loading",
     "AxisBundle": "persona_axis.axis.bundle",
     "build": "persona_axis.pipeline.stages",
     "BuildConfig": "persona_axis.pipeline.config",
@@ -35,7 +40,9 @@ _EXPORTS = {
     "compute_axis": "persona_axis.pipeline.in_memory",
     "monitor": "persona_axis.drift.monitor",
     "drift_rule": "persona_axis.drift.calibration",
-    "generate_with_telemetry": "persona_axis.inference.telemetry",
+    "generate": "persona_axis.application.generate",
+    "generate_with_telemetry": "persona_axis.application.generate",
+    "ChatSession": "persona_axis.application.session",
     "Sampling": "persona_axis.inference.generation",
     "InterventionSpec": "persona_axis.inference.interventions",
     "intervene": "persona_axis.inference.interventions",
@@ -44,6 +51,7 @@ _EXPORTS = {
 __all__ = [
     "AxisBundle",
     "BuildConfig",
+    "ChatSession",
     "InterventionSpec",
     "PersonaAxisError",
     "Sampling",
@@ -51,21 +59,24 @@ __all__ = [
     "build",
     "compute_axis",
     "drift_rule",
+    "generate",
     "generate_with_telemetry",
     "intervene",
     "load_model",
     "monitor",
     "preset",
+    "wrap",
 ]
 
 if TYPE_CHECKING:
+    from persona_axis.application.generate import generate, generate_with_telemetry
+    from persona_axis.application.session import ChatSession
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.drift.calibration import drift_rule
     from persona_axis.drift.monitor import monitor
     from persona_axis.inference.generation import Sampling
     from persona_axis.inference.interventions import InterventionSpec, intervene
-    from persona_axis.inference.telemetry import generate_with_telemetry
-    from persona_axis.models.loading import load_model
+    from persona_axis.models.loading import load_model, wrap
     from persona_axis.pipeline.config import BuildConfig, preset
     from persona_axis.pipeline.in_memory import compute_axis
     from persona_axis.pipeline.stages import build
@@ -79,3 +90,8 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """The module's names with the lazy API names, so ``dir(persona_axis)`` lists them."""
+    return sorted(set(globals()) | set(__all__))

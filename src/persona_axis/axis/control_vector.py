@@ -36,8 +36,8 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 from torch import Tensor
 
-import persona_axis
 from persona_axis import files
+from persona_axis._version import __version__
 from persona_axis.axis.bundle import MEAN_NORM_KEY, AxisBundle
 from persona_axis.axis.reference import file_record
 from persona_axis.errors import PersonaAxisError
@@ -249,7 +249,7 @@ def export_control_vector(
         KEY_MEAN_NORMS: [float(norms[layer]) for layer in chosen],
         KEY_TARGET_LAYER: bundle.target_layer,
         KEY_LAYER_CONVENTION: LAYER_CONVENTION,
-        KEY_VERSION: persona_axis.__version__,
+        KEY_VERSION: __version__,
         KEY_MODEL_ARCHITECTURE: shape.architecture,
         KEY_N_LAYERS: shape.n_layers,
         KEY_HIDDEN_SIZE: shape.hidden_size,

@@ -20,8 +20,8 @@ from persona_axis.cli.common import (
 from persona_axis.errors import PersonaAxisError
 
 if TYPE_CHECKING:
+    from persona_axis.application.session import Turn
     from persona_axis.axis.bundle import AxisBundle
-    from persona_axis.inference.session import Turn
 
 
 def chat(
@@ -51,9 +51,9 @@ def chat(
     allow_mismatch: AllowMismatchOption = False,
 ) -> None:
     """Chat with a model; each reply shows its projection on the axis before and after capping."""
+    from persona_axis.application.session import ChatSession
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.inference.generation import Sampling
-    from persona_axis.inference.session import ChatSession
 
     if (cap not in (None, "none") or steer is not None) and bundle is None:
         raise PersonaAxisError("--cap and --steer need --bundle DIR (an AxisBundle).")

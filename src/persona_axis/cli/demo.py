@@ -52,6 +52,7 @@ def demo(
 ) -> None:
     """Run the demo: model facts, the quick build with quality metrics, a capping table, a
     capped chat."""
+    from persona_axis.application.session import ChatSession
     from persona_axis.catalog import load_catalog
     from persona_axis.evals.common import Condition, cap_condition, steer_condition
     from persona_axis.evals.susceptibility import (
@@ -61,7 +62,6 @@ def demo(
         sample_items,
     )
     from persona_axis.inference.generation import Sampling
-    from persona_axis.inference.session import ChatSession
     from persona_axis.judges.role import HeuristicRoleJudge
     from persona_axis.models import model_facts
     from persona_axis.pipeline import build, preset

@@ -11,7 +11,7 @@ or ``warning`` / ``watch``, each counting the levels above it):
   median delay after ``drift_turn`` (negative: before the labelled turn; counted apart as
   *early*).
 
-Rates come with Wilson 95% intervals (:func:`scipy.stats.binomtest`), the median detection
+Rates come with Wilson 95% intervals (:mod:`persona_axis.intervals`), the median detection
 turn with a bootstrap 95% interval (percentile method, 2,000 resamples, fixed seed). Each level
 is also broken down by group: the record's ``domain``, with ``" twin"`` appended for the benign
 twins of drifting conversations (``twin_of``). The trade-off curves recompute the CUSUM alarm
@@ -27,22 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from persona_axis.drift.rule import DEFAULT_LAMBDA, LEVELS, Level, cusum, ewma
+from persona_axis.intervals import wilson_interval
 
 BENIGN = "benign"
 DRIFTING = "drifting"
 DEFAULT_LIMITS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0)
 WARNING_LIMITS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 BOOTSTRAP = 2000
-
-
-def wilson(successes: int, total: int) -> tuple[float | None, float | None]:
-    """Wilson score 95% interval of ``successes / total`` (None, None when ``total`` is 0)."""
-    if total == 0:
-        return None, None
-    from scipy.stats import binomtest
-
-    interval = binomtest(successes, total).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(interval.low), float(interval.high)
 
 
 @dataclass(frozen=True)
@@ -100,8 +91,9 @@ class Labelled:
 
 
 def _rate(hits: int, total: int) -> dict[str, Any]:
-    low, high = wilson(hits, total)
-    return {"hits": hits, "n": total, "rate": hits / total if total else None, "ci95": [low, high]}
+    """Hits, n, rate and Wilson 95% interval (rate and interval None when ``total`` is 0)."""
+    interval = list(wilson_interval(hits, total)) if total else [None, None]
+    return {"hits": hits, "n": total, "rate": hits / total if total else None, "ci95": interval}
 
 
 def score(items: Sequence[Labelled], detection_turns: Sequence[int | None]) -> dict[str, Any]:

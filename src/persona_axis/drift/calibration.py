@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from persona_axis._version import __version__
 from persona_axis.drift.features import Baseline
 from persona_axis.drift.rule import (
     DEFAULT_H,
@@ -218,11 +219,9 @@ def robust_spread(values: Any) -> float:
 
 def stamp(sources: list[dict[str, Any]], **settings: Any) -> dict[str, Any]:
     """Provenance: when, which library version, which sources and settings."""
-    import persona_axis
-
     return {
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "library_version": persona_axis.__version__,
+        "library_version": __version__,
         "sources": sources,
         **settings,
     }

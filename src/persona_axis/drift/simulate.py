@@ -265,6 +265,7 @@ class SimulationResult:
         """``simulation.json``, ``conversations.jsonl`` (OpenAI messages) and ``simulation.png``
         in ``out``."""
         from persona_axis.drift.conversations import write_jsonl
+        from persona_axis.report.plots import simulation_png
 
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
@@ -275,32 +276,6 @@ class SimulationResult:
         plot = folder / "simulation.png"
         plot.write_bytes(simulation_png(data))
         return [results, jsonl, plot]
-
-
-def simulation_png(data: dict[str, Any]) -> bytes:
-    """One panel per domain, one line per arm (mean ± standard error), from ``to_dict()``."""
-    from persona_axis.report.plots import Trajectory, panels_png
-
-    panels: dict[str, list[Trajectory]] = {}
-    for arm, domains in data["aggregate"].items():
-        for domain, rows in domains.items():
-            panels.setdefault(domain, []).append(
-                Trajectory(
-                    label=arm,
-                    turns=[row["turn"] for row in rows],
-                    values=[row["mean"] for row in rows],
-                    band=(
-                        [row["mean"] - row["sem"] for row in rows],
-                        [row["mean"] + row["sem"] for row in rows],
-                    ),
-                )
-            )
-    return panels_png(
-        panels,
-        title=f"Simulated drift at layer {data['layer']} (mean ± s.e. across conversations)",
-        threshold=data.get("threshold"),
-        reference=data.get("reference"),
-    )
 
 
 def simulate(

@@ -11,8 +11,9 @@ generated one step earlier. A reply's content activations are therefore the gene
 records (the last sampled token is never fed back, which for a reply ended by an end-of-turn
 token is exactly the content).
 
-:func:`generate_with_telemetry` is the Python API for live telemetry: replies plus, per reply,
-its mean projection at chosen layers before and after an intervention, with zero extra passes.
+:func:`generate_with_telemetry` gives live telemetry: replies plus, per reply, the mean
+projection at chosen layers before and after an intervention, with zero extra passes. It takes
+an axis tensor and layers; the bundle-aware calls live in :mod:`persona_axis.application`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -31,9 +32,6 @@ from persona_axis.inference.hooks import PositionTracker, block_output, removing
 from persona_axis.inference.interventions import InterventionSpec, intervene
 from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
-
-if TYPE_CHECKING:
-    from persona_axis.axis.bundle import AxisBundle
 
 
 @dataclass
@@ -160,8 +158,8 @@ class ReplyTelemetry:
 def generate_with_telemetry(
     lm: LoadedModel,
     conversations: Sequence[Sequence[Message]],
-    axis: Tensor | AxisBundle,
-    layers: Sequence[int] | None = None,
+    axis: Tensor,
+    layers: Sequence[int],
     *,
     spec: InterventionSpec | None = None,
     sampling: Sampling | None = None,
@@ -169,8 +167,8 @@ def generate_with_telemetry(
     """Generate the next reply of each conversation (one left-padded batch) under ``spec`` and
     read its projections on ``axis`` ``[n_layers, d]`` at ``layers`` in the same pass.
 
-    ``axis`` may be an :class:`~persona_axis.axis.bundle.AxisBundle` (its axis is used, and
-    ``layers`` defaults to its target layer).
+    This layer knows nothing of bundles; :func:`persona_axis.application.generate.generate`
+    (capped turns from a bundle) and :func:`persona_axis.generate_with_telemetry` take one.
 
     No extra forward pass is run: the hooks record while ``generate`` runs, and ``generate``
     takes one step past the last kept token so every content token has been fed (as when
@@ -178,13 +176,6 @@ def generate_with_telemetry(
     tokens gets ``None``. The values equal a teacher-forced pass over the finished conversation
     (:func:`persona_axis.drift.monitor.turn_projections`) up to float rounding.
     """
-    from persona_axis.axis.bundle import AxisBundle
-
-    if isinstance(axis, AxisBundle):
-        layers = [axis.target_layer] if layers is None else layers
-        axis = axis.axis
-    if layers is None:
-        raise PersonaAxisError("Give the layers to read (or pass an AxisBundle as the axis).")
     spec = spec or InterventionSpec()
     chosen = sorted(set(layers))
     caps = {item.layer: item for item in spec.interventions if item.floor is not None}

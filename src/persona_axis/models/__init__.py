@@ -8,6 +8,7 @@ from persona_axis.models.loading import (
     cache_dir,
     load_model,
     model_facts,
+    wrap,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "model_facts",
     "model_shape",
     "validate_messages",
+    "wrap",
 ]

@@ -195,6 +195,38 @@ def load_model(
         ) from exc
     if device is not None:
         nn.Module.to(model, device)
+    return _ready(model, tokenizer, name, source)
+
+
+def wrap(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str | None = None
+) -> LoadedModel:
+    """A :class:`LoadedModel` from a Hugging Face causal LM and its tokenizer already in memory.
+
+    As :func:`load_model` does, the model is put in eval mode and a tokenizer without a pad
+    token pads with its end-of-sequence token. ``name`` (recorded in bundles and results)
+    defaults to the model's ``name_or_path``. The decoder layers are found now, so a model
+    whose structure is not recognised is refused here.
+    """
+    if not isinstance(model, nn.Module) or not hasattr(model, "generate"):
+        raise PersonaAxisError(
+            f"wrap needs a Hugging Face causal LM (e.g. from AutoModelForCausalLM), got "
+            f"{type(model).__name__}."
+        )
+    if not callable(getattr(tokenizer, "apply_chat_template", None)):
+        raise PersonaAxisError(
+            f"wrap needs the model's Hugging Face tokenizer (AutoTokenizer), got "
+            f"{type(tokenizer).__name__}."
+        )
+    find_decoder_stack(model)  # raises with the fix when the layers are not found
+    recorded = name or str(getattr(model.config, "name_or_path", "") or type(model).__name__)
+    return _ready(model, tokenizer, recorded, recorded)
+
+
+def _ready(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, source: str
+) -> LoadedModel:
+    """Eval mode, a pad token, and the :class:`LoadedModel`."""
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

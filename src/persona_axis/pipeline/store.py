@@ -13,7 +13,10 @@ Layout under ``<out>/work``::
 Every file is written to a temporary name in its folder, flushed, fsynced and renamed into
 place, so a process killed at any moment (SIGKILL included) leaves either the old state or the
 new one. A batch counts as done only when its rollouts file exists; its activations file is
-written first, so a done batch always has activations. Nothing is ever unpickled.
+written first, so a done batch always has activations. A temporary file left by a killed
+process is never read and is removed when the store is opened again (one build process writes
+a store at a time; Ray workers write only after the driver opened it). Nothing is ever
+unpickled.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ class BuildStore:
                 )
         else:
             files.write_json(stored_path, header)
+        for stale in store.root.rglob(".*.tmp"):  # left by a process killed inside a write
+            stale.unlink(missing_ok=True)
         return store
 
     # -- batches ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import persona_axis
+from persona_axis._version import __version__
 from persona_axis.errors import PersonaAxisError
 from persona_axis.report import plots
 
@@ -384,7 +384,6 @@ def _monitor_section(path: str | Path, data: dict[str, Any]) -> str:
 
 
 def _simulation_section(data: dict[str, Any]) -> str:
-    from persona_axis.drift.simulate import simulation_png
 
     settings = data.get("settings") or {}
     parts = [
@@ -394,7 +393,7 @@ def _simulation_section(data: dict[str, Any]) -> str:
         f"{_e(data.get('user'))}; the target has no system prompt. Mean projection at layer "
         f"{_e(data.get('layer'))} before capping, ± standard error; turns reached by fewer "
         f"than {_e(settings.get('min_conversations'))} conversations are dropped.</p>",
-        _img(simulation_png(data), "Simulated drift per domain, with and without capping"),
+        _img(plots.simulation_png(data), "Simulated drift per domain, with and without capping"),
     ]
     rows = []
     for arm, domains in (data.get("aggregate") or {}).items():
@@ -461,7 +460,7 @@ def build_report(
             "projections are on the unit axis; higher = more Assistant-like.</p>",
             _figures(key),
             *sections,
-            f"<footer>persona-axis {_e(persona_axis.__version__)}, report written {_e(now)} "
+            f"<footer>persona-axis {_e(__version__)}, report written {_e(now)} "
             f"from {_e(bundle_dir)}.</footer>",
             "</main></body></html>",
         ]

@@ -155,6 +155,32 @@ def panels_png(
     return png_bytes(figure)
 
 
+def simulation_png(data: Mapping[str, Any]) -> bytes:
+    """One panel per domain, one line per arm (mean ± standard error of the pre-cap projection),
+    from a simulation result (``simulation.json``: ``aggregate``, ``layer``, ``threshold``,
+    ``reference``)."""
+    panels: dict[str, list[Trajectory]] = {}
+    for arm, domains in data["aggregate"].items():
+        for domain, rows in domains.items():
+            panels.setdefault(domain, []).append(
+                Trajectory(
+                    label=arm,
+                    turns=[row["turn"] for row in rows],
+                    values=[row["mean"] for row in rows],
+                    band=(
+                        [row["mean"] - row["sem"] for row in rows],
+                        [row["mean"] + row["sem"] for row in rows],
+                    ),
+                )
+            )
+    return panels_png(
+        panels,
+        title=f"Simulated drift at layer {data['layer']} (mean ± s.e. across conversations)",
+        threshold=data.get("threshold"),
+        reference=data.get("reference"),
+    )
+
+
 def persona_space_png(
     names: Sequence[str],
     loadings: Sequence[Sequence[float]],

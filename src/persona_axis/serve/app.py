@@ -40,7 +40,7 @@ from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.models.loading import LoadedModel
 from persona_axis.serve import protocol
-from persona_axis.serve.continuous import ContinuousScheduler
+from persona_axis.serve.continuous import ContinuousScheduler, generation_factory
 from persona_axis.serve.engine import RECOMMENDED, Cancelled, Engine, Setting
 from persona_axis.serve.metrics import CONTENT_TYPE, Metrics
 from persona_axis.serve.protocol import ApiError
@@ -313,6 +313,7 @@ class Service:
 
 
 SchedulerKind = Literal["continuous", "static"]
+Backend = Literal["hf", "vllm"]
 REPLICA = f"{socket.gethostname()}:{os.getpid()}"
 """This process (host:pid), as named in the ``X-Persona-Axis-Replica`` header of every response
 unless ``create_app(replica=...)`` names it otherwise."""
@@ -325,6 +326,7 @@ def create_app(
     default_cap: str = RECOMMENDED,
     api_key: str | None = None,
     scheduler: SchedulerKind = "continuous",
+    backend: Backend = "hf",
     max_queue: int = 64,
     max_batch: int = 8,
     batch_wait_ms: float = 100.0,
@@ -344,6 +346,8 @@ def create_app(
     "continuous" (every setting in one batch, requests join and leave at each step) or "static"
     (the earlier per-setting micro-batches, with the ``batch_wait_ms`` window). ``max_queue``
     pending requests at most (429 beyond); ``max_batch`` requests generated together.
+    ``backend``: "hf" (our Hugging Face continuous batch) or "vllm" (the vLLM engine, continuous
+    scheduler only; needs the vLLM environment, docs/vllm-backend.md).
     ``max_tokens_limit`` caps a request's ``max_tokens``, ``max_input_tokens`` its rendered
     prompt; ``default_max_tokens`` (default ``min(128, max_tokens_limit)``) applies to
     requests without one. Raises :class:`PersonaAxisError` for a bundle that does not fit the
@@ -356,6 +360,7 @@ def create_app(
             f"Unknown scheduler {scheduler!r}; use one of {get_args(SchedulerKind)}."
         )
     limits = Limits(max_tokens_limit, default_max_tokens, max_input_tokens)
+    make_batch = generation_factory(lm, backend, scheduler, max_batch)
     engine = Engine(lm, bundle, default_cap=default_cap, allow_mismatch=allow_mismatch)
     metrics = Metrics()
     worker: Scheduler
@@ -369,7 +374,11 @@ def create_app(
         )
     else:
         worker = ContinuousScheduler(
-            engine, max_queue=max_queue, max_batch=max_batch, on_batch=metrics.batch_size.observe
+            engine,
+            make_batch,
+            max_queue=max_queue,
+            max_batch=max_batch,
+            on_batch=metrics.batch_size.observe,
         )
     metrics.queue_depth.set_function(lambda: worker.depth)
     service = Service(

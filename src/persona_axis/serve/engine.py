@@ -10,7 +10,7 @@ request keeps the :class:`Served` bundle it was admitted with).
 Two ways to run requests: :meth:`Engine.row` turns one into a row of the continuous batch
 (:mod:`persona_axis.inference.continuous`: per-row interventions, every setting in one batch);
 :meth:`Engine.run` runs a static batch of requests with one setting through
-:func:`~persona_axis.inference.session.generate_turns` (the earlier scheduler, kept for
+:func:`~persona_axis.application.session.generate_turns` (the earlier scheduler, kept for
 comparison). In a static batch a forward pre-hook on the decoder stack reads the token ids fed
 at each decoding step, so text streams one step behind the sampler.
 """
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from persona_axis.application.session import Turn, generate_turns
 from persona_axis.axis.bundle import NO_CAP, RECOMMENDED, AxisBundle
 from persona_axis.drift.calibration import drift_rule
 from persona_axis.errors import PersonaAxisError
@@ -36,7 +37,6 @@ from persona_axis.inference.generation import Sampling, stop_ids
 from persona_axis.inference.hooks import feeding_tokens
 from persona_axis.inference.interventions import InterventionSpec
 from persona_axis.inference.rows import Probe
-from persona_axis.inference.session import Turn, generate_turns
 from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
 from persona_axis.serve.drift import ON_DRIFT, RequestDrift, describe_rule

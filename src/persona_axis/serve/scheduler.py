@@ -22,8 +22,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
+from persona_axis.application.session import Turn
 from persona_axis.inference.generation import Sampling
-from persona_axis.inference.session import Turn
 from persona_axis.models.chat import Message
 from persona_axis.serve.drift import RequestDrift
 from persona_axis.serve.engine import BatchKey, Cancelled, DeltaDecoder, Engine, Served, Setting

@@ -23,7 +23,7 @@ from persona_axis.drift.monitor import monitor
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.models import load_model
-from tiny_axis import tiny_axis
+from support.tiny_axis import tiny_axis
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from persona_axis.drift.monitor import monitor
 from persona_axis.drift.projections import project_plans, projections_from_tokens
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models import LoadedModel
-from tiny_models import tiny_lm
+from support.tiny_models import tiny_lm
 
 LAYERS = [1, 3]
 

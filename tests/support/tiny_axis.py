@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from small_catalog import tiny_build_config
+from support.small_catalog import tiny_build_config
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from persona_axis.models import LoadedModel
 from persona_axis.models.loading import default_model_dir
-from templates import SPECIAL_TOKENS, TEMPLATES
+from support.templates import SPECIAL_TOKENS, TEMPLATES
 
 VOCAB = 49152 + 16  # the SmolLM2 tokenizer's vocabulary plus room for template tokens
 N_LAYERS = 4

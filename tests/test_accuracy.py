@@ -3,9 +3,7 @@ trade-off over CUSUM limits, from monitor.json entries."""
 
 from __future__ import annotations
 
-import pytest
-
-from persona_axis.drift.accuracy import Labelled, evaluate, median_interval, wilson
+from persona_axis.drift.accuracy import Labelled, evaluate, median_interval
 
 
 def entry(label: str, levels: list[str], zs: list[float | None], drift_turn: int | None = None):
@@ -15,14 +13,6 @@ def entry(label: str, levels: list[str], zs: list[float | None], drift_turn: int
         for i, (level, z) in enumerate(zip(levels, zs, strict=True))
     ]
     return {"meta": meta, "turns": turns}
-
-
-def test_wilson_matches_the_closed_form() -> None:
-    low, high = wilson(0, 10)
-    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.2775, abs=1e-4)
-    low, high = wilson(5, 10)
-    assert (low, high) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
-    assert wilson(0, 0) == (None, None)
 
 
 def test_rates_turns_and_delays() -> None:

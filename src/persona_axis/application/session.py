@@ -118,8 +118,7 @@ class ChatSession:
         :meth:`~persona_axis.axis.bundle.AxisBundle.intervention`)."""
         spec = InterventionSpec()
         if bundle is not None:
-            bundle.check_against(lm.model, allow_mismatch=allow_mismatch)
-            spec = bundle.intervention(cap, steer, lm=lm)
+            spec = bundle.checked_intervention(lm, cap, steer, allow_mismatch=allow_mismatch)
         elif cap not in (None, "none") or steer is not None:
             raise PersonaAxisError("Capping and steering need an AxisBundle.")
         return cls(lm, bundle, spec, sampling or Sampling(), system)

@@ -35,7 +35,7 @@ def write_small_catalog(root: Path) -> Path:
 
 def tiny_build_config(root: Path) -> BuildConfig:
     """Settings for a build in seconds: a tiny random Llama and this catalog, saved under root."""
-    from tiny_models import build_tiny, styled_tokenizer
+    from support.tiny_models import build_tiny, styled_tokenizer
 
     model_dir = root / "model"
     build_tiny("llama").save_pretrained(model_dir)
