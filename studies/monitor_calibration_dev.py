@@ -7,7 +7,9 @@ then judges every conversation with each candidate rule and scores it with
 
 - ``percentile (old)``: the build's default-reply percentiles, CUSUM h 4, no warning level
   (what a fresh bundle used before it carried a monitor calibration);
-- ``build``: :meth:`MonitorCalibration.from_build` (the build's default replies, no extra cost);
+- ``build``: :meth:`MonitorCalibration.from_build` (the build's default replies, no extra cost),
+  and two variants of it: the alarm on the shortfall instead of the change, and the change in
+  units of ``scale`` instead of the spread of differences between replies;
 - ``chats``: a calibration fitted on benign chats the model holds itself, when ``--chats``
   names a ``monitor_calibration.json`` written by ``persona-axis calibrate-monitor``.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from persona_axis.axis.bundle import AxisBundle
@@ -85,6 +88,9 @@ def main() -> None:
     build = MonitorCalibration.from_build(bundle)
     if build is not None:
         rules["build"] = build.rule()
+        shipped = build.rule()
+        rules["build, shortfall alarm"] = replace(shipped, relative=False, baseline=None)
+        rules["build, change scale = scale"] = replace(shipped, change_scale=shipped.scale)
     if args.chats is not None:
         chats = MonitorCalibration.from_dict(json.loads(args.chats.read_text()))
         rules["chats"] = chats.rule()
@@ -94,7 +100,17 @@ def main() -> None:
         scored = evaluate(rejudge(runner, readings, rule), k=rule.k, ewma_lambda=rule.ewma_lambda)
         results[name] = {"rule": rule.to_dict(), "accuracy": scored}
         print(name, json.dumps(summary(scored)), flush=True)
-    args.out.write_text(json.dumps({"read_seconds": seconds, "results": results}, indent=1))
+    dump = [
+        {
+            "meta": r.conversation.meta,
+            "projections": r.projections,
+            "features": [None if t.features is None else t.features.__dict__ for t in r.turns],
+        }
+        for r in readings
+    ]
+    args.out.write_text(
+        json.dumps({"read_seconds": seconds, "results": results, "readings": dump}, indent=1)
+    )
 
 
 if __name__ == "__main__":

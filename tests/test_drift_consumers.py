@@ -8,18 +8,22 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from persona_axis.axis.bundle import AxisBundle
+from persona_axis.cli import app
 from persona_axis.drift.calibration import MonitorCalibration, drift_rule
+from persona_axis.drift.chat import DriftChat
 from persona_axis.drift.features import Baseline
 from persona_axis.drift.gate import ON_DRIFT, arming
 from persona_axis.drift.live import LiveDrift
 from persona_axis.drift.monitor import monitor
 from persona_axis.drift.simulate import UNCAPPED, SimulationSettings, simulate
+from persona_axis.inference.generation import Sampling
 from persona_axis.models import LoadedModel, load_model
 from persona_axis.serve.app import create_app
 from persona_axis.serve.runner import background_server
-from tiny_axis import tiny_axis
+from support.tiny_axis import tiny_axis
 
 pytestmark = pytest.mark.slow
 
@@ -138,3 +142,29 @@ def test_on_drift_caps_exactly_where_the_gate_is_armed(lm, bundle, served) -> No
         for index, turn in enumerate(conversation.turns):
             prefix = messages[: 2 * index]
             assert turn.capped == arming(LiveDrift.read(lm, bundle, prefix).verdicts()).armed
+
+
+def test_a_chat_session_reads_levels_and_gates_the_cap_like_the_server(lm, bundle) -> None:
+    chat = DriftChat.open(lm, bundle, cap=ON_DRIFT, sampling=Sampling(max_new_tokens=8))
+    replies = [chat.send(text) for text in USER_TURNS]
+    reading = monitor(lm, bundle, [chat.history]).readings[0]
+    assert [r.level for r in replies] == [t.level for t in reading.turns]
+    for index, reply in enumerate(replies):
+        prefix = chat.history[: 2 * index + 1]
+        assert reply.capped == arming(LiveDrift.read(lm, bundle, prefix).verdicts()).armed
+        assert reply.other is None
+    assert any(r.capped for r in replies) and not replies[0].capped
+
+
+def test_chat_compare_shows_both_replies_with_their_projections(bundle, tmp_path) -> None:
+    saved = bundle.save(tmp_path / "bundle")
+    args = ["chat", "--model", str(tiny_axis().model), "--bundle", str(saved), "--compare"]
+    result = CliRunner().invoke(app, [*args, "--max-new-tokens", "6", "-u", "Hi", "-u", "Why?"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("with the cap") == 2 and "without the cap" in result.output
+    assert result.output.count("before") >= 4  # each side of each turn has its projection
+    assert "level " in result.output
+    capped = DriftChat.open(load_model(tiny_axis().model), bundle, compare=True)
+    reply = capped.send("Hi")
+    assert not reply.capped and reply.other is not None  # no --cap: compared with the cap
+    assert reply.other.touched is not None and reply.turn.touched is None

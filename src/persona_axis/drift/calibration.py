@@ -48,8 +48,9 @@ class MonitorCalibration:
     """The stored monitor calibration (module doc) at ``layer``: ``baseline``, the spread of
     benign turns around it (``scale``) and of their change since their conversation's first
     turn (``change_scale``), alert ``limits`` in those units, where the turns came from
-    (``provenance``), and how the benign projection moved with content and turn index
-    (``effects``)."""
+    (``provenance``), how the benign projection moved with content and turn index
+    (``effects``), and whether the alarm statistics run on the change (``relative``, the
+    default) or on the shortfall."""
 
     layer: int
     baseline: Baseline
@@ -58,6 +59,7 @@ class MonitorCalibration:
     limits: Mapping[str, float | None] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     provenance: Mapping[str, Any] = field(default_factory=dict)
     effects: Mapping[str, Any] = field(default_factory=dict)
+    relative: bool = True
 
     def rule(self, *, k: float | None = None, h: float | None = None) -> DriftRule:
         """The drift rule this calibration defines (``k``/``h`` override the stored ones)."""
@@ -76,11 +78,15 @@ class MonitorCalibration:
             ewma_lambda=float(limits["ewma_lambda"]),  # type: ignore[arg-type]
             warning=limits["warning"],
             baseline=self.baseline,
-            relative=True,
+            relative=self.relative,
             change_scale=self.change_scale,
-            source=f"monitor calibration on benign multi-turn conversations ({sources}): "
-            "expected projection from code share, list share, length and turn index; scale "
-            "= robust spread around it",
+            source=f"monitor calibration from {sources}: expected projection "
+            + (
+                "from code share, list share, length and turn index"
+                if self.baseline.coefficients
+                else "= their median"
+            )
+            + "; scale = robust spread around it",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,6 +99,7 @@ class MonitorCalibration:
             "limits": dict(self.limits),
             "provenance": dict(self.provenance),
             "effects": dict(self.effects),
+            "relative": self.relative,
         }
 
     @classmethod
@@ -125,6 +132,7 @@ class MonitorCalibration:
             limits,
             dict(data.get("provenance") or {}),
             dict(data.get("effects") or {}),
+            bool(data.get("relative", True)),
         )
 
     @classmethod
