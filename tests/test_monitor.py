@@ -47,9 +47,10 @@ CHAT = [
 
 
 def rule(**changes) -> DriftRule:
-    """A shortfall rule with CUSUM h = 4 (the synthetic trajectories below are sized for it;
-    the default h is 8) and no warning level."""
-    settings = {"layer": 0, "reference": 0.0, "scale": 1.0, "watch": 2.0, "h": 4.0, "warning": None}
+    """A shortfall rule with CUSUM k = 0.5, h = 4 (the synthetic trajectories below are sized
+    for them; the defaults are k 2, h 2) and no warning level."""
+    settings = {"layer": 0, "reference": 0.0, "scale": 1.0, "watch": 2.0, "k": 0.5, "h": 4.0}
+    settings["warning"] = None
     return DriftRule(**{**settings, **changes})
 
 
@@ -302,7 +303,10 @@ def test_monitor_command_alarm_exit_status(tmp_path: Path) -> None:
     calm = runner.invoke(app, [*args, "--out", str(tmp_path / "a"), "--cusum-h", "1000"])
     assert calm.exit_code == 0, calm.output
     assert "no alarm" in calm.output
-    overrides = ["--threshold", "1000", "--reference", "1000", "--scale", "1"]
+    # the build's default-reply levels (a shortfall rule: the shipped monitor calibration
+    # watches the change since the first turns, which a reference does not move)
+    overrides = ["--threshold-percentile", "1", "--threshold", "1000", "--reference", "1000"]
+    overrides += ["--scale", "1"]
     alarmed = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), *overrides])
     assert alarmed.exit_code == 1, alarmed.output
     assert "ALARM at turn 1" in alarmed.output and "first flag at turn 1" in alarmed.output
