@@ -189,7 +189,7 @@ def test_changed_settings_in_an_existing_build_are_refused(setup, reference_run)
 
 
 def test_token_calibration_batches_equal_one_at_a_time() -> None:
-    from persona_axis.pipeline.stages import token_projections
+    from persona_axis.inference.token_projections import token_projections
     from support.tiny_models import tiny_lm
 
     lm = tiny_lm("qwen2")
