@@ -50,6 +50,7 @@ from persona_axis.pipeline.aggregate import (
 from persona_axis.pipeline.calibration import calibrate
 from persona_axis.pipeline.config import BuildConfig
 from persona_axis.pipeline.describe import describe_space, rankings, summarize
+from persona_axis.pipeline.monitor_sample import SAMPLE_KEY, default_reply_sample
 from persona_axis.pipeline.plan import RolloutSpec, make_batches, make_plan
 from persona_axis.pipeline.rollouts import generate_batch
 from persona_axis.pipeline.store import HEADER, BuildStore, read_json
@@ -165,6 +166,7 @@ def build(
             "rankings": rankings(vectors, axis, target),
             "quality": quality,
             "calibration": calibration,
+            SAMPLE_KEY: default_reply_sample(store, len(batches), axis, target),
             "recommended_cap": default_recommendation(list(caps.values()), lm.shape.n_layers),
             "timings": {k: round(v, 2) for k, v in timings.items()},
         },
