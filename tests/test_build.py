@@ -189,7 +189,7 @@ def test_changed_settings_in_an_existing_build_are_refused(setup, reference_run)
 
 
 def test_token_calibration_batches_equal_one_at_a_time() -> None:
-    from persona_axis.pipeline.stages import token_projections
+    from persona_axis.inference.token_projections import token_projections
     from support.tiny_models import tiny_lm
 
     lm = tiny_lm("qwen2")
@@ -216,6 +216,12 @@ def test_validate_recomputes_the_manifest_figures(reference_run, tmp_path) -> No
     assert run.exit_code == 0, run.output
     assert "holds the same figures" in run.output and "split-half cosine" in run.output
     assert json.loads(written.read_text()) == result.bundle.manifest["quality"]
+    from persona_axis.pipeline.validate import validate_build
+
+    checked = validate_build(out)  # the same from Python, given the build directory
+    assert checked.quality == result.bundle.manifest["quality"] and checked.matches_manifest
+    assert checked.layer == result.bundle.target_layer and checked.unavailable is None
+    assert set(checked.figures) >= {"stability_question", "heldout_auroc"}
 
 
 def test_target_layer_override_is_recorded(setup, reference_run, tmp_path) -> None:

@@ -24,31 +24,23 @@ def validate(
     """Axis quality (stability, held-out separation, persona space) with bootstrap 95%
     intervals, recomputed from the build directory's store; no model is loaded."""
     from persona_axis import files
-    from persona_axis.axis.quality import summary_at, warnings_for
     from persona_axis.cli.build import print_quality
     from persona_axis.errors import PersonaAxisError
-    from persona_axis.pipeline.stages import assess_build
+    from persona_axis.pipeline.validate import validate_build
 
-    if not (build_dir / "work").is_dir() and (build_dir.parent / "work").is_dir():
-        build_dir = build_dir.parent  # given the bundle inside a build directory
-    quality = assess_build(build_dir)
-    layer = quality["target_layer"]["layer"]
-    console.print(f"target layer {layer}: {quality['target_layer']['reason']}")
-    if "unavailable" in quality:
-        raise PersonaAxisError(f"Cannot assess this build: {quality['unavailable']}")
-    warnings = warnings_for(quality, layer)
-    print_quality(summary_at(quality, layer), layer, warnings)
-    manifest = build_dir / "bundle" / "manifest.json"
-    if manifest.is_file():
-        stored = files.read_json(manifest, fix="rerun persona-axis build").get("quality")
-        same = stored == quality
+    checked = validate_build(build_dir)
+    console.print(f"target layer {checked.layer}: {checked.reason}")
+    if checked.unavailable is not None:
+        raise PersonaAxisError(f"Cannot assess this build: {checked.unavailable}")
+    print_quality(checked.figures, checked.layer, checked.warnings)
+    if checked.matches_manifest is not None:
         console.print(
             "the bundle's manifest holds the same figures"
-            if same
+            if checked.matches_manifest
             else "[bold red]the bundle's manifest holds other quality figures[/] (built by "
             "another version, or edited); rebuild the bundle to refresh them"
         )
     if json_out is not None:
-        console.print(f"written: {files.write_json(json_out, quality)}")
-    if fail_on_warning and any(not w.startswith("note") for w in warnings):
+        console.print(f"written: {files.write_json(json_out, checked.quality)}")
+    if fail_on_warning and checked.worrying:
         raise typer.Exit(1)
