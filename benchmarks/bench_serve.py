@@ -195,6 +195,41 @@ def run_phase(url: str, traffic: str, mix: list[dict[str, Any]], clients: int, s
     return phase
 
 
+def server_options(clients: int) -> dict[str, Any]:
+    """``create_app`` options of every benchmarked server: no default cap, one row per client."""
+    return {
+        "default_cap": "none",
+        "max_batch": clients,
+        "max_queue": 4 * clients,
+        "max_tokens_limit": max(MIXED_TOKENS),
+    }
+
+
+def alternate_phases(
+    urls: dict[str, str], mix: list[dict[str, Any]], clients: int, seconds: float, rounds: int
+) -> dict[tuple[str, str], list[Phase]]:
+    """Every (server, traffic) phase once per round, the order reversed every other round,
+    after a short warm-up of each server; the phases by (server name, traffic)."""
+    for url in urls.values():  # warm-up
+        run_phase(url, "mixed", mix, 2, 0.1)
+    phases = [(name, traffic) for traffic in ("uniform", "mixed") for name in urls]
+    results: dict[tuple[str, str], list[Phase]] = {}
+    for round_index in range(rounds):
+        order = phases if round_index % 2 == 0 else phases[::-1]
+        for name, traffic in order:
+            phase = run_phase(urls[name], traffic, mix, clients, seconds)
+            results.setdefault((name, traffic), []).append(phase)
+            print(
+                f"  round {round_index + 1} {name:10s} {traffic:7s}: "
+                f"{phase.tokens_per_s:6.1f} tok/s ({phase.steady_tokens_per_s:6.1f} in the "
+                f"window), {len(phase.latencies)} replies, "
+                f"mean batch {statistics.mean(phase.batch or [0]):.1f}, "
+                f"{phase.errors} errors",
+                flush=True,
+            )
+    return results
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -215,12 +250,7 @@ def main() -> None:
     lm = load_model(dtype=args.dtype)
     bundle = AxisBundle.load(args.bundle)
     mix = settings(bundle)
-    common = {
-        "default_cap": "none",
-        "max_batch": args.clients,
-        "max_queue": 4 * args.clients,
-        "max_tokens_limit": max(MIXED_TOKENS),
-    }
+    common = server_options(args.clients)
     static = create_app(lm, bundle, scheduler="static", batch_wait_ms=args.batch_wait_ms, **common)
     continuous = create_app(lm, bundle, scheduler="continuous", **common)
     print(machine())
@@ -228,25 +258,9 @@ def main() -> None:
         f"{lm.name} {args.dtype}, greedy, streaming, {args.clients} closed-loop clients, "
         f"{args.seconds:g} s per phase, {args.rounds} rounds; mixed settings {mix}"
     )
-    results: dict[tuple[str, str], list[Phase]] = {}
     with background_server(static) as static_url, background_server(continuous) as cont_url:
         urls = {"static": static_url, "continuous": cont_url}
-        for url in urls.values():  # warm-up
-            run_phase(url, "mixed", mix, 2, 0.1)
-        phases = [(s, t) for t in ("uniform", "mixed") for s in ("static", "continuous")]
-        for round_index in range(args.rounds):
-            order = phases if round_index % 2 == 0 else phases[::-1]
-            for scheduler, traffic in order:
-                phase = run_phase(urls[scheduler], traffic, mix, args.clients, args.seconds)
-                results.setdefault((scheduler, traffic), []).append(phase)
-                print(
-                    f"  round {round_index + 1} {scheduler:10s} {traffic:7s}: "
-                    f"{phase.tokens_per_s:6.1f} tok/s ({phase.steady_tokens_per_s:6.1f} in the "
-                    f"window), {len(phase.latencies)} replies, "
-                    f"mean batch {statistics.mean(phase.batch or [0]):.1f}, "
-                    f"{phase.errors} errors",
-                    flush=True,
-                )
+        results = alternate_phases(urls, mix, args.clients, args.seconds, args.rounds)
 
     print(
         "\n| scheduler | traffic | tokens/s (median) | in the window | TTFT p50 | TTFT p95 "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -359,3 +359,29 @@ def test_load_model_follows_the_one_model_rule_and_checks_the_weights(tmp_path: 
         bundle.load_model(other)  # the named model wins, and is checked
     with pytest.warns(BundleMismatchWarning):
         assert bundle.load_model(other, allow_mismatch=True).name == str(other)
+
+
+def test_a_bundle_saved_before_the_split_loads_and_saves_the_same(tmp_path: Path) -> None:
+    """tests/data/bundle-v1 was written by the single-module bundle (main at 6e93865)."""
+    old = Path(__file__).parent / "data" / "bundle-v1"
+    bundle = AxisBundle.load(old)
+    generator = torch.Generator().manual_seed(21)
+    for key in ("axis", "default", "role/pirate"):
+        torch.testing.assert_close(bundle.vectors[key], torch.randn(4, 8, generator=generator))
+    alt = torch.randn(8, generator=generator)
+    assert (bundle.model_id, bundle.target_layer, bundle.recommended_cap) == (
+        "tiny/old",
+        2,
+        "layers_1:3-p75",
+    )
+    [(layer, direction, floor)] = bundle.cap_floors("alt")
+    assert (layer, floor) == (2, 1.5)
+    torch.testing.assert_close(direction, alt / alt.norm())
+    torch.testing.assert_close(bundle.mean_norms(), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    again = bundle.save(tmp_path / "again")
+    for name in ("manifest.json", "caps.json"):
+        assert (again / name).read_bytes() == (old / name).read_bytes()
+    assert (
+        load_file(again / "vectors.safetensors").keys()
+        == load_file(old / "vectors.safetensors").keys()
+    )

@@ -11,9 +11,11 @@ from persona_axis.axis.calibrate import (
     CapSetting,
     calibrate_cap,
     calibrate_grid,
+    default_recommendation,
     setting_name,
 )
 from persona_axis.errors import PersonaAxisError
+from persona_axis.pipeline.config import default_cap_bands
 
 N_ROLLOUTS, N_LAYERS = 11, 6
 # column L holds 0..10 scaled by (L + 1) and shifted by L, rows shuffled
@@ -116,3 +118,18 @@ def test_grid_refuses_empty_or_duplicate_points() -> None:
         calibrate_grid(PROJ, [(0, 2)], [], "x")
     with pytest.raises(PersonaAxisError, match="twice"):
         calibrate_grid(PROJ, [(0, 2), range(0, 2)], [75], "x")
+
+
+@pytest.mark.parametrize("n_layers", [6, 24, 30, 32, 64, 80])
+def test_recommendation_on_the_build_grid_is_p75_on_the_band_nearest_70_percent(
+    n_layers: int,
+) -> None:
+    bands = default_cap_bands(n_layers)
+    projections = torch.arange(4 * n_layers, dtype=torch.float32).reshape(4, n_layers)
+    grid = calibrate_grid(projections, bands, [25, 50, 75, 99], "x")
+    first, stop = min(bands, key=lambda b: (abs(b[0] - 0.7 * n_layers), b[1] - b[0]))
+    assert default_recommendation(list(grid.values()), n_layers) == setting_name(first, stop, 75)
+    without_p75 = [s for s in grid.values() if s.percentile != 75]
+    # nearest percentile to 75 first: 99 (24 away) before 50 (25 away)
+    assert default_recommendation(without_p75, n_layers) == setting_name(first, stop, 99)
+    assert default_recommendation([], n_layers) is None

@@ -6,11 +6,13 @@ module that needs something from a higher layer is in the wrong place.
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from support.import_layers import cycles, import_graph, violations
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
 
 
 def test_persona_axis_imports_only_down_the_layers() -> None:
@@ -19,6 +21,24 @@ def test_persona_axis_imports_only_down_the_layers() -> None:
 
 def test_persona_axis_has_no_import_cycle() -> None:
     assert cycles(import_graph(SRC, "persona_axis")) == []
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in tests/support/; test modules and conftest are never imported."""
+    found = []
+    for path in sorted(TESTS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            found += [
+                f"{path.name}:{node.lineno} imports {name}"
+                for name in names
+                if name.split(".")[0].startswith(("test_", "conftest"))
+            ]
+    assert found == []
 
 
 def _package(root: Path, files: dict[str, str]) -> Path:

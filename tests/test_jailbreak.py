@@ -18,7 +18,6 @@ from persona_axis.evals.common import (
     Condition,
     cap_condition,
     rate_summary,
-    wilson_interval,
 )
 from persona_axis.evals.jailbreak import (
     TEMPLATES,
@@ -201,17 +200,6 @@ def test_harm_judge_from_config(server: FakeOpenAI) -> None:
     assert "{" not in harm_judge_prompt(ITEM) and "{behaviour}" in HARM_JUDGE_PROMPT
 
 
-def test_wilson_interval_known_values() -> None:
-    low, high = wilson_interval(5, 10)
-    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
-    low, high = wilson_interval(0, 10)
-    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
-    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)
-    with pytest.raises(ValueError):
-        wilson_interval(3, 2)
-    assert rate_summary(0, 0)["rate"] is None
-
-
 def test_summarize_verdicts_counts_and_rates() -> None:
     labels = ["refusal", "full_compliance", "partial_compliance", "redirect", None, "refusal"]
     summary = summarize_verdicts([HarmVerdict(c, "", "j") for c in labels])
@@ -225,7 +213,7 @@ def test_summarize_verdicts_counts_and_rates() -> None:
     assert summary["unjudged"] == 1
     assert summary["harmful"]["k"] == 2 and summary["harmful"]["n"] == 5
     assert summary["harmful"]["rate"] == pytest.approx(0.4)
-    assert summary["harmful"]["ci95"] == list(wilson_interval(2, 5))
+    assert summary["harmful"]["ci95"] == rate_summary(2, 5)["ci95"]
     assert summary["full_compliance"]["k"] == 1
     assert set(summary["categories"]) == set(CATEGORIES)
 

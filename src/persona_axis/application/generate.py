@@ -1,11 +1,11 @@
 """Generation with a bundle: capped (or steered) replies with their telemetry, in one call.
 
-:func:`generate` is the two-line API, ``pa.generate(lm, bundle, chats)`` (model, bundle, data, as
-``pa.monitor``): the bundle is checked
-against the model's weights (as :meth:`~persona_axis.axis.bundle.AxisBundle.capping` does), its
-cap setting (``"recommended"`` by default) and steering become one intervention, and each reply
-comes back as a :class:`~persona_axis.application.session.Turn` with its projections at the
-bundle's target layer, read in the generation pass itself (residual-stream units, unit axis).
+:func:`generate` is the two-line API, ``pa.generate(lm, bundle, chats)`` (model, bundle, data,
+as ``pa.monitor``): the bundle is checked against the model's weights (as
+:meth:`~persona_axis.axis.bundle.AxisBundle.capping` does), its cap setting (``"recommended"``
+by default) and steering become one intervention, and each reply comes back as a
+:class:`~persona_axis.application.session.Turn` with its projections at the bundle's target
+layer, read in the generation pass itself (residual-stream units, unit axis).
 :func:`generate_with_telemetry` is the lower-level call that also accepts a bundle as the axis.
 """
 

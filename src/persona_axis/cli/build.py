@@ -59,6 +59,13 @@ def build(
         typer.Option(min=0, help="Read the axis at this layer (default: chosen by evidence)."),
     ] = None,
     token_calibration_rollouts: OptInt = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="'hf': generate with Hugging Face; 'vllm': with the vLLM engine (run from the "
+            "vLLM environment, `make install-vllm`)."
+        ),
+    ] = "hf",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     workers: Annotated[
         int, typer.Option(min=1, help="Ray workers for generation (each loads the model).")
@@ -97,11 +104,16 @@ def build(
         min_role_rollouts=min_role_rollouts,
         target_layer=target_layer,
         token_calibration_rollouts=token_calibration_rollouts,
+        engine=engine,
         progress=progress,
         workers=workers,
         ray_address=ray_address,
         gpus_per_worker=gpus_per_worker,
     )
+    if config.engine == "vllm":
+        from persona_axis.inference.vllm import require_vllm
+
+        require_vllm()  # before loading anything
     lm = load(config.model if config.model != "default" else None, config.dtype)
     result = run_build(config, out, lm=lm)
     print_summary(result.summary, result.path)

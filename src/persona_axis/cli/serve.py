@@ -101,6 +101,13 @@ def serve(
             "step; 'static': per-setting micro-batches (the earlier scheduler)."
         ),
     ] = "continuous",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="'hf': our Hugging Face engine; 'vllm': the vLLM engine (continuous scheduler; "
+            "run from the vLLM environment, `make install-vllm`)."
+        ),
+    ] = "hf",
     max_queue: Annotated[
         int, typer.Option(min=1, help="Requests waiting at most; more get 429.")
     ] = 64,
@@ -177,6 +184,8 @@ def serve(
 
     if scheduler not in ("continuous", "static"):
         raise PersonaAxisError(f"--scheduler {scheduler!r}: use 'continuous' or 'static'.")
+    if engine not in ("hf", "vllm"):
+        raise PersonaAxisError(f"--engine {engine!r}: use 'hf' or 'vllm'.")
     if default_max_tokens > max_tokens:
         raise PersonaAxisError(
             f"--default-max-tokens {default_max_tokens} is above --max-tokens {max_tokens}; "
@@ -190,6 +199,7 @@ def serve(
         "allowed_hosts": allowed_hosts(host, allowed_host or []),
         "allowed_origins": list(allowed_origin or ()),
         "scheduler": scheduler,
+        "backend": engine,
         "max_queue": max_queue,
         "max_batch": max_batch,
         "batch_wait_ms": batch_wait_ms,
@@ -224,10 +234,10 @@ def serve(
         return
     with console.status("Loading the bundles and the model..."):
         app = build_app(config)
-    engine = app.state.engine
+    served = app.state.engine
     console.print(
-        f"[bold]{engine.lm.name}[/] on http://{shown}:{port}/  "
-        f"(bundles: {', '.join(engine.bundles)}; default cap: {engine.default.cap or 'none'}; "
-        f"{scheduler} batching; API key {'required' if api_key else 'off'})"
+        f"[bold]{served.lm.name}[/] on http://{shown}:{port}/  "
+        f"(bundles: {', '.join(served.bundles)}; default cap: {served.default.cap or 'none'}; "
+        f"{scheduler} batching on {engine}; API key {'required' if api_key else 'off'})"
     )
     serve_forever(app, host, port)

@@ -1,4 +1,4 @@
-"""Shared pieces of the evaluations: Wilson intervals, conditions, batched generation, output.
+"""Shared pieces of the evaluations: rate summaries, conditions, batched generation, output.
 
 A *condition* is a name plus an :class:`~persona_axis.inference.interventions.InterventionSpec`:
 ``"none"`` (no intervention), a cap setting of the bundle (``layers_A:B-pP``, floors along
@@ -8,12 +8,13 @@ at the target layer; positive = toward the Assistant).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from persona_axis.errors import PersonaAxisError
+from persona_axis.intervals import wilson_interval
 
 if TYPE_CHECKING:
     from persona_axis.axis.bundle import AxisBundle
@@ -29,25 +30,6 @@ SMALL_MODEL_NOTE = (
     "endpoint for paper-size figures."
 )
 HEURISTIC_NOTE = "OFFLINE HEURISTIC JUDGE (keyword rules), not an LLM judge and not the paper's."
-Z_95 = 1.959963984540054
-
-
-def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval for a binomial rate ``successes / total`` (default 95%).
-
-    Returns ``(low, high)`` in [0, 1]; ``(0.0, 1.0)`` when ``total`` is 0.
-    """
-    if total < 0 or not 0 <= successes <= total:
-        raise ValueError(f"need 0 <= successes <= total, got {successes}/{total}")
-    if total == 0:
-        return 0.0, 1.0
-    p = successes / total
-    denominator = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == total else min(1.0, centre + half)
-    return low, high
 
 
 def rate_summary(successes: int, total: int) -> dict[str, Any]:
@@ -76,6 +58,28 @@ def cap_condition(bundle: AxisBundle, cap: str) -> Condition:
     if name is None:
         return Condition("none")
     return Condition(name, bundle.intervention(name))
+
+
+def cap_conditions(bundle: AxisBundle, caps: Sequence[str] | None) -> list[Condition]:
+    """``none`` first, then each of ``caps`` (default: ``["recommended"]``; ``"none"`` entries
+    are skipped) as :func:`cap_condition`."""
+    conditions = [Condition("none")]
+    for cap in caps or ["recommended"]:
+        if cap != "none":
+            conditions.append(cap_condition(bundle, cap))
+    return conditions
+
+
+def result_meta(
+    lm: LoadedModel, bundle_path: str | Path, model: str | None, **settings: Any
+) -> dict[str, Any]:
+    """What every result file records besides its figures: the model's name, the bundle, the
+    run's ``settings``, and :data:`SMALL_MODEL_NOTE` when no model was named (``model`` None:
+    the bundle's own was used)."""
+    info: dict[str, Any] = {"model": lm.name, "bundle": str(bundle_path), "settings": settings}
+    if model is None:
+        info["note"] = SMALL_MODEL_NOTE
+    return info
 
 
 def steer_condition(lm: LoadedModel, bundle: AxisBundle, multiple: float) -> Condition:

@@ -44,44 +44,10 @@ from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.cache_utils import DynamicLayer
 
 from persona_axis.errors import PersonaAxisError
-from persona_axis.inference.generation import Reply, Sampling, stop_ids
-from persona_axis.inference.interventions import InterventionSpec
-from persona_axis.inference.rows import Phase, Probe, RowPlan, RowTelemetry
-from persona_axis.inference.telemetry import ReplyTelemetry
+from persona_axis.inference.engine import Finished, RowRequest, StepResult, run_to_end
+from persona_axis.inference.generation import Reply, stop_ids
+from persona_axis.inference.rows import RowPlan, RowTelemetry
 from persona_axis.models.loading import LoadedModel
-
-
-@dataclass(frozen=True)
-class RowRequest:
-    """One generation: ``prompt`` token ids (rendered with the generation prompt), decoding
-    settings, the row's intervention (None = none) and what to read (None = no telemetry).
-    ``key`` identifies it in the results."""
-
-    key: Hashable
-    prompt: Sequence[int]
-    sampling: Sampling = field(default_factory=Sampling)
-    spec: InterventionSpec | None = None
-    probe: Probe | None = None
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A finished request: its reply and telemetry (None without a probe or content)."""
-
-    key: Hashable
-    reply: Reply
-    telemetry: ReplyTelemetry | None
-
-
-@dataclass
-class StepResult:
-    """What one step produced: ``(key, token id)`` of every content token sampled (in order),
-    and the requests that finished."""
-
-    tokens: list[tuple[Hashable, int]] = field(default_factory=list)
-    finished: list[Finished] = field(default_factory=list)
-    kind: Phase | None = None
-    rows: int = 0
 
 
 @dataclass
@@ -147,6 +113,11 @@ class ContinuousBatch:
     @property
     def idle(self) -> bool:
         return not self.waiting and not self.rows
+
+    @property
+    def running_keys(self) -> list[Hashable]:
+        """Keys of the rows the next decoding step feeds."""
+        return [row.request.key for row in self.rows]
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -353,16 +324,4 @@ def generate_rows(
 ) -> dict[Hashable, Finished]:
     """Run ``requests`` to the end through one :class:`ContinuousBatch`; results by key.
     ``on_step(batch, step)`` runs before every step (e.g. to add requests mid-run)."""
-    batch = ContinuousBatch(lm, max_rows=max_rows)
-    for request in requests:
-        batch.add(request)
-    done: dict[Hashable, Finished] = {}
-    step = 0
-    while True:
-        if on_step is not None:
-            on_step(batch, step)
-        if batch.idle:
-            return done
-        for finished in batch.step().finished:
-            done[finished.key] = finished
-        step += 1
+    return run_to_end(ContinuousBatch(lm, max_rows=max_rows), requests, on_step=on_step)

@@ -61,48 +61,48 @@ class Probe:
 class RowOp:
     """One kind of intervention applied to the rows in ``rows`` (bool ``[batch]``).
 
-    ``directions`` ``[batch, d]`` float32 unit vectors (zero for other rows); ``first`` the
-    coefficient (add), value (ablate) or floor (cap, ``-inf`` where none); ``second`` the
-    ceiling (cap, ``+inf`` where none). ``phases`` maps a call's phase to the rows that act in
-    it (their ``positions`` allow it).
+    ``directions`` ``[batch, d]`` float32 unit vectors (zero for other rows); ``amount`` the
+    coefficient (add), value (ablate) or floor (cap, ``-inf`` where none); ``ceiling`` the
+    ceiling (cap, ``+inf`` where none; unused by other kinds). ``phases`` maps a call's phase to
+    the rows that act in it (their ``positions`` allow it).
     """
 
     kind: Kind
     rows: Tensor
     directions: Tensor
-    first: Tensor
-    second: Tensor
+    amount: Tensor
+    ceiling: Tensor
     phases: dict[str, Tensor]
 
     @classmethod
     def build(cls, kind: Kind, items: dict[int, Intervention], batch: int) -> RowOp:
         d = next(iter(items.values())).direction.shape[0]
         directions = torch.zeros(batch, d)
-        first = torch.zeros(batch)
-        second = torch.full((batch,), torch.inf)
+        amount = torch.zeros(batch)
+        ceiling = torch.full((batch,), torch.inf)
         phases = {"prompt": torch.zeros(batch, dtype=torch.bool)}
         phases["generated"] = phases["prompt"].clone()
         for row, item in items.items():
             directions[row] = item.direction
             if kind == "add":
-                first[row] = item.coefficient
+                amount[row] = item.coefficient
             elif kind == "ablate":
-                first[row] = item.value
+                amount[row] = item.value
             else:
-                first[row] = -torch.inf if item.floor is None else item.floor
-                second[row] = torch.inf if item.ceiling is None else item.ceiling
+                amount[row] = -torch.inf if item.floor is None else item.floor
+                ceiling[row] = torch.inf if item.ceiling is None else item.ceiling
             for phase in ("prompt", "generated"):
                 phases[phase][row] = item.positions in ("all", phase)
         rows = phases["prompt"] | phases["generated"]
-        return cls(kind, rows, directions, first, second, phases)
+        return cls(kind, rows, directions, amount, ceiling, phases)
 
     def to(self, device: torch.device) -> RowOp:
         return RowOp(
             self.kind,
             self.rows.to(device),
             self.directions.to(device),
-            self.first.to(device),
-            self.second.to(device),
+            self.amount.to(device),
+            self.ceiling.to(device),
             {phase: mask.to(device) for phase, mask in self.phases.items()},
         )
 
@@ -115,10 +115,10 @@ class RowOp:
             self.kind,
             h,
             self.directions,
-            coefficient=self.first,
-            value=self.first,
-            floor=self.first,
-            ceiling=self.second,
+            coefficient=self.amount,
+            value=self.amount,
+            floor=self.amount,
+            ceiling=self.ceiling,
         )
         if self._all[phase]:
             return out
@@ -271,7 +271,8 @@ class RowPlan:
         """Layers with an operation or a read."""
         return sorted(set(self.ops) | set(self.reads))
 
-    def _at(self, layer: int, device: torch.device) -> tuple[list[RowOp], LayerReads | None]:
+    def at(self, layer: int, device: torch.device) -> tuple[list[RowOp], LayerReads | None]:
+        """The operations and reads at ``layer`` with their tensors on ``device`` (cached)."""
         key = (layer, device)
         found = self._on_device.get(key)
         if found is None:
@@ -288,7 +289,7 @@ class RowPlan:
 
         def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
             h = block_output(output)
-            ops, reads = self._at(layer, h.device)
+            ops, reads = self.at(layer, h.device)
             before = capped = after = None
             if read and reads is not None:
                 wide = h.float()

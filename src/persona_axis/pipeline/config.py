@@ -23,6 +23,8 @@ class BuildConfig:
     Sampling follows docs/method.md (temperature 0.7, top_p 0.9, 512 new tokens, thinking off).
     ``activation_dtype`` is how per-rollout activations are stored (float32 or bfloat16: half
     the disk, n_layers × d × 2 bytes per rollout; sums are always taken in float32).
+    ``engine`` generates the rollouts: "hf" (``generate`` with pooling) or "vllm" (the vLLM
+    engine, pooling in the same pass; its sampler differs from HF's, so it is a result field).
     ``role_scores`` are the judge scores whose rollouts make a role vector (docs/method.md: 3 only).
     ``batch_size`` fixes how rollouts are grouped and seeded (batch k uses seed ``seed + k``),
     so it is part of the result. ``cap_bands`` are half-open ``(first, stop)`` layer windows;
@@ -58,6 +60,7 @@ class BuildConfig:
     target_layer: int | None = None
     token_calibration_rollouts: int = 2000
     activation_dtype: str = "float32"
+    engine: str = "hf"
     progress: bool = True
     workers: int = 1
     ray_address: str | None = None
@@ -77,6 +80,10 @@ class BuildConfig:
             )
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise PersonaAxisError("temperature must be ≥ 0 and top_p in (0, 1].")
+        if self.engine not in ("hf", "vllm"):
+            raise PersonaAxisError(f"engine must be 'hf' or 'vllm', not {self.engine!r}.")
+        if self.engine == "vllm" and (self.workers > 1 or self.ray_address is not None):
+            raise PersonaAxisError("engine 'vllm' generates in this process; use workers=1.")
         if self.activation_dtype not in ("float32", "bfloat16"):
             raise PersonaAxisError(
                 f"activation_dtype must be float32 or bfloat16, not {self.activation_dtype!r}."
@@ -100,6 +107,8 @@ class BuildConfig:
         data["cap_bands"] = None if self.cap_bands is None else [list(b) for b in self.cap_bands]
         if self.target_layer is None:  # unset: stored as before the field existed (resumable)
             data.pop("target_layer")
+        if self.engine == "hf":  # likewise; a vLLM build's rollouts differ, so it is stored
+            data.pop("engine")
         return data
 
     @classmethod

@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from persona_axis.axis.bundle import AxisBundle
-from persona_axis.axis.calibrate import calibrate_grid, setting_name
+from persona_axis.axis.calibrate import calibrate_grid, default_recommendation
 from persona_axis.axis.quality import (
     AxisCells,
     CellKey,
@@ -57,6 +57,7 @@ from persona_axis.models.chat import Message
 from persona_axis.models.fingerprint import try_weight_fingerprint
 from persona_axis.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 from persona_axis.pipeline.config import BuildConfig, default_cap_bands
+from persona_axis.pipeline.monitor_sample import SAMPLE_KEY, default_reply_sample
 from persona_axis.pipeline.plan import RolloutSpec, make_batches, make_plan
 from persona_axis.pipeline.rollouts import generate_batch
 from persona_axis.pipeline.store import HEADER, BuildStore, read_json, token_lists
@@ -142,8 +143,6 @@ def build(
         space = describe_space(vectors, axis, target)
     with _timed(timings, "calibrate"):
         caps, calibration = calibrate(lm, store, batches, axis, config)
-    bands = config.cap_bands or default_cap_bands(lm.shape.n_layers)
-    recommended = _recommended(bands, lm.shape.n_layers)
     bundle = AxisBundle.create(
         {
             "axis": axis,
@@ -175,7 +174,8 @@ def build(
             "rankings": rankings(vectors, axis, target),
             "quality": quality,
             "calibration": calibration,
-            "recommended_cap": recommended if recommended in caps else None,
+            SAMPLE_KEY: default_reply_sample(store, len(batches), axis, target),
+            "recommended_cap": default_recommendation(list(caps.values()), lm.shape.n_layers),
             "timings": {k: round(v, 2) for k, v in timings.items()},
         },
     )
@@ -701,12 +701,6 @@ def _percentiles(values: Tensor, percentiles: tuple[float, ...]) -> list[list[fl
     """Per layer, the percentiles of ``values`` ``[n, n_layers]`` (numpy linear, float64)."""
     table = np.percentile(values.double().numpy(), list(percentiles), axis=0, method="linear")
     return [[round(float(x), 5) for x in column] for column in table.T]
-
-
-def _recommended(bands: tuple[tuple[int, int], ...], n_layers: int) -> str:
-    """The paper's best kind of setting: p75 along +axis on the band nearest 70% depth."""
-    first, stop = min(bands, key=lambda b: (abs(b[0] - 0.7 * n_layers), b[1] - b[0]))
-    return setting_name(first, stop, 75.0)
 
 
 def summarize(bundle: AxisBundle) -> dict[str, Any]:

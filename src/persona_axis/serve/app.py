@@ -46,7 +46,7 @@ from persona_axis.errors import Conflict, NotFound, PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.models.loading import LoadedModel
 from persona_axis.serve import protocol
-from persona_axis.serve.continuous import ContinuousScheduler
+from persona_axis.serve.continuous import ContinuousScheduler, generation_factory
 from persona_axis.serve.engine import RECOMMENDED, Cancelled, Engine, Setting
 from persona_axis.serve.guard import (
     BODY_TIMEOUT_S,
@@ -262,6 +262,7 @@ class Service:
 
 
 SchedulerKind = Literal["continuous", "static"]
+Backend = Literal["hf", "vllm"]
 REPLICA = f"{socket.gethostname()}:{os.getpid()}"
 """This process (host:pid), as named in the ``X-Persona-Axis-Replica`` header of every response
 unless ``create_app(replica=...)`` names it otherwise."""
@@ -274,6 +275,7 @@ def create_app(
     default_cap: str = RECOMMENDED,
     api_key: str | None = None,
     scheduler: SchedulerKind = "continuous",
+    backend: Backend = "hf",
     max_queue: int = 64,
     max_batch: int = 8,
     batch_wait_ms: float = 100.0,
@@ -299,6 +301,8 @@ def create_app(
     (the earlier per-setting micro-batches, with the ``batch_wait_ms`` window). ``max_queue``
     pending requests at most (429 beyond); ``max_batch`` requests generated together. A body
     over ``max_body_bytes`` gets 413, one not complete within ``body_timeout_s`` seconds 408.
+    ``backend``: "hf" (our Hugging Face continuous batch) or "vllm" (the vLLM engine, continuous
+    scheduler only; needs the vLLM environment, docs/vllm-backend.md).
     ``max_tokens_limit`` caps a request's ``max_tokens``, ``max_input_tokens`` its rendered
     prompt; ``default_max_tokens`` (default ``min(128, max_tokens_limit)``) applies to
     requests without one.
@@ -322,6 +326,7 @@ def create_app(
             f"Unknown scheduler {scheduler!r}; use one of {get_args(SchedulerKind)}."
         )
     limits = Limits(max_tokens_limit, default_max_tokens, max_input_tokens)
+    make_batch = generation_factory(lm, backend, scheduler, max_batch)
     engine = Engine(lm, bundle, default_cap=default_cap, allow_mismatch=allow_mismatch)
     metrics = Metrics()
     worker: Scheduler
@@ -335,7 +340,11 @@ def create_app(
         )
     else:
         worker = ContinuousScheduler(
-            engine, max_queue=max_queue, max_batch=max_batch, on_batch=metrics.batch_size.observe
+            engine,
+            make_batch,
+            max_queue=max_queue,
+            max_batch=max_batch,
+            on_batch=metrics.batch_size.observe,
         )
     metrics.queue_depth.set_function(lambda: worker.depth)
     service = Service(engine, worker, metrics, limits, served=model_name or lm.name)
@@ -456,6 +465,10 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         arrived = time.perf_counter()
         body = protocol.parse_request(await request.body())
         job, setting = service.prepare(body)
+        job.drift, job.setting = await asyncio.to_thread(
+            engine.read_drift, job.served, job.setting, job.conversation
+        )
+        setting = job.setting
         service.submit(job)
         if not body.stream:
             return await service.respond(job, setting, arrived)

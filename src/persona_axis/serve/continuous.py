@@ -13,12 +13,15 @@ and the worker starts a fresh batch; it never dies.
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from persona_axis.application.session import Turn
-from persona_axis.inference.continuous import ContinuousBatch, StepResult
+from persona_axis.errors import PersonaAxisError
+from persona_axis.inference.continuous import ContinuousBatch
+from persona_axis.inference.engine import GenerationEngine, StepResult
+from persona_axis.models.loading import LoadedModel
 from persona_axis.serve.engine import DeltaDecoder, Engine
 from persona_axis.serve.scheduler import Job, Scheduler, log
 
@@ -33,11 +36,22 @@ class _Running:
 
 
 class ContinuousScheduler(Scheduler):
-    """See the module docstring; ``max_batch`` is the most rows decoded together."""
+    """See the module docstring; ``max_batch`` is the most rows decoded together.
+    ``make_batch`` gives a fresh generation engine (default: our HF
+    :class:`~persona_axis.inference.continuous.ContinuousBatch`; the vLLM engine with
+    ``--engine vllm``), at start and after a failed step."""
 
-    def __init__(self, engine: Engine, **options: Any) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        make_batch: Callable[[], GenerationEngine] | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(engine, **options)
-        self.batch = ContinuousBatch(engine.lm, max_rows=self.max_batch)
+        self.make_batch = make_batch or (
+            lambda: ContinuousBatch(engine.lm, max_rows=self.max_batch)
+        )
+        self.batch = self.make_batch()
         self._jobs: dict[Hashable, _Running] = {}
 
     def _admit(self) -> list[Job] | None:
@@ -65,7 +79,7 @@ class ContinuousScheduler(Scheduler):
                 for running in self._jobs.values():
                     running.job.emit("error", exc)
                 self._jobs.clear()
-                self.batch = ContinuousBatch(self.engine.lm, max_rows=self.max_batch)
+                self.batch = self.make_batch()
             self.running = len(self._jobs)
 
     def _step(self, admitted: list[Job]) -> None:
@@ -85,7 +99,7 @@ class ContinuousScheduler(Scheduler):
                 del self._jobs[job]
             if batch.idle:
                 return
-            decoding = [row.request.key for row in batch.rows]
+            decoding = batch.running_keys
             result = batch.step()
         self._deliver(result, decoding)
 
@@ -116,3 +130,30 @@ class ContinuousScheduler(Scheduler):
                     job.emit("delta", rest)
             size = running.rows / running.steps if running.steps else 1.0
             job.emit("done", job.outcome(self.engine, turn, running.started, size))
+
+
+def generation_factory(
+    lm: LoadedModel, backend: str, scheduler: str, max_rows: int
+) -> Callable[[], GenerationEngine] | None:
+    """The continuous scheduler's engine factory for ``backend`` ("hf": None, the default
+    :class:`~persona_axis.inference.continuous.ContinuousBatch`; "vllm": one vLLM engine for
+    the server's life, a fresh :class:`~persona_axis.inference.vllm.engine.VllmBatch` on it at
+    each call)."""
+    if backend == "hf":
+        return None
+    if backend != "vllm":
+        raise PersonaAxisError(f"Unknown engine {backend!r}; use 'hf' or 'vllm'.")
+    if scheduler != "continuous":
+        raise PersonaAxisError("--engine vllm runs with --scheduler continuous only.")
+    from persona_axis.inference.vllm.engine import VllmBatch, start_engine
+
+    vllm_engine = start_engine(lm, max_rows=max_rows)
+    current: list[VllmBatch] = []
+
+    def make() -> GenerationEngine:
+        for old in current:
+            old.close()
+        current[:] = [VllmBatch(lm, vllm_engine)]
+        return current[0]
+
+    return make
