@@ -26,6 +26,7 @@ from support.tiny_models import tiny_lm
 
 pytestmark = pytest.mark.slow
 KEY = "adm1n"
+USER_KEY = "us3r"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
@@ -81,37 +82,66 @@ def test_requests_choose_their_bundle_and_unknown_names_are_refused(lm) -> None:
 
 
 def test_admin_routes_load_and_unload_bundles_without_dropping_requests(lm, tmp_path) -> None:
-    extra_dir = bundle_of(lm, 2, "x-cap", (1,)).save(tmp_path / "extra")
-    app = create_app(lm, bundle_of(lm, 0, "c", (1,)), api_key=KEY, max_tokens_limit=64)
+    root = tmp_path / "root"
+    extra_dir = bundle_of(lm, 2, "x-cap", (1,)).save(root / "extra")
+    app = create_app(
+        lm,
+        bundle_of(lm, 0, "c", (1,)),
+        api_key=USER_KEY,
+        admin_key=KEY,
+        bundle_roots=[root],
+        max_tokens_limit=64,
+    )
+    user = {"Authorization": f"Bearer {USER_KEY}"}
     with background_server(app) as base, ThreadPoolExecutor(2) as pool:
         admin = f"{base}/v1/admin/bundles"
         assert httpx.get(admin).status_code == 401
-        assert (
-            httpx.post(admin, json={"name": "x", "path": "/nowhere"}, headers=AUTH).status_code
-            == 400
-        )
-        loaded = httpx.post(admin, json={"name": "extra", "path": str(extra_dir)}, headers=AUTH)
+        assert httpx.get(admin, headers=user).status_code == 401  # the API key is not admin
+        missing = httpx.post(admin, json={"name": "x", "path": str(root / "nowhere")}, headers=AUTH)
+        assert missing.status_code == 400  # inside the root: the error may say why
+        loaded = httpx.post(admin, json={"name": "extra", "path": "extra"}, headers=AUTH)
         assert loaded.status_code == 201 and set(loaded.json()["bundles"]) == {"default", "extra"}
         again = httpx.post(admin, json={"name": "extra", "path": str(extra_dir)}, headers=AUTH)
         assert again.status_code == 409
         lock = lm.extra[LOCK_KEY]
         with lock:  # hold generation so the request is surely in flight during the unload
             long = pool.submit(
-                ask, base, chat("Tell me a story.", {"bundle": "extra"}, 40), headers=AUTH
+                ask, base, chat("Tell me a story.", {"bundle": "extra"}, 40), headers=user
             )
             wait_for(lambda: httpx.get(f"{base}/health").json()["generating"] == 1)
             gone = httpx.delete(f"{admin}/extra", headers=AUTH)
         assert gone.status_code == 200 and list(gone.json()["bundles"]) == ["default"]
         finished = long.result()
         assert finished.status_code == 200 and finished.json()["persona_axis"]["bundle"] == "extra"
-        after = ask(base, chat("Hi", {"bundle": "extra"}), headers=AUTH)
+        after = ask(base, chat("Hi", {"bundle": "extra"}), headers=user)
         assert after.status_code == 400 and "available: ['default']" in after.text
         assert httpx.delete(f"{admin}/default", headers=AUTH).status_code == 409
         assert httpx.delete(f"{admin}/nope", headers=AUTH).status_code == 404
-    keyless = create_app(lm, bundle_of(lm, 0, "c", (1,)))
-    with background_server(keyless) as base:
-        refused = httpx.get(f"{base}/v1/admin/bundles")
-        assert refused.status_code == 403 and "--api-key" in refused.json()["error"]["message"]
+
+
+def test_admin_loads_only_from_the_bundle_roots_and_reveal_nothing_outside(lm, tmp_path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    bundle_of(lm, 2, "x-cap", (1,)).save(outside / "real")
+    (root).mkdir()
+    (root / "link").symlink_to(outside / "real")  # a link out of the root is outside too
+    app = create_app(lm, bundle_of(lm, 0, "c", (1,)), admin_key=KEY, bundle_roots=[root])
+    with background_server(app) as base:
+        admin = f"{base}/v1/admin/bundles"
+        answers = [
+            httpx.post(admin, json={"name": "x", "path": path}, headers=AUTH)
+            for path in (str(outside / "real"), str(outside / "nowhere"), "/etc", "link", "../x")
+        ]
+        assert {a.status_code for a in answers} == {403}
+        assert len({a.text for a in answers}) == 1, "the same answer whether the path exists"
+        assert answers[0].json()["error"]["code"] == "path_not_allowed"
+    for options, code in [
+        ({}, "admin_disabled"),  # no admin key: admin routes off
+        ({"admin_key": KEY}, "admin_load_disabled"),  # no roots: loads off
+    ]:
+        with background_server(create_app(lm, bundle_of(lm, 0, "c", (1,)), **options)) as base:
+            body = {"name": "x", "path": str(outside / "real")}
+            refused = httpx.post(f"{base}/v1/admin/bundles", json=body, headers=AUTH)
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == code
 
 
 def test_a_client_that_leaves_mid_reply_is_dropped_and_the_others_go_on(lm) -> None:

@@ -28,6 +28,7 @@ import pytest
 from persona_axis.serve.config import ServerConfig, build_app
 from persona_axis.serve.runner import background_server
 from support.bundles import CAP, serving_bundle
+from support.raw_http import raw_request
 from support.tiny_models import build_tiny, styled_tokenizer, tiny_lm
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Ser
     build_tiny("llama").save_pretrained(root / "model")
     styled_tokenizer("chatml").save_pretrained(root / "model")
     bundle = serving_bundle(tiny_lm("llama")).save(root / "bundle")
-    options = {"default_cap": "none", "api_key": KEY, "max_tokens_limit": 512}
+    options = {
+        "default_cap": "none",
+        "api_key": KEY,
+        "max_tokens_limit": 512,
+        "max_body_bytes": 4096,
+        "body_timeout_s": 2.0,
+    }
     config = ServerConfig({"default": str(bundle)}, str(root / "model"), "float32", False, options)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
@@ -170,3 +177,19 @@ def test_a_killed_replica_is_replaced_and_its_requests_end_clearly(cluster) -> N
     (survivor,) = set(started) - {victim}
     after = replicas_until(base, lambda seen: victim in seen or len(seen - {survivor}) > 0)
     assert victim not in after
+
+
+def test_the_front_refuses_before_reading_the_body(cluster) -> None:
+    """Key, size and time limits are checked at the front, before it reads a body."""
+    base, _ = cluster
+    path = "/v1/chat/completions"
+    status, _, seconds = raw_request(base, path, {"Content-Length": str(10**7)})
+    assert status == 401 and seconds < 30
+    status, _, seconds = raw_request(base, path, {**AUTH, "Content-Length": str(10**7)})
+    assert status == 413 and seconds < 30
+    drip = {**AUTH, "Content-Length": "100"}
+    status, answer, seconds = raw_request(base, path, drip, [b"{"] * 40, pause_s=0.2)
+    assert status == 408 and b"body_timeout" in answer and seconds < 30
+    other_page = {**AUTH, "Origin": "http://evil.example"}
+    assert httpx.get(f"{base}/v1/models", headers=other_page).status_code == 403
+    assert ask(base, "Hi", {}).status_code == 200

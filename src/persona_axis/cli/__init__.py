@@ -3,7 +3,8 @@
 Every command is a thin shell over a library function; shared options, the consoles, the judge
 flags and the one ``--model`` rule live in :mod:`persona_axis.cli.common`. User errors
 (:class:`~persona_axis.errors.PersonaAxisError`) print one line on stderr, without a traceback,
-and exit with status 2.
+and exit with status 2; so do file-system errors a user causes (a path that is a file, a folder
+without write permission, a full disk), as the path and the system's reason.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ def main() -> None:
         app()
     except PersonaAxisError as exc:
         fail(exc)
+    except OSError as exc:  # paths, permissions, disk full: the user's to fix
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(
+            PersonaAxisError(
+                f"{exc.strerror or exc}{where}; check the path, its permissions and the free "
+                "disk space."
+            )
+        )
 
 
 __all__ = ["app", "main"]

@@ -15,8 +15,23 @@ from persona_axis.cli.common import (
     errors,
 )
 from persona_axis.errors import PersonaAxisError
+from persona_axis.serve.config import ServerConfig
 
 API_KEY_ENV = "PERSONA_AXIS_API_KEY"
+ADMIN_KEY_ENV = "PERSONA_AXIS_ADMIN_KEY"
+ANY_INTERFACE = frozenset({"0.0.0.0", "::"})
+
+
+def allowed_hosts(host: str, given: list[str]) -> list[str] | None:
+    """``Host`` names the server answers: the ``--allowed-host`` names and this machine's
+    loopback names, plus ``host`` when it is one interface; None (any) when bound to every
+    interface without ``--allowed-host``."""
+    from persona_axis.serve.guard import LOOPBACK_HOSTS
+
+    if host in ANY_INTERFACE and not given:
+        return None
+    extra = [] if host in ANY_INTERFACE else [host]
+    return sorted({*LOOPBACK_HOSTS, *extra, *given})
 
 
 def parse_bundles(values: list[str]) -> dict[str, str]:
@@ -38,6 +53,17 @@ def parse_bundles(values: list[str]) -> dict[str, str]:
     if not bundles:
         raise PersonaAxisError("Give a bundle to serve: --bundle DIR or --bundle NAME=DIR.")
     return bundles
+
+
+def check_locally(config: ServerConfig) -> None:
+    """What replicas would refuse, checked here before deploying: every bundle loads and has
+    the default cap, and the keys are not empty (the model is checked by each replica)."""
+    from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.serve.replicas import access_of
+
+    access_of(config.options)
+    for path in config.bundles.values():
+        AxisBundle.load(path).resolve_cap(config.options["default_cap"])
 
 
 def serve(
@@ -117,11 +143,42 @@ def serve(
     gpus_per_replica: Annotated[
         float, typer.Option(min=0.0, help="GPUs reserved per replica (Ray Serve).")
     ] = 0.0,
+    admin_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ADMIN_KEY_ENV,
+            help="Key for the admin routes (load and unload bundles at run time); without it "
+            f"they are off (or set ${ADMIN_KEY_ENV}).",
+            show_default=False,
+        ),
+    ] = None,
+    bundle_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Folder the admin routes may load bundles from (repeat for several); none: "
+            "admin loads are off."
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Host name clients use to reach the server (repeat for several); loopback "
+            "names are always allowed. Default: only the bound address, any when bound to "
+            "0.0.0.0."
+        ),
+    ] = None,
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Web origin (https://host[:port]) whose pages may call the API besides the "
+            "server's own page (repeat for several)."
+        ),
+    ] = None,
     dtype: DtypeOption = "auto",
     allow_mismatch: AllowMismatchOption = False,
 ) -> None:
     """Serve the model over an OpenAI-compatible API with caps, drift telemetry and a chat page."""
-    from persona_axis.serve.config import ServerConfig, build_app
+    from persona_axis.serve.config import build_app
     from persona_axis.serve.replicas import deploy
     from persona_axis.serve.runner import is_loopback, serve_forever, wait_forever
 
@@ -136,7 +193,11 @@ def serve(
         )
     options = {
         "default_cap": cap,
-        "api_key": api_key or None,
+        "api_key": api_key,
+        "admin_key": admin_key,
+        "bundle_roots": [str(root) for root in bundle_root or ()],
+        "allowed_hosts": allowed_hosts(host, allowed_host or []),
+        "allowed_origins": list(allowed_origin or ()),
         "scheduler": scheduler,
         "backend": engine,
         "max_queue": max_queue,
@@ -156,6 +217,7 @@ def serve(
         )
     shown = "localhost" if is_loopback(host) else host
     if replicas > 1 or ray_address is not None:
+        check_locally(config)
         console.print(f"Deploying {replicas} replica(s) on Ray Serve...")
         deploy(
             config,

@@ -8,9 +8,14 @@ and unload bundles; API key required) and the chat page at ``/`` (static files s
 package, no external resources). Every response names the process that answered in its
 ``X-Persona-Axis-Replica`` header.
 
-With an API key, every ``/v1/`` route needs ``Authorization: Bearer <key>``; ``/``, the static
-files, ``/health`` and ``/metrics`` stay open (they hold no conversation data). Request bodies
-above ``max_body_bytes`` get 413 before they are parsed.
+Before a body is read, :mod:`~persona_axis.serve.guard` checks the ``Host`` and ``Origin``
+allow-lists and the keys: with an API key, every ``/v1/`` route needs ``Authorization: Bearer
+<key>``; the admin routes need the separate admin key and are off without one; ``/``, the
+static files, ``/health`` and ``/metrics`` stay open (they hold no conversation data). Request
+bodies above ``max_body_bytes`` get 413 before they are parsed. Admin loads read bundles only
+from the ``bundle_roots`` folders. Any other failure answers a JSON 500 with an error id and no
+exception text; the details go to the log under that id. The OpenAPI schema is at
+``/openapi.json``.
 
 ``temperature`` defaults to 0 (greedy), not OpenAI's 1; ``max_tokens`` defaults to
 ``default_max_tokens``. With the continuous scheduler (the default) requests of every bundle,
@@ -21,11 +26,12 @@ setting, sampling and length share one batch; see :mod:`~persona_axis.serve.cont
 from __future__ import annotations
 
 import asyncio
-import hmac
+import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -36,14 +42,23 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from persona_axis.axis.bundle import AxisBundle
-from persona_axis.errors import PersonaAxisError
+from persona_axis.errors import Conflict, NotFound, PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.models.loading import LoadedModel
 from persona_axis.serve import protocol
 from persona_axis.serve.continuous import ContinuousScheduler, generation_factory
 from persona_axis.serve.engine import RECOMMENDED, Cancelled, Engine, Setting
+from persona_axis.serve.guard import (
+    BODY_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    Access,
+    BodyLimit,
+    Guard,
+    error_response,
+)
 from persona_axis.serve.metrics import CONTENT_TYPE, Metrics
-from persona_axis.serve.protocol import ApiError
+from persona_axis.serve.openapi import schema as openapi_schema
+from persona_axis.serve.protocol import MIN_TEMPERATURE, ApiError
 from persona_axis.serve.scheduler import Job, Outcome, QueueFull, Scheduler, StaticScheduler
 
 STATIC = Path(__file__).with_name("static")
@@ -55,63 +70,7 @@ PAGE_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
 }
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class BodyLimit:
-    """ASGI middleware: answer 413 to bodies over ``limit`` bytes, declared or streamed."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_big = ApiError(
-            413,
-            f"The request body is larger than {self.limit} bytes; send a shorter conversation.",
-            code="body_too_large",
-        )
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _error_response(too_big)(scope, receive, send)
-            return
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before sending its body
-            size += len(message.get("body", b""))
-            if size > self.limit:
-                await _error_response(too_big)(scope, receive, send)
-                return
-            parts.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-def _error_response(error: ApiError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if error.status == 429 else None
-    if error.status == 401:
-        headers = {"WWW-Authenticate": "Bearer"}
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+LOG = logging.getLogger(__name__)
 
 
 class Limits:
@@ -129,7 +88,7 @@ class Limits:
 
 
 class Service:
-    """What the routes share: engine, scheduler, metrics, limits, the served name, the key."""
+    """What the routes share: engine, scheduler, metrics, limits, the served name."""
 
     def __init__(
         self,
@@ -139,29 +98,12 @@ class Service:
         limits: Limits,
         *,
         served: str,
-        api_key: str | None,
     ) -> None:
         self.engine = engine
         self.scheduler = scheduler
         self.metrics = metrics
         self.limits = limits
         self.served = served
-        self.api_key = api_key
-
-    def authorize(self, request: Request) -> None:
-        """Raise 401 unless the request carries the API key (when one is set)."""
-        if self.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self.api_key.encode()
-        ):
-            raise ApiError(
-                401,
-                "Missing or wrong API key; send 'Authorization: Bearer <key>' with the key the "
-                "server was started with (--api-key or PERSONA_AXIS_API_KEY).",
-                code="invalid_api_key",
-            )
 
     def prepare(self, body: protocol.ChatRequest) -> tuple[Job, Setting]:
         """Validate a parsed request against the model and limits; the job to queue."""
@@ -183,6 +125,13 @@ class Service:
         self._check_prompt(messages, max_tokens)
         sampling = Sampling(max_new_tokens=max_tokens)  # greedy: seed and top_p do not matter
         if body.temperature:
+            if body.temperature < MIN_TEMPERATURE:
+                raise ApiError(
+                    400,
+                    f"temperature {body.temperature:g} is too small to sample with; give 0 "
+                    f"(greedy) or at least {MIN_TEMPERATURE:g}.",
+                    param="temperature",
+                )
             sampling = Sampling(
                 max_new_tokens=max_tokens,
                 temperature=body.temperature,
@@ -333,10 +282,15 @@ def create_app(
     max_tokens_limit: int = 512,
     default_max_tokens: int | None = None,
     max_input_tokens: int = 4096,
-    max_body_bytes: int = 1_000_000,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout_s: float = BODY_TIMEOUT_S,
     model_name: str | None = None,
     allow_mismatch: bool = False,
     replica: str = REPLICA,
+    admin_key: str | None = None,
+    bundle_roots: Iterable[str | os.PathLike[str]] = (),
+    allowed_hosts: Iterable[str] | None = None,
+    allowed_origins: Iterable[str] = (),
 ) -> FastAPI:
     """The server for ``lm`` with one bundle, or several by name (the first is the default for
     requests that name none); start it with uvicorn.
@@ -345,14 +299,26 @@ def create_app(
     "none" or "recommended" (each bundle's recommended cap, else none). ``scheduler``:
     "continuous" (every setting in one batch, requests join and leave at each step) or "static"
     (the earlier per-setting micro-batches, with the ``batch_wait_ms`` window). ``max_queue``
-    pending requests at most (429 beyond); ``max_batch`` requests generated together.
+    pending requests at most (429 beyond); ``max_batch`` requests generated together. A body
+    over ``max_body_bytes`` gets 413, one not complete within ``body_timeout_s`` seconds 408.
     ``backend``: "hf" (our Hugging Face continuous batch) or "vllm" (the vLLM engine, continuous
     scheduler only; needs the vLLM environment, docs/vllm-backend.md).
     ``max_tokens_limit`` caps a request's ``max_tokens``, ``max_input_tokens`` its rendered
     prompt; ``default_max_tokens`` (default ``min(128, max_tokens_limit)``) applies to
-    requests without one. Raises :class:`PersonaAxisError` for a bundle that does not fit the
-    model or an unknown ``default_cap``.
+    requests without one.
+
+    Access (see :mod:`~persona_axis.serve.guard`): ``api_key`` for the ``/v1/`` routes (None:
+    open; an empty key is refused), ``admin_key`` for the admin routes (None: admin off),
+    ``bundle_roots`` the folders admin loads may read bundles from (none: admin loads off),
+    ``allowed_hosts`` the ``Host`` names answered (None: any), ``allowed_origins`` web origins
+    besides the server's own. Raises :class:`PersonaAxisError` for a bundle that does not fit
+    the model, an unknown ``default_cap`` or an empty key.
     """
+    access = Access.of(api_key, admin_key, allowed_hosts, allowed_origins)
+    roots = tuple(Path(os.path.realpath(root)) for root in bundle_roots)
+    for root in roots:
+        if not root.is_dir():
+            raise PersonaAxisError(f"Bundle root {root} is not a directory; give a folder.")
     if default_max_tokens is None:
         default_max_tokens = min(DEFAULT_MAX_TOKENS, max_tokens_limit)
     if scheduler not in get_args(SchedulerKind):
@@ -381,9 +347,7 @@ def create_app(
             on_batch=metrics.batch_size.observe,
         )
     metrics.queue_depth.set_function(lambda: worker.depth)
-    service = Service(
-        engine, worker, metrics, limits, served=model_name or lm.name, api_key=api_key
-    )
+    service = Service(engine, worker, metrics, limits, served=model_name or lm.name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -399,22 +363,31 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
     )
     app.state.service = service
     app.state.engine = engine
-    _install_errors_and_middleware(app, metrics, max_body_bytes, replica)
+    body_limit = {"limit": max_body_bytes, "timeout_s": body_timeout_s}
+    _install_errors_and_middleware(app, metrics, access, body_limit, replica)
     _add_routes(app, service)
-    _add_admin_routes(app, service)
+    _add_admin_routes(app, service, roots)
+    app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
 
 
 def _install_errors_and_middleware(
-    app: FastAPI, metrics: Metrics, max_body_bytes: int, replica: str
+    app: FastAPI,
+    metrics: Metrics,
+    access: Access,
+    body_limit: dict[str, Any],
+    replica: str,
 ) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(exc)
+        return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(_internal(exc, f"{request.method} {request.url.path}"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -423,9 +396,10 @@ def _install_errors_and_middleware(
             message = f"No route {request.method} {request.url.path}; see /v1/models."
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}."
-        return _error_response(ApiError(exc.status_code, message))
+        return error_response(ApiError(exc.status_code, message))
 
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(BodyLimit, **body_limit)  # inner: after the guard
+    app.add_middleware(Guard, access=access)
 
     @app.middleware("http")  # added last: outermost, so it also counts 413s
     async def count(request: Request, call_next: Any) -> Response:
@@ -465,8 +439,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
-        service.authorize(request)
+    async def models() -> dict[str, Any]:
         return {
             "object": "list",
             "data": [
@@ -475,8 +448,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         }
 
     @app.get("/v1/persona_axis")
-    async def persona_axis(request: Request) -> dict[str, Any]:
-        service.authorize(request)
+    async def persona_axis() -> dict[str, Any]:
         return {
             "model": service.served,
             **engine.describe(),
@@ -491,7 +463,6 @@ def _add_routes(app: FastAPI, service: Service) -> None:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
         arrived = time.perf_counter()
-        service.authorize(request)
         body = protocol.parse_request(await request.body())
         job, setting = service.prepare(body)
         job.drift, job.setting = await asyncio.to_thread(
@@ -509,58 +480,92 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         )
 
 
-def _add_admin_routes(app: FastAPI, service: Service) -> None:
+def _add_admin_routes(app: FastAPI, service: Service, roots: tuple[Path, ...]) -> None:
     """``GET/POST /v1/admin/bundles`` and ``DELETE /v1/admin/bundles/{name}``: list, load
-    (``{"name", "path", "cap"?}``: a bundle directory on the server) and unload bundles at run
-    time. They need the API key; without one they are refused. Loading reads the bundle and
-    checks it against the model off the event loop; requests in flight keep their bundle."""
+    (``{"name", "path", "cap"?}``: a bundle directory under one of ``roots``, absolute or
+    relative to a root) and unload bundles at run time. The guard lets only the admin key in;
+    without ``roots`` loads are refused. Loading reads the bundle and checks it against the
+    model off the event loop; requests in flight keep their bundle."""
     engine = service.engine
-
-    def admin(request: Request) -> None:
-        if service.api_key is None:
-            raise ApiError(
-                403,
-                "Admin routes need an API key; start the server with --api-key (or "
-                "PERSONA_AXIS_API_KEY) to load and unload bundles at run time.",
-                kind="permission_error",
-                code="admin_disabled",
-            )
-        service.authorize(request)
 
     def listing() -> dict[str, Any]:
         return {
             "default_bundle": engine.default_bundle,
             "bundles": {name: served.describe() for name, served in engine.bundles.items()},
+            "bundle_roots": [str(root) for root in roots],
         }
 
     @app.get("/v1/admin/bundles")
-    async def bundles(request: Request) -> dict[str, Any]:
-        admin(request)
+    async def bundles() -> dict[str, Any]:
         return listing()
 
     @app.post("/v1/admin/bundles")
     async def load_bundle(request: Request) -> JSONResponse:
-        admin(request)
         body = protocol.parse_model(protocol.LoadBundle, await request.body())
+        path = _under_roots(body.path, roots)
         try:
-            bundle = await asyncio.to_thread(AxisBundle.load, body.path)
+            bundle = await asyncio.to_thread(AxisBundle.load, path)
             await asyncio.to_thread(
                 engine.load, body.name, bundle, default_cap=body.cap or RECOMMENDED
             )
         except PersonaAxisError as exc:
-            status = 409 if "already served" in str(exc) else 400
-            raise ApiError(status, str(exc), param="name" if status == 409 else "path") from exc
+            raise _typed(exc, param="path") from exc
         return JSONResponse(listing(), status_code=201)
 
     @app.delete("/v1/admin/bundles/{name}")
-    async def unload_bundle(request: Request, name: str) -> dict[str, Any]:
-        admin(request)
+    async def unload_bundle(name: str) -> dict[str, Any]:
         try:
             engine.unload(name)
         except PersonaAxisError as exc:
-            status = 404 if "No bundle named" in str(exc) else 409
-            raise ApiError(status, str(exc), param="name") from exc
+            raise _typed(exc, param="name") from exc
         return listing()
+
+
+def _under_roots(path: str, roots: tuple[Path, ...]) -> Path:
+    """``path`` resolved (symbolic links followed) if it lies under one of ``roots``; the
+    refusal is the same whether or not the path exists, so it reveals nothing outside them."""
+    if not roots:
+        raise ApiError(
+            403,
+            "Admin loads are off; start the server with --bundle-root DIR to allow loading "
+            "bundles from DIR.",
+            kind="permission_error",
+            param="path",
+            code="admin_load_disabled",
+        )
+    given = Path(path)
+    candidates = [given] if given.is_absolute() else [root / given for root in roots]
+    for candidate in candidates:
+        resolved = Path(os.path.realpath(candidate))
+        if any(resolved.is_relative_to(root) for root in roots):
+            return resolved
+    raise ApiError(
+        403,
+        "Bundles load only from the server's --bundle-root folders; give a path inside one.",
+        kind="permission_error",
+        param="path",
+        code="path_not_allowed",
+    )
+
+
+def _typed(exc: PersonaAxisError, *, param: str) -> ApiError:
+    """A user error as an answer: 404 for :class:`NotFound`, 409 for :class:`Conflict`, 400
+    for the rest."""
+    status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
+    return ApiError(status, str(exc), param=param)
+
+
+def _internal(exc: BaseException, where: str) -> ApiError:
+    """A 500 that names an error id and nothing of ``exc``; the log has the details."""
+    ident = uuid.uuid4().hex[:12]
+    LOG.error("internal error %s in %s", ident, where, exc_info=exc)
+    return ApiError(
+        500,
+        f"Internal server error (id {ident}); the server keeps serving. Retry, or report the "
+        "id to the operator.",
+        kind="server_error",
+        code="internal_error",
+    )
 
 
 async def _wait(job: Job) -> Outcome:
@@ -578,14 +583,9 @@ def _as_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, PersonaAxisError):
-        return ApiError(400, str(exc))
+        return _typed(exc, param="persona_axis")
     if isinstance(exc, QueueFull):
         return ApiError(503, f"Not served: {exc}.", kind="server_error", code="unavailable")
     if isinstance(exc, Cancelled):
         return ApiError(499, "The request was cancelled.", code="cancelled")
-    return ApiError(
-        500,
-        f"Generation failed ({type(exc).__name__}: {exc}); the server keeps serving, retry or "
-        "report this.",
-        kind="server_error",
-    )
+    return _internal(exc, "generation")

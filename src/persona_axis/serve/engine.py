@@ -17,6 +17,7 @@ at each decoding step, so text streams one step behind the sampler.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -31,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 from persona_axis.application.session import Turn, generate_turns
 from persona_axis.axis.bundle import NO_CAP, RECOMMENDED, AxisBundle
 from persona_axis.drift.calibration import drift_rule
-from persona_axis.errors import PersonaAxisError
+from persona_axis.errors import Conflict, NotFound, PersonaAxisError
 from persona_axis.inference.continuous import RowRequest
 from persona_axis.inference.generation import Sampling, stop_ids
 from persona_axis.inference.hooks import feeding_tokens
@@ -43,6 +44,11 @@ from persona_axis.serve.drift import ON_DRIFT, RequestDrift, describe_rule
 
 MAX_STEER = 8.0
 """Largest ``|steer|`` accepted, in multiples of the target layer's mean residual norm."""
+STEER_DECIMALS = 2
+"""``steer`` is rounded to this many decimals, a step of 0.01 (so clients cannot fill the spec
+cache with distinct floats; a 0.01 change of m moves the residual by 1% of its mean norm)."""
+SPEC_CACHE = 64
+"""Intervention specs kept per served bundle (least recently used dropped first)."""
 DEFAULT_BUNDLE = "default"
 """The name of the bundle given as plain ``--bundle DIR``."""
 BUNDLE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -120,9 +126,21 @@ class DeltaDecoder:
 
 
 class Served:
-    """One bundle as served: checked against the model, its default cap, drift rule, specs."""
+    """One bundle as served: checked against the model, its default cap, drift rule, specs.
 
-    def __init__(self, name: str, bundle: AxisBundle, lm: LoadedModel, default_cap: str) -> None:
+    The steering scale (the target layer's mean residual norm, stored by ``build``; else
+    estimated on the model once here, holding the generation ``lock`` since it runs forward
+    passes with hooks) is fixed at load, so building a spec never touches the model. Specs are
+    cached per (cap, steer), at most :data:`SPEC_CACHE` of them."""
+
+    def __init__(
+        self,
+        name: str,
+        bundle: AxisBundle,
+        lm: LoadedModel,
+        default_cap: str,
+        lock: threading.Lock | None = None,
+    ) -> None:
         self.name = name
         self.bundle = bundle
         self.rule = drift_rule(bundle)
@@ -130,8 +148,10 @@ class Served:
             bundle.resolve_cap(RECOMMENDED)  # raises when there is none
         self.default_cap = ON_DRIFT if default_cap == ON_DRIFT else bundle.resolve_cap(default_cap)
         self.lm = lm
-        self._specs: dict[tuple[str | None, float | None], InterventionSpec] = {}
         self.probe = Probe(bundle.axis, (bundle.target_layer,))
+        with lock or threading.Lock():
+            self.mean_norm = float(bundle.mean_norms(lm)[bundle.target_layer])
+        self._spec = functools.lru_cache(maxsize=SPEC_CACHE)(self._build_spec)
 
     @property
     def target_layer(self) -> int:
@@ -139,13 +159,16 @@ class Served:
 
     def spec(self, setting: Setting) -> InterventionSpec:
         """The interventions of ``setting``: the cap's floors, then the steering addition
-        (:meth:`AxisBundle.intervention <persona_axis.axis.bundle.AxisBundle.intervention>`)."""
-        key = (setting.cap, setting.steer)
-        found = self._specs.get(key)
-        if found is None:
-            found = self.bundle.intervention(setting.cap, setting.steer, lm=self.lm)
-            self._specs[key] = found
-        return found
+        ``m·n̄_L·â_L`` at the target layer (as :meth:`AxisBundle.intervention
+        <persona_axis.axis.bundle.AxisBundle.intervention>`, with the norm fixed at load)."""
+        return self._spec(setting.cap, setting.steer)
+
+    def _build_spec(self, cap: str | None, steer: float | None) -> InterventionSpec:
+        spec = self.bundle.intervention(cap)
+        if steer is None:
+            return spec
+        layer = self.target_layer
+        return spec + InterventionSpec.steer(self.bundle.axis, layer, steer, self.mean_norm)
 
     def describe(self) -> dict[str, Any]:
         """What a client needs to pick settings and draw the drift meter."""
@@ -205,12 +228,12 @@ class Engine:
                 "(at most 64)."
             )
         if name in self.bundles:
-            raise PersonaAxisError(f"A bundle named {name!r} is already served; unload it first.")
+            raise Conflict(f"A bundle named {name!r} is already served; unload it first.")
         bundle.check_against(self.lm.model, allow_mismatch=self.allow_mismatch)
-        served = Served(name, bundle, self.lm, default_cap)
+        served = Served(name, bundle, self.lm, default_cap, self.lock)
         with self._registry_lock:
             if name in self.bundles:
-                raise PersonaAxisError(f"A bundle named {name!r} is already served.")
+                raise Conflict(f"A bundle named {name!r} is already served.")
             self.bundles = {**self.bundles, name: served}
         return served
 
@@ -218,7 +241,7 @@ class Engine:
         """Stop serving bundle ``name`` to new requests (not the default bundle)."""
         self.served(name)
         if name == self.default_bundle:
-            raise PersonaAxisError(
+            raise Conflict(
                 f"{name!r} is the default bundle (requests without 'bundle' use it); it cannot "
                 "be unloaded."
             )
@@ -230,9 +253,7 @@ class Engine:
         key = self.default_bundle if name is None else name
         found = self.bundles.get(key)
         if found is None:
-            raise PersonaAxisError(
-                f"No bundle named {key!r} is served; available: {sorted(self.bundles)}."
-            )
+            raise NotFound(f"No bundle named {key!r} is served; available: {sorted(self.bundles)}.")
         return found
 
     @property
@@ -255,7 +276,8 @@ class Engine:
     def setting(self, cap: str | None, steer: float | None, bundle: str | None = None) -> Setting:
         """Validate a request's ``bundle`` (a served name; None = the default), ``cap`` (a name
         in that bundle, ``"none"`` or ``"on-drift"``; None = its default) and ``steer`` (a
-        finite multiple with ``|m| ≤ MAX_STEER``; 0 = none)."""
+        finite multiple with ``|m| ≤ MAX_STEER``, rounded to 0.01 (:data:`STEER_DECIMALS`);
+        0 = none)."""
         served = self.served(bundle)
         name = served.default_cap if cap is None else cap
         on_drift = name == ON_DRIFT
@@ -265,6 +287,8 @@ class Engine:
                 f"steer {steer} is out of range; give a multiple of the mean residual norm "
                 f"between -{MAX_STEER:g} and {MAX_STEER:g} (+ = toward the Assistant)."
             )
+        if steer is not None:
+            steer = round(steer, STEER_DECIMALS)
         return Setting(served.name, name, steer or None, on_drift)
 
     def read_drift(

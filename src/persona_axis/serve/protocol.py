@@ -7,6 +7,11 @@ fields are ignored like OpenAI's server does for fields it does not know; option
 the output and are not implemented (``stop``, ``tools``, ``logprobs``, ``n`` > 1 ...) are refused
 rather than silently ignored.
 
+Sizes and ranges are bounded (:data:`MAX_MESSAGES` messages of at most
+:data:`MAX_CONTENT_CHARS` characters, names of at most :data:`MAX_NAME` characters, a seed in
+``0 ≤ seed < 2**63``, ``temperature`` 0 or within [:data:`MIN_TEMPERATURE`, 2], ``top_p`` in
+(0, 1]); JSON with NaN or Infinity is refused. Everything out of range is a 400.
+
 The extra body field ``persona_axis`` (``{"bundle": NAME, "cap": "<setting>" | "none",
 "steer": m}``) selects the bundle and the intervention; every response carries a
 ``persona_axis`` telemetry object.
@@ -25,6 +30,13 @@ from persona_axis.models.chat import Message
 
 ROLE_ALIASES = {"developer": "system"}
 """OpenAI's newer name for the system role."""
+MAX_MESSAGES = 512
+MAX_CONTENT_CHARS = 200_000
+MAX_NAME = 256
+"""Longest model, bundle, cap or role name accepted (characters)."""
+MAX_SEED = 2**63 - 1
+MIN_TEMPERATURE = 0.01
+"""Smallest non-zero temperature (smaller ones overflow the scaled logits)."""
 UNSUPPORTED = ("stop", "tools", "tool_choice", "functions", "function_call", "response_format")
 UNSUPPORTED_IF_TRUE = (
     "logprobs",
@@ -73,8 +85,8 @@ class PersonaAxisOptions(BaseModel):
     ``steer`` a multiple of the target layer's mean residual norm (+ = toward the Assistant)."""
 
     model_config = ConfigDict(extra="forbid")
-    bundle: str | None = None
-    cap: str | None = None
+    bundle: str | None = Field(default=None, max_length=MAX_NAME)
+    cap: str | None = Field(default=None, max_length=MAX_NAME)
     steer: float | None = None
 
 
@@ -83,21 +95,21 @@ class LoadBundle(BaseModel):
     server's filesystem) as ``name``, with ``cap`` as its default cap (default "recommended")."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
-    path: str
-    cap: str | None = None
+    name: str = Field(max_length=MAX_NAME)
+    path: str = Field(max_length=4096)
+    cap: str | None = Field(default=None, max_length=MAX_NAME)
 
 
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
+    type: str = Field(max_length=MAX_NAME)
+    text: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
 
 
 class InMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str
-    content: str | list[ContentPart] | None = None
+    role: str = Field(max_length=MAX_NAME)
+    content: str | list[ContentPart] | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
 
 
 class StreamOptions(BaseModel):
@@ -109,13 +121,13 @@ class ChatRequest(BaseModel):
     """The fields of a chat-completions request this server reads."""
 
     model_config = ConfigDict(extra="allow")
-    model: str | None = None
-    messages: list[InMessage]
+    model: str | None = Field(default=None, max_length=MAX_NAME)
+    messages: list[InMessage] = Field(max_length=MAX_MESSAGES)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     n: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -132,8 +144,8 @@ Parsed = TypeVar("Parsed", bound=BaseModel)
 def parse_model(model: type[Parsed], raw: bytes) -> Parsed:
     """Validate a JSON body as ``model``; raises :class:`ApiError` (400) naming the problem."""
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_not_json)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ApiError(
             400, f"The request body is not valid JSON ({exc}); send a JSON object."
         ) from None
@@ -150,6 +162,10 @@ def parse_model(model: type[Parsed], raw: bytes) -> Parsed:
         raise ApiError(
             400, f"Invalid request: {problems}.", param=".".join(map(str, first))
         ) from None
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def parse_request(raw: bytes) -> ChatRequest:

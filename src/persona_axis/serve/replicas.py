@@ -13,6 +13,9 @@ ASGI app and streams the ASGI messages back. Failures are then clear: Ray Serve 
 replica whose actor dies; a request in flight on it that had sent nothing yet is retried once
 on another replica, and one that had (a stream) ends with an OpenAI-style error event saying
 the replica failed and to retry; never a hang.
+The front runs the same guard as a single server (:mod:`~persona_axis.serve.guard`: the
+``Host``/``Origin`` allow-lists, the keys, the body size and time limits) before it reads a
+body, so a refused request never reaches a replica.
 An admin change (bundle load/unload) reaches the one replica that answers it: send it once
 per replica, or restart the deployment with the new ``--bundle`` list.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +41,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from persona_axis.errors import PersonaAxisError
 from persona_axis.serve.config import ServerConfig, build_app
+from persona_axis.serve.guard import BODY_TIMEOUT_S, MAX_BODY_BYTES, Access, BodyLimit, Guard
 from persona_axis.serve.protocol import ApiError
 
 APP_NAME = "persona-axis"
@@ -135,20 +140,28 @@ async def _next(
 class Front:
     """The HTTP ingress of a replicated server: forwards every route to a replica."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, options: dict[str, Any]) -> None:
         self.server = server
+        self.options = options
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return front_app(self.server)
+        return front_app(self.server, self.options)
 
 
-def front_app(server: Any) -> FastAPI:
-    """A FastAPI app forwarding every request to the deployment handle ``server``."""
+def front_app(server: Any, options: dict[str, Any]) -> FastAPI:
+    """A FastAPI app forwarding every request to the deployment handle ``server``, behind the
+    guard and body limit of the server ``options`` (:func:`create_app`'s)."""
     from ray.exceptions import RayError
     from ray.serve.exceptions import RayServeException
 
     failures: tuple[type[BaseException], ...] = (RayError, RayServeException)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(
+        BodyLimit,
+        limit=options.get("max_body_bytes", MAX_BODY_BYTES),
+        timeout_s=options.get("body_timeout_s", BODY_TIMEOUT_S),
+    )
+    app.add_middleware(Guard, access=access_of(options))
 
     @app.api_route("/{path:path}", methods=METHODS, include_in_schema=False)
     async def forward(request: Request, path: str) -> Response:
@@ -220,7 +233,17 @@ def deployment(
     front = serve.deployment(
         name="front", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024
     )(serve.ingress()(Front))
-    return front.bind(server.bind(config, threads))
+    return front.bind(server.bind(config, threads), config.options)
+
+
+def access_of(options: dict[str, Any]) -> Access:
+    """The :class:`Access` of :func:`create_app` options (as the replicas' apps build it)."""
+    return Access.of(
+        options.get("api_key"),
+        options.get("admin_key"),
+        options.get("allowed_hosts"),
+        options.get("allowed_origins", ()),
+    )
 
 
 def deploy(
@@ -235,14 +258,36 @@ def deploy(
 ) -> None:
     """Start (or join, with ``ray_address``) Ray and run the deployment on ``host:port``;
     returns once every replica is up (the caller keeps the process alive)."""
-    import ray
-    from ray import serve
-
+    try:
+        import ray
+        from ray import serve
+    except ImportError as exc:
+        raise PersonaAxisError(
+            "--replicas and --ray-address need Ray Serve; install it with "
+            "pip install 'persona-axis[scale]'."
+        ) from exc
     if not ray.is_initialized():
+        if ray_address is not None:
+            check_reachable(ray_address)
         ray.init(address=ray_address, log_to_driver=False, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
     app = deployment(config, replicas, gpus_per_replica=gpus_per_replica, threads=threads)
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Raise a :class:`PersonaAxisError` unless a ``host:port`` Ray address (``ray://`` or
+    not) accepts a connection within ``timeout_s`` (Ray itself retries for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local": Ray finds the cluster itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise PersonaAxisError(
+            f"No Ray cluster answers at {address} ({exc.strerror or exc}); start one with "
+            "'ray start --head' there, or check --ray-address."
+        ) from exc
 
 
 def _resolved(model: str | None) -> str | None:
