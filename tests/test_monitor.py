@@ -47,7 +47,9 @@ CHAT = [
 
 
 def rule(**changes) -> DriftRule:
-    settings = {"layer": 0, "reference": 0.0, "scale": 1.0, "watch": 2.0}
+    """A shortfall rule with CUSUM h = 4 (the synthetic trajectories below are sized for it;
+    the default h is 8) and no warning level."""
+    settings = {"layer": 0, "reference": 0.0, "scale": 1.0, "watch": 2.0, "h": 4.0, "warning": None}
     return DriftRule(**{**settings, **changes})
 
 

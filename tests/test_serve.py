@@ -24,15 +24,15 @@ from typer.testing import CliRunner
 from persona_axis.application.session import ChatSession
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app as cli_app
+from persona_axis.drift.calibration import drift_rule
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.inference.interventions import InterventionSpec
 from persona_axis.models import LoadedModel
 from persona_axis.serve.app import STATIC, create_app
-from persona_axis.serve.drift import DriftBand
 from persona_axis.serve.engine import LOCK_KEY, DeltaDecoder
 from persona_axis.serve.runner import background_server
-from support.bundles import BAND, CAP, WEAK_CAP
+from support.bundles import CAP, WEAK_CAP
 from support.bundles import serving_bundle as make_bundle
 from support.polling import wait_for
 from support.tiny_models import build_tiny, styled_tokenizer, tiny_lm
@@ -104,8 +104,7 @@ def test_openai_client_lists_the_model_and_completes(client: openai.OpenAI, lm) 
     telemetry = reply.model_extra["persona_axis"]
     assert telemetry["cap"] is None and telemetry["layer"] == 2
     assert telemetry["cap_touched_fraction"] is None  # no cap: nothing to touch
-    assert telemetry["band"]["values"] == BAND
-    assert telemetry["drift"] == (telemetry["projection_before"] < BAND[0])
+    assert_level_is_the_rules(telemetry, make_bundle(lm))
 
 
 def test_openai_client_streams_the_same_reply(client: openai.OpenAI, lm) -> None:
@@ -165,8 +164,8 @@ def test_per_request_settings_change_the_reply_and_the_telemetry(url: str) -> No
         assert layer["after"] >= layer["floor"] - 1e-5 and layer["after"] >= layer["before"]
     assert telemetry["steer"]["steer"] == -4.0 and telemetry["steer"]["cap"] is None
     for t in telemetry.values():
-        assert t["drift"] == (t["projection_before"] < BAND[0])
-        assert t["zone"] in {"drift", "low", "typical"}
+        assert t["drift_reading"]["level"] in {"none", "watch", "warning", "alarm"}
+        assert t["drift"] == (t["drift_reading"]["level"] == "alarm")
 
 
 def test_server_telemetry_equals_a_chat_session(url: str, lm, bundle) -> None:
@@ -397,18 +396,21 @@ def _batches(url: str) -> tuple[float, float]:
 # -- pieces -----------------------------------------------------------------------------------
 
 
-def test_drift_band_rule(lm) -> None:
-    band = DriftBand.from_bundle(make_bundle(lm))
-    assert band is not None and band.layer == 2
-    assert (band.zone(-0.7), band.zone(-0.3), band.zone(0.5)) == ("drift", "low", "typical")
-    assert DriftBand.from_bundle(make_bundle(lm, calibrated=False)) is None
+def assert_level_is_the_rules(telemetry: dict[str, Any], bundle: AxisBundle) -> None:
+    """A first reply's level is the one drift rule's verdict on its projection alone."""
+    rule = drift_rule(bundle)
+    verdict = rule.judge([telemetry["projection_before"]])[0]
+    reading = telemetry["drift_reading"]
+    assert reading["turn"] == 1 and reading["level"] == verdict.level
+    assert reading["shortfall"] == pytest.approx(verdict.shortfall, abs=1e-4)
+    assert telemetry["drift"] == (verdict.level == "alarm")
 
 
 def test_uncalibrated_bundles_serve_without_a_drift_flag(lm) -> None:
     app = create_app(lm, make_bundle(lm, calibrated=False), default_max_tokens=4)
     with background_server(app) as base:
         telemetry = ask(base, GOOD).json()["persona_axis"]
-    assert telemetry["drift"] is None and telemetry["band"] is None
+    assert telemetry["drift"] is None and telemetry["drift_reading"]["level"] == "none"
     assert telemetry["cap"] == CAP  # the default cap is the bundle's recommended one
     assert isinstance(telemetry["projection_before"], float)
 

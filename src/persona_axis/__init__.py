@@ -13,6 +13,7 @@ The Python API in one import (loaded lazily, so ``import persona_axis`` stays li
     pa.ChatSession.open(lm, bundle, cap="recommended").send("Hello")
     with bundle.capping(lm):                     # the recommended cap, weights checked first
         ...                                      # any forward / generate call is capped
+    pa.drift_rule(bundle)                        # the one drift rule monitor/serve/simulate use
 
 Every call takes the model first, then the bundle, then the data.
 
@@ -38,6 +39,7 @@ _EXPORTS = {
     "preset": "persona_axis.pipeline.config",
     "compute_axis": "persona_axis.pipeline.in_memory",
     "monitor": "persona_axis.drift.monitor",
+    "drift_rule": "persona_axis.drift.calibration",
     "generate": "persona_axis.application.generate",
     "generate_with_telemetry": "persona_axis.application.generate",
     "ChatSession": "persona_axis.application.session",
@@ -56,6 +58,7 @@ __all__ = [
     "__version__",
     "build",
     "compute_axis",
+    "drift_rule",
     "generate",
     "generate_with_telemetry",
     "intervene",
@@ -69,6 +72,7 @@ if TYPE_CHECKING:
     from persona_axis.application.generate import generate, generate_with_telemetry
     from persona_axis.application.session import ChatSession
     from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.drift.calibration import drift_rule
     from persona_axis.drift.monitor import monitor
     from persona_axis.inference.generation import Sampling
     from persona_axis.inference.interventions import InterventionSpec, intervene

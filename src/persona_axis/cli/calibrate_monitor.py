@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from persona_axis.drift.calibration import MonitorCalibration
 
 RESULT_FILE = "monitor_calibration.json"
+DEFAULT_CONVERSATIONS = 24  # persona_axis.drift.calibrate_monitor.DEFAULT_CONVERSATIONS
+DEFAULT_TURNS = 4  # ... DEFAULT_TURNS
+DEFAULT_NEW_TOKENS = 128  # ... DEFAULT_NEW_TOKENS
 
 
 def calibrate_monitor(
@@ -36,9 +39,13 @@ def calibrate_monitor(
         typer.Option(
             min=0, help="Benign conversations the model holds itself (0: none, use --logs only)."
         ),
-    ] = 74,
-    turns: Annotated[int, typer.Option(min=1, help="Assistant turns per conversation.")] = 6,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest reply, in tokens.")] = 256,
+    ] = DEFAULT_CONVERSATIONS,
+    turns: Annotated[
+        int, typer.Option(min=1, help="Assistant turns per conversation.")
+    ] = DEFAULT_TURNS,
+    max_new_tokens: Annotated[
+        int, typer.Option(min=1, help="Longest reply, in tokens.")
+    ] = DEFAULT_NEW_TOKENS,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 0.7,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling.")] = 0.9,
     logs: Annotated[
@@ -88,6 +95,11 @@ def calibrate_monitor(
         batch_size=batch_size,
         out=out,
         progress=progress,
+        announce=lambda seconds: console.print(
+            f"holding {conversations} conversations × {turns} turns: about "
+            f"{max(1, round(seconds / 60))} minute(s) of generation (estimated from a probe "
+            "batch; longer contexts make later turns slower), then reading them"
+        ),
     )
     write_json(out / RESULT_FILE, calibration.to_dict(), indent=1)
     _print(calibration)

@@ -34,7 +34,10 @@ def simulate(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Target reply length.")] = 24,
     cap: Annotated[
         str | None,
-        typer.Option(help="Also run every conversation under this cap setting ('recommended')."),
+        typer.Option(
+            help="Also run every conversation under this cap setting ('recommended'), or "
+            "'on-drift': the recommended cap only while the drift rule has the conversation armed."
+        ),
     ] = None,
     user_model: Annotated[
         str | None,
@@ -72,6 +75,7 @@ def simulate(
     from rich.table import Table
 
     from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.drift.gate import ON_DRIFT
     from persona_axis.drift.simulate import SimulationSettings
     from persona_axis.drift.simulate import simulate as run_simulation
 
@@ -88,7 +92,10 @@ def simulate(
         batch_size=batch_size,
     )
     axis_bundle = AxisBundle.load(bundle)
-    cap = axis_bundle.resolve_cap(cap)  # unknown names fail before any model loads
+    if cap != ON_DRIFT:
+        cap = axis_bundle.resolve_cap(cap)  # unknown names fail before any model loads
+    else:
+        axis_bundle.resolve_cap("recommended")  # the gated cap must exist
     if user_url is not None and not user_model:
         raise PersonaAxisError("--user-url needs --user-model (the model name at that server).")
     lm = load_checked(axis_bundle, model, dtype, allow_mismatch)

@@ -26,12 +26,12 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from persona_axis.drift.calibration import DEFAULT_LIMITS, MonitorCalibration
+from persona_axis.drift.calibration import DEFAULT_LIMITS, MonitorCalibration, robust_spread
 from persona_axis.drift.calibration_chats import GENERATED
 from persona_axis.drift.conversations import Conversation, ReadFailure
 from persona_axis.drift.features import FEATURES, Baseline, TurnFeatures
@@ -47,8 +47,13 @@ if TYPE_CHECKING:
 
 CHATS_FILE = "calibration_chats.jsonl"
 CHECKPOINT_FILE = "calibration_chats.partial.json"
-MAD_TO_SD = 1.4826  # MAD of a normal distribution × this = its standard deviation
 MIN_TURNS = 12
+# Default size of the model's own benign chats: sized to finish within 10 minutes on 2 CPU
+# cores with SmolLM2 (docs/monitoring.md, "Calibrated out of the box"): 24 conversations (one
+# opener of each domain, then the next) of 4 turns of at most 128 new tokens.
+DEFAULT_CONVERSATIONS = 24
+DEFAULT_TURNS = 4
+DEFAULT_NEW_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -156,16 +161,6 @@ def fit_calibration(
     )
 
 
-def robust_spread(values: Any) -> float:
-    """1.4826 × the median absolute deviation (the standard deviation for normal data); 0 for
-    fewer than two values."""
-    import numpy as np
-
-    if len(values) < 2:
-        return 0.0
-    return MAD_TO_SD * float(np.median(np.abs(values - np.median(values))))
-
-
 def _changes(turns: Sequence[CalibrationTurn], residuals: Sequence[float]) -> list[float]:
     """Per later turn of each conversation, its residual's fall since the first turn's."""
     anchors: dict[str, float] = {}
@@ -225,8 +220,8 @@ def calibrate(
     lm: LoadedModel,
     bundle: AxisBundle,
     *,
-    generated: int = 74,
-    turns: int = 6,
+    generated: int = DEFAULT_CONVERSATIONS,
+    turns: int = DEFAULT_TURNS,
     sampling: Sampling | None = None,
     logs: Sequence[str | Path] = (),
     layer: int | None = None,
@@ -234,14 +229,18 @@ def calibrate(
     batch_size: int = 16,
     out: Path | None = None,
     progress: bool = False,
+    announce: Callable[[float], None] | None = None,
 ) -> tuple[MonitorCalibration, list[ReadFailure]]:
     """The whole job (module doc): let ``lm`` hold ``generated`` benign conversations of
     ``turns`` turns (written to ``out/calibration_chats.jsonl``, checkpointed per turn), add
     the ``logs``, read every turn as the monitor does, fit. Returns the calibration (with its
-    provenance) and the inputs that could not be used."""
+    provenance) and the inputs that could not be used. ``announce`` gets the estimated seconds
+    of the generation before it starts
+    (:func:`~persona_axis.drift.calibration_chats.estimate_seconds`)."""
     from persona_axis.drift.calibration import stamp
     from persona_axis.drift.calibration_chats import (
         chat_data_digest,
+        estimate_seconds,
         hold_chats,
         plan_scripts,
     )
@@ -251,16 +250,19 @@ def calibrate(
 
     if generated == 0 and not logs:
         raise PersonaAxisError("Nothing to calibrate on: give --conversations N and/or --logs.")
-    sampling = sampling or Sampling(max_new_tokens=256, temperature=0.7, top_p=0.9)
+    sampling = sampling or Sampling(max_new_tokens=DEFAULT_NEW_TOKENS, temperature=0.7, top_p=0.9)
     policy = (policy or ContextPolicy()).for_model(lm)
     layer = bundle.target_layer if layer is None else layer
     sources: list[dict[str, Any]] = []
     inputs: list[Iterable[Conversation | ReadFailure]] = []
     if generated:
         checkpoint = None if out is None else out / CHECKPOINT_FILE
+        scripts = plan_scripts(generated, turns, sampling.seed)
+        if announce is not None:
+            announce(estimate_seconds(lm, scripts, sampling, batch_size=batch_size))
         chats = hold_chats(
             lm,
-            plan_scripts(generated, turns, sampling.seed),
+            scripts,
             sampling,
             batch_size=batch_size,
             checkpoint=checkpoint,

@@ -10,6 +10,7 @@ single-reply levels (:meth:`persona_axis.drift.rule.DriftRule.from_bundle`).
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,21 +18,28 @@ from typing import TYPE_CHECKING, Any
 
 from persona_axis._version import __version__
 from persona_axis.drift.features import Baseline
-from persona_axis.drift.rule import DriftRule
+from persona_axis.drift.rule import (
+    DEFAULT_H,
+    DEFAULT_K,
+    DEFAULT_LAMBDA,
+    DEFAULT_WARNING,
+    DEFAULT_WATCH,
+    DriftRule,
+)
 from persona_axis.errors import PersonaAxisError
+from persona_axis.pipeline.monitor_sample import SAMPLE_KEY
 
 if TYPE_CHECKING:
     from persona_axis.axis.bundle import AxisBundle
 
 FORMAT_VERSION = 1
-DEFAULT_LIMITS: dict[str, float | None] = {
-    "watch": 2.326,  # one turn below the Assistant's 1st percentile (normal approximation)
-    "warning": 2.0,  # chosen on the dev split of evaldata/monitor (docs/monitoring.md)
-    "ewma_lambda": 0.3,
-    # k and h chosen together on the dev split (with performed turns skipped and a two-turn
-    # anchor): the pair with the most dev detections at dev false alarms ≤ 5%
-    "k": 2.0,
-    "h": 2.0,
+MAD_TO_SD = 1.4826  # MAD of a normal distribution × this = its standard deviation
+DEFAULT_LIMITS: dict[str, float | None] = {  # the rule's one set of defaults (drift/rule.py)
+    "watch": DEFAULT_WATCH,
+    "warning": DEFAULT_WARNING,
+    "ewma_lambda": DEFAULT_LAMBDA,
+    "k": DEFAULT_K,
+    "h": DEFAULT_H,
 }
 
 
@@ -40,8 +48,9 @@ class MonitorCalibration:
     """The stored monitor calibration (module doc) at ``layer``: ``baseline``, the spread of
     benign turns around it (``scale``) and of their change since their conversation's first
     turn (``change_scale``), alert ``limits`` in those units, where the turns came from
-    (``provenance``), and how the benign projection moved with content and turn index
-    (``effects``)."""
+    (``provenance``), how the benign projection moved with content and turn index
+    (``effects``), and whether the alarm statistics run on the change (``relative``, the
+    default) or on the shortfall."""
 
     layer: int
     baseline: Baseline
@@ -50,6 +59,7 @@ class MonitorCalibration:
     limits: Mapping[str, float | None] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     provenance: Mapping[str, Any] = field(default_factory=dict)
     effects: Mapping[str, Any] = field(default_factory=dict)
+    relative: bool = True
 
     def rule(self, *, k: float | None = None, h: float | None = None) -> DriftRule:
         """The drift rule this calibration defines (``k``/``h`` override the stored ones)."""
@@ -68,11 +78,15 @@ class MonitorCalibration:
             ewma_lambda=float(limits["ewma_lambda"]),  # type: ignore[arg-type]
             warning=limits["warning"],
             baseline=self.baseline,
-            relative=True,
+            relative=self.relative,
             change_scale=self.change_scale,
-            source=f"monitor calibration on benign multi-turn conversations ({sources}): "
-            "expected projection from code share, list share, length and turn index; scale "
-            "= robust spread around it",
+            source=f"monitor calibration from {sources}: expected projection "
+            + (
+                "from code share, list share, length and turn index"
+                if self.baseline.coefficients
+                else "= their median"
+            )
+            + "; scale = robust spread around it",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +99,7 @@ class MonitorCalibration:
             "limits": dict(self.limits),
             "provenance": dict(self.provenance),
             "effects": dict(self.effects),
+            "relative": self.relative,
         }
 
     @classmethod
@@ -117,12 +132,57 @@ class MonitorCalibration:
             limits,
             dict(data.get("provenance") or {}),
             dict(data.get("effects") or {}),
+            bool(data.get("relative", True)),
         )
 
     @classmethod
     def from_bundle(cls, bundle: AxisBundle) -> MonitorCalibration | None:
+        """The calibration stored by ``persona-axis calibrate-monitor`` (None: none stored)."""
         data = bundle.monitor_calibration
         return None if data is None else cls.from_dict(data)
+
+    @classmethod
+    def from_build(cls, bundle: AxisBundle) -> MonitorCalibration | None:
+        """The calibration every build ships with, from its default replies
+        (:mod:`persona_axis.pipeline.monitor_sample`; None for bundles without the sample).
+
+        The replies are single-turn and of one length, so the baseline is a constant (their
+        median; content effects cannot be told apart in them), ``scale`` is the robust spread
+        of the replies around it, and ``change_scale`` the robust spread of the difference
+        between two replies under the same default prompt: the turn-to-turn change of a benign
+        conversation with the same system prompt.
+        """
+        sample: Any = bundle.manifest.get(SAMPLE_KEY)
+        try:
+            layer = int(sample["layer"])
+            groups = [[float(x) for x in group] for group in sample["projections"]]
+        except (TypeError, KeyError, ValueError):
+            return None
+        values = [x for group in groups for x in group]
+        if len(values) < 2:
+            return None
+        center = statistics.median(values)
+        differences = [
+            a - b
+            for group in groups
+            for i, a in enumerate(group)
+            for j, b in enumerate(group)
+            if i != j
+        ]
+        scale = robust_spread([x - center for x in values])
+        change_scale = robust_spread(differences)
+        if not (scale > 0 and change_scale > 0):
+            return None
+        sources = [{"kind": "build default replies", "conversations": len(values)}]
+        return cls(
+            layer,
+            Baseline(center, {}),
+            scale,
+            change_scale,
+            dict(DEFAULT_LIMITS),
+            {"sources": sources, "prompts": len(groups)},
+            {"median_expected": center, "n_turns": len(values), "n_conversations": len(values)},
+        )
 
 
 def drift_rule(
@@ -133,14 +193,36 @@ def drift_rule(
     k: float | None = None,
     h: float | None = None,
 ) -> DriftRule:
-    """The monitor's rule for ``bundle`` at ``layer`` (default: its target layer): its monitor
-    calibration when one is stored for that layer and no build ``percentile`` is asked for,
-    else :meth:`DriftRule.from_bundle` (the build's default-reply levels)."""
+    """The drift rule for ``bundle`` at ``layer`` (default: its target layer): the one function
+    ``monitor``, ``simulate``, the server, the web page and the Python API take it from.
+
+    In order, when no build ``percentile`` is asked for: the monitor calibration stored by
+    ``persona-axis calibrate-monitor`` for that layer; the one every build ships with (from its
+    default replies, :meth:`MonitorCalibration.from_build`); else
+    :meth:`DriftRule.from_bundle` (the build's default-reply percentiles, or its default
+    vector). Limits not given (``k``, ``h``) take the one default of
+    :mod:`persona_axis.drift.rule`."""
     layer = bundle.target_layer if layer is None else layer
-    stored = MonitorCalibration.from_bundle(bundle)
-    if stored is not None and stored.layer == layer and percentile is None:
-        return stored.rule(k=k, h=h)
+    if percentile is None:
+        stored, shipped = (
+            MonitorCalibration.from_bundle(bundle),
+            MonitorCalibration.from_build(bundle),
+        )
+        for found in (stored, shipped):
+            if found is not None and found.layer == layer:
+                return found.rule(k=k, h=h)
     return DriftRule.from_bundle(bundle, layer, percentile=percentile, k=k, h=h)
+
+
+def robust_spread(values: Any) -> float:
+    """1.4826 × the median absolute deviation (the standard deviation for normal data); 0 for
+    fewer than two values."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) < 2:
+        return 0.0
+    return MAD_TO_SD * float(np.median(np.abs(values - np.median(values))))
 
 
 def stamp(sources: list[dict[str, Any]], **settings: Any) -> dict[str, Any]:

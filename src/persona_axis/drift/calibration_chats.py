@@ -185,6 +185,34 @@ def hold_chats(
     return run.conversations()
 
 
+def estimate_seconds(
+    lm: LoadedModel,
+    scripts: Sequence[ChatScript],
+    sampling: Sampling,
+    *,
+    batch_size: int = 16,
+    probe_tokens: int = 8,
+) -> float:
+    """Rough seconds :func:`hold_chats` will take, from the speed of one probe batch: the
+    first openers (one batch) answered with ``probe_tokens`` new tokens, timed, scaled to every
+    batch of every turn at ``sampling.max_new_tokens``. Later turns carry longer contexts and
+    run slower than the probe, so this is a lower bound more than an average."""
+    import time
+
+    from persona_axis.inference.generation import generate_replies
+
+    if not scripts:
+        return 0.0
+    chunk = [[{"role": "user", "content": s.user_messages[0]}] for s in scripts[:batch_size]]
+    probe = replace(sampling, max_new_tokens=probe_tokens)
+    started = time.perf_counter()
+    generate_replies(lm, chunk, probe)
+    per_token = (time.perf_counter() - started) / probe_tokens
+    batches = -(-len(scripts) // batch_size)
+    turns = max(len(s.user_messages) for s in scripts)
+    return per_token * sampling.max_new_tokens * batches * turns
+
+
 def replace_seed(sampling: Sampling, turn: int) -> Sampling:
     """``sampling`` with its seed moved on by ``turn`` (each turn samples afresh)."""
     return replace(sampling, seed=sampling.seed + turn)

@@ -24,8 +24,8 @@ control-chart statistic:
 - **warning**: the exponentially weighted mean ``E_t = λ z_t + (1 − λ) E_{t−1}``, ``E_0 = 0``,
   reaches ``warning`` (a drop that has lasted a few turns);
 - **alarm**: the one-sided CUSUM ``S_t = max(0, S_{t−1} + z_t − k)``, ``S_0 = 0``, reaches ``h``
-  (a sustained fall; with ``k = 0.5, h = 4`` a conversation sitting 1.5 units low alarms at its
-  4th turn, one at its level never does, one very low turn with ``z ≥ h + k`` alarms at once).
+  (a sustained fall; with ``k = 0.5, h = 8`` a conversation sitting 1.5 units low alarms at its
+  8th turn, one at its level never does, one very low turn with ``z ≥ h + k`` alarms at once).
 
 Turns without content tokens, and the anchor itself, are skipped (every statistic unchanged).
 So are **performed** turns (:func:`persona_axis.drift.features.performed_replies`): replies the
@@ -57,9 +57,16 @@ if TYPE_CHECKING:
 Level = Literal["none", "watch", "warning", "alarm"]
 LEVELS: tuple[Level, ...] = ("none", "watch", "warning", "alarm")
 NORMAL_IQR = 1.349  # (p75 - p25) of a standard normal distribution
-DEFAULT_K = 0.5
-DEFAULT_H = 4.0
+# The one default of each limit, in the units of the statistic it bounds (module doc); every
+# rule (calibrated or not) starts from these. k, h and the warning limit were chosen on the dev
+# split of evaldata/monitor (docs/monitoring.md); watch is one turn below the Assistant's 1st
+# percentile under a normal approximation. k and h were chosen together (performed turns
+# skipped, a two-turn anchor): the pair with the most dev detections at dev false alarms <= 5%.
+DEFAULT_K = 2.0
+DEFAULT_H = 2.0
 DEFAULT_LAMBDA = 0.3
+DEFAULT_WARNING = 2.0
+DEFAULT_WATCH = 2.326
 DEFAULT_PERCENTILE = 1.0
 DEFAULT_ANCHOR_TURNS = 2  # chosen on the dev split of evaldata/monitor (docs/monitoring.md)
 
@@ -137,8 +144,8 @@ class DriftRule:
     reference by a per-turn expectation. ``relative``: the alarm statistics run on the change
     since the conversation's first turn, in units of ``change_scale`` (default
     ``scale · √2``), else on the shortfall. ``watch`` (shortfall of one low turn), ``warning``
-    (EWMA limit, None: no warning level), ``ewma_lambda``, ``k`` and ``h`` (CUSUM) are in
-    those units. ``source`` says where the numbers came from.
+    (EWMA limit, None: no warning level; default :data:`DEFAULT_WARNING`), ``ewma_lambda``,
+    ``k`` and ``h`` (CUSUM) are in those units. ``source`` says where the numbers came from.
     """
 
     layer: int
@@ -148,7 +155,7 @@ class DriftRule:
     k: float = DEFAULT_K
     h: float = DEFAULT_H
     ewma_lambda: float = DEFAULT_LAMBDA
-    warning: float | None = None
+    warning: float | None = DEFAULT_WARNING
     baseline: Baseline | None = None
     relative: bool = False
     change_scale: float | None = None
@@ -247,7 +254,7 @@ class DriftRule:
                 layer,
                 reference,
                 length / 4,
-                watch=2.0,
+                watch=2.0,  # halfway to the mean role (a data-derived threshold)
                 k=k,
                 h=h,
                 source="bundle without calibration: default vector's projection (reference), "

@@ -17,6 +17,14 @@ every conversation is run twice, uncapped and capped, with the same seeds; the a
 the plots use ``before`` (the state of the model at the target layer; ``after`` is floored by
 construction when the target layer is capped).
 
+With ``cap="on-drift"`` the second arm caps a reply with the recommended cap only while the
+drift gate is armed (:mod:`persona_axis.drift.gate`), decided before each turn from that
+conversation's history exactly as the server decides it
+(:class:`~persona_axis.drift.live.LiveDrift`).
+At the end every conversation is read once more by the one drift rule
+(:func:`~persona_axis.drift.calibration.drift_rule`, as ``persona-axis monitor`` reads it), so
+each turn carries the level ``monitor`` gives it.
+
 Per-turn values are averaged across the conversations of a domain; turn positions reached by
 fewer than ``min_conversations`` conversations are dropped (a conversation ends early when the
 simulated user sends an empty message).
@@ -47,6 +55,8 @@ from persona_axis.errors import PersonaAxisError
 if TYPE_CHECKING:
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.drift.conversations import Conversation
+    from persona_axis.drift.rule import DriftRule
+    from persona_axis.inference.generation import Sampling
     from persona_axis.inference.interventions import InterventionSpec
     from persona_axis.judges.backends import ChatBackend
     from persona_axis.models.loading import LoadedModel
@@ -102,6 +112,8 @@ class SimTurn:
     before: float | None
     after: float | None
     touched: float | None
+    capped: bool = False
+    level: str = "none"
 
 
 @dataclass
@@ -275,15 +287,20 @@ def simulate(
     cap: str | None = None,
     progress: bool = False,
 ) -> SimulationResult:
-    """Run the simulation (module doc); with ``cap`` (a setting of ``bundle``) also the capped
-    arm. The user backend may wrap the target model itself."""
-    from persona_axis.drift.monitor import DriftRule
+    """Run the simulation (module doc); with ``cap`` (a setting of ``bundle``, or
+    ``"on-drift"``: the recommended cap behind the drift gate) also the capped arm. The user
+    backend may wrap the target model itself."""
+    from persona_axis.drift.calibration import drift_rule
+    from persona_axis.drift.gate import ON_DRIFT
     from persona_axis.inference.interventions import InterventionSpec
 
     settings = settings or SimulationSettings()
+    rule = drift_rule(bundle)
     arms: list[tuple[str, InterventionSpec]] = [(UNCAPPED, InterventionSpec())]
     if cap is not None:
-        arms.append((cap, InterventionSpec.from_floors(bundle.cap_floors(cap))))
+        name = bundle.resolve_cap("recommended") if cap == ON_DRIFT else cap
+        assert name is not None
+        arms.append((cap, InterventionSpec.from_floors(bundle.cap_floors(name))))
     plan = plan_conversations(settings)
     conversations = [
         SimConversation(domain, persona.name, persona.description, opener, arm)
@@ -304,9 +321,11 @@ def simulate(
                     spec=spec,
                     conversations=chosen,
                     turn=turn,
+                    gate=rule if arm == ON_DRIFT else None,
                 )
                 bar.update(1)
-    rule = DriftRule.from_bundle(bundle)
+    for conversation in conversations:
+        read_levels(lm, bundle, rule, conversation)
     return SimulationResult(
         model=lm.name,
         user=getattr(user, "name", type(user).__name__),
@@ -329,10 +348,14 @@ def _step(
     spec: InterventionSpec,
     conversations: list[SimConversation],
     turn: int,
+    gate: DriftRule | None = None,
 ) -> None:
-    """One exchange for every live conversation: user messages, then target replies."""
+    """One exchange for every live conversation: user messages, then target replies (with a
+    ``gate`` rule, capped under ``spec`` only where the drift gate is armed)."""
+    from persona_axis.drift.gate import arming
+    from persona_axis.drift.live import LiveDrift
     from persona_axis.inference.generation import Sampling
-    from persona_axis.inference.telemetry import generate_with_telemetry
+    from persona_axis.inference.interventions import InterventionSpec
 
     live = [c for c in conversations if not c.ended_early]
     if turn == 1:
@@ -356,9 +379,38 @@ def _step(
         top_p=settings.top_p,
         seed=settings.seed + turn,
     )
+    groups: list[tuple[InterventionSpec, list[tuple[SimConversation, str]]]] = [(spec, talking)]
+    if gate is not None:
+        armed = [
+            arming(LiveDrift.read(lm, bundle, c.target_messages(), rule=gate).verdicts()).armed
+            for c, _ in talking
+        ]
+        groups = [
+            (spec, [pair for pair, on in zip(talking, armed, strict=True) if on]),
+            (InterventionSpec(), [pair for pair, on in zip(talking, armed, strict=True) if not on]),
+        ]
+    for group_spec, members in groups:
+        _generate(
+            lm, bundle, members, group_spec, sampling, batch_size=settings.batch_size, turn=turn
+        )
+
+
+def _generate(
+    lm: LoadedModel,
+    bundle: AxisBundle,
+    talking: list[tuple[SimConversation, str]],
+    spec: InterventionSpec,
+    sampling: Sampling,
+    *,
+    batch_size: int,
+    turn: int,
+) -> None:
+    """The target's replies to ``talking`` under ``spec``, appended to the conversations."""
+    from persona_axis.inference.telemetry import generate_with_telemetry
+
     target = bundle.target_layer
-    for first in range(0, len(talking), settings.batch_size):
-        chunk = talking[first : first + settings.batch_size]
+    for first in range(0, len(talking), batch_size):
+        chunk = talking[first : first + batch_size]
         histories = [
             [*c.target_messages(), {"role": "user", "content": message}] for c, message in chunk
         ]
@@ -376,5 +428,19 @@ def _step(
                     before=before,
                     after=after,
                     touched=None if telemetry is None else telemetry.touched,
+                    capped=bool(spec.interventions),
                 )
             )
+
+
+def read_levels(
+    lm: LoadedModel, bundle: AxisBundle, rule: DriftRule, conversation: SimConversation
+) -> None:
+    """Set every turn's ``level`` to what the one drift rule makes of the conversation's text
+    (the reading of ``persona-axis monitor``)."""
+    from persona_axis.drift.live import LiveDrift
+
+    verdicts = LiveDrift.read(lm, bundle, conversation.target_messages(), rule=rule).verdicts()
+    if len(verdicts) == len(conversation.turns):
+        for turn, verdict in zip(conversation.turns, verdicts, strict=True):
+            turn.level = verdict.level

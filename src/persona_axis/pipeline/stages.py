@@ -57,6 +57,7 @@ from persona_axis.models.chat import Message
 from persona_axis.models.fingerprint import try_weight_fingerprint
 from persona_axis.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 from persona_axis.pipeline.config import BuildConfig, default_cap_bands
+from persona_axis.pipeline.monitor_sample import SAMPLE_KEY, default_reply_sample
 from persona_axis.pipeline.plan import RolloutSpec, make_batches, make_plan
 from persona_axis.pipeline.rollouts import generate_batch
 from persona_axis.pipeline.store import HEADER, BuildStore, read_json, token_lists
@@ -173,6 +174,7 @@ def build(
             "rankings": rankings(vectors, axis, target),
             "quality": quality,
             "calibration": calibration,
+            SAMPLE_KEY: default_reply_sample(store, len(batches), axis, target),
             "recommended_cap": default_recommendation(list(caps.values()), lm.shape.n_layers),
             "timings": {k: round(v, 2) for k, v in timings.items()},
         },

@@ -494,6 +494,10 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         service.authorize(request)
         body = protocol.parse_request(await request.body())
         job, setting = service.prepare(body)
+        job.drift, job.setting = await asyncio.to_thread(
+            engine.read_drift, job.served, job.setting, job.conversation
+        )
+        setting = job.setting
         service.submit(job)
         if not body.stream:
             return await service.respond(job, setting, arrived)

@@ -1,79 +1,88 @@
-"""The drift rule: a reply's target-layer projection against the calibrated Assistant band.
+"""Drift telemetry and the on-drift cap of a served request, decided from the request alone.
 
-The band comes from the bundle's calibration, ``manifest["calibration"]["per_response_by_kind"]
-["default"]``: per layer, percentiles (levels in ``calibration["percentiles"]``, e.g. 1, 25, 50,
-75) of the per-response projections (unit axis, residual-stream units) of the replies the model
-gave under the *default* prompts while the bundle was built. A served reply's ``before``
-projection (content-token mean at the target layer, ahead of any intervention there) is the same
-quantity, so it is compared against the same layer's row:
+The server keeps no conversation state: a request carries the earlier turns, so the drift rule
+(:func:`persona_axis.drift.calibration.drift_rule`, the one rule ``monitor``, ``simulate`` and
+``chat`` use) is run over them (:class:`~persona_axis.drift.live.LiveDrift`: one pass over the
+prompt up to the rule's layer, ahead of generation, when there is an earlier assistant turn)
+and then over the new reply, whose projection comes from its generation pass. The response's
+``persona_axis.drift_reading`` object holds the reply's level (none / watch / warning / alarm)
+and the rule's statistics; ``persona_axis.drift`` is True when the level is ``alarm`` (None
+when the bundle has no rule: no calibration and no default vector).
 
-- ``"drift"``   below the lowest tabulated percentile (p1 in our builds): further from the
-  Assistant than 99% of the model's own default replies. This sets the boolean drift flag.
-- ``"low"``     between the lowest and the second-lowest percentile (p1–p25): unusual, watch it.
-- ``"typical"`` at or above the second-lowest percentile.
-
-Bundles without that table (imported axes, older builds) give no band and no flag (``None``).
-Calibration replies were short (the quick preset: 32 tokens), so the band is a reference point,
-not a significance test.
+With ``cap: "on-drift"`` the gate (:mod:`persona_axis.drift.gate`) is read from the same
+history: the reply is capped with the bundle's recommended cap when the gate is armed, and
+``persona_axis.on_drift`` says whether it was and since which turn.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from persona_axis.axis.bundle import AxisBundle
+from persona_axis.drift.gate import ON_DRIFT, Arming, arming
+from persona_axis.drift.live import LiveDrift
 
-Zone = Literal["typical", "low", "drift"]
-RULE = (
-    "drift if the reply's projection before capping at the target layer is below the lowest "
-    "calibrated percentile (p1) of the model's default-prompt replies at that layer; 'low' if "
-    "below the second-lowest (p25)"
-)
+if TYPE_CHECKING:
+    from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.drift.rule import DriftRule
+    from persona_axis.models.chat import Message
+    from persona_axis.models.loading import LoadedModel
+
+__all__ = ["ON_DRIFT", "RequestDrift", "describe_rule"]
 
 
 @dataclass(frozen=True)
-class DriftBand:
-    """Percentiles of default replies' projections at ``layer``: ``values[i]`` at level
-    ``percentiles[i]`` (ascending), in units of the residual stream on the unit axis."""
+class RequestDrift:
+    """What the rule made of a request's history: the turns read, the gate after them, and
+    whether this request asked for the on-drift cap."""
 
-    layer: int
-    percentiles: tuple[float, ...]
-    values: tuple[float, ...]
+    history: LiveDrift
+    gate: Arming
+    on_drift: bool = False
 
     @classmethod
-    def from_bundle(cls, bundle: AxisBundle) -> DriftBand | None:
-        """The band at the bundle's target layer, or None when the bundle has no calibration
-        of default replies (or a malformed one)."""
-        calibration = bundle.calibration
-        layer = bundle.target_layer
-        levels = None if calibration is None else calibration.levels_at("default", layer)
-        if not levels:
-            return None
-        pairs = sorted(levels.items())
-        return cls(layer, tuple(p for p, _ in pairs), tuple(v for _, v in pairs))
+    def read(
+        cls,
+        lm: LoadedModel,
+        bundle: AxisBundle,
+        rule: DriftRule,
+        conversation: list[Message],
+        *,
+        on_drift: bool,
+    ) -> RequestDrift:
+        """Read the assistant turns of ``conversation`` (the request's messages)."""
+        history = LiveDrift.read(lm, bundle, conversation, rule=rule)
+        return cls(history, arming(history.verdicts()), on_drift)
 
-    @property
-    def floor(self) -> float:
-        """Below this a reply counts as drifted (value at the lowest percentile)."""
-        return self.values[0]
+    def telemetry(self, text: str, n_tokens: int, projection: float | None) -> dict[str, Any]:
+        """The response's drift fields for the reply ``text`` (``projection``: its content-token
+        mean at the rule's layer from the generation pass)."""
+        reading = self.history.with_reply(text, n_tokens, projection)
+        drift = reading.telemetry()
+        alarm = drift["level"] == "alarm" if self.history.rule.has_cusum else None
+        out: dict[str, Any] = {"drift": alarm, "drift_reading": drift}
+        if self.on_drift:
+            after = arming(reading.verdicts())
+            out["on_drift"] = {
+                "armed": self.gate.armed,
+                "since_turn": self.gate.since,
+                "armed_next": after.armed,
+            }
+        return out
 
-    @property
-    def watch(self) -> float:
-        """Below this (and above :attr:`floor`) a reply is 'low'."""
-        return self.values[1] if len(self.values) > 1 else self.values[0]
 
-    def zone(self, projection: float) -> Zone:
-        if projection < self.floor:
-            return "drift"
-        return "low" if projection < self.watch else "typical"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "layer": self.layer,
-            "percentiles": list(self.percentiles),
-            "values": list(self.values),
-            "drift_below": self.floor,
-            "low_below": self.watch,
-            "rule": RULE,
-        }
+def describe_rule(rule: DriftRule) -> dict[str, Any]:
+    """The rule as a client sees it: layer, limits and where the numbers came from."""
+    return {
+        "layer": rule.layer,
+        "calibrated": rule.has_cusum,
+        "relative": rule.relative,
+        "watch": rule.watch,
+        "warning": rule.warning,
+        "k": rule.k,
+        "h": rule.h,
+        "ewma_lambda": rule.ewma_lambda,
+        "reference": rule.reference,
+        "scale": rule.scale,
+        "source": rule.source,
+    }

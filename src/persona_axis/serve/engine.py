@@ -21,7 +21,8 @@ import math
 import re
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from persona_axis.application.session import Turn, generate_turns
 from persona_axis.axis.bundle import NO_CAP, RECOMMENDED, AxisBundle
+from persona_axis.drift.calibration import drift_rule
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.continuous import RowRequest
 from persona_axis.inference.generation import Sampling, stop_ids
@@ -37,7 +39,7 @@ from persona_axis.inference.interventions import InterventionSpec
 from persona_axis.inference.rows import Probe
 from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
-from persona_axis.serve.drift import DriftBand
+from persona_axis.serve.drift import ON_DRIFT, RequestDrift, describe_rule
 
 MAX_STEER = 8.0
 """Largest ``|steer|`` accepted, in multiples of the target layer's mean residual norm."""
@@ -53,11 +55,14 @@ the same model, so two apps serving one model take turns instead of mixing hooks
 class Setting:
     """One intervention setting: the served bundle named ``bundle``, a cap from it (None = no
     cap) and a steering multiple ``steer`` m (``h ← h + m·n̄_L·â_L`` at the bundle's target
-    layer; None = no steering)."""
+    layer; None = no steering). ``on_drift``: the request asked for ``cap: "on-drift"``;
+    ``cap`` is then the recommended cap until :meth:`Engine.read_drift` decides from the
+    history whether it applies."""
 
     bundle: str
     cap: str | None = None
     steer: float | None = None
+    on_drift: bool = False
 
     @property
     def label(self) -> str:
@@ -115,13 +120,15 @@ class DeltaDecoder:
 
 
 class Served:
-    """One bundle as served: checked against the model, its default cap, drift band, specs."""
+    """One bundle as served: checked against the model, its default cap, drift rule, specs."""
 
     def __init__(self, name: str, bundle: AxisBundle, lm: LoadedModel, default_cap: str) -> None:
         self.name = name
         self.bundle = bundle
-        self.band = DriftBand.from_bundle(bundle)
-        self.default_cap = bundle.resolve_cap(default_cap)
+        self.rule = drift_rule(bundle)
+        if default_cap == ON_DRIFT:
+            bundle.resolve_cap(RECOMMENDED)  # raises when there is none
+        self.default_cap = ON_DRIFT if default_cap == ON_DRIFT else bundle.resolve_cap(default_cap)
         self.lm = lm
         self._specs: dict[tuple[str | None, float | None], InterventionSpec] = {}
         self.probe = Probe(bundle.axis, (bundle.target_layer,))
@@ -150,7 +157,7 @@ class Served:
                 name: {"layers": setting.layers, "percentile": setting.percentile}
                 for name, setting in sorted(self.bundle.caps.items())
             },
-            "band": None if self.band is None else self.band.to_dict(),
+            "rule": describe_rule(self.rule),
             "max_steer": MAX_STEER,
         }
 
@@ -247,16 +254,34 @@ class Engine:
 
     def setting(self, cap: str | None, steer: float | None, bundle: str | None = None) -> Setting:
         """Validate a request's ``bundle`` (a served name; None = the default), ``cap`` (a name
-        in that bundle or ``"none"``; None = its default) and ``steer`` (a finite multiple with
-        ``|m| ≤ MAX_STEER``; 0 = none)."""
+        in that bundle, ``"none"`` or ``"on-drift"``; None = its default) and ``steer`` (a
+        finite multiple with ``|m| ≤ MAX_STEER``; 0 = none)."""
         served = self.served(bundle)
-        name = served.default_cap if cap is None else served.bundle.resolve_cap(cap)
+        name = served.default_cap if cap is None else cap
+        on_drift = name == ON_DRIFT
+        name = served.bundle.resolve_cap(RECOMMENDED if on_drift else name)
         if steer is not None and (not math.isfinite(steer) or abs(steer) > MAX_STEER):
             raise PersonaAxisError(
                 f"steer {steer} is out of range; give a multiple of the mean residual norm "
                 f"between -{MAX_STEER:g} and {MAX_STEER:g} (+ = toward the Assistant)."
             )
-        return Setting(served.name, name, steer or None)
+        return Setting(served.name, name, steer or None, on_drift)
+
+    def read_drift(
+        self, served: Served, setting: Setting, conversation: Sequence[Message]
+    ) -> tuple[RequestDrift, Setting]:
+        """The drift rule over the request's earlier turns (:mod:`~persona_axis.serve.drift`;
+        one pass up to the rule's layer when there is an earlier assistant turn), and the
+        setting to generate with: an on-drift request keeps its cap only while the gate is
+        armed."""
+        history = any(message["role"] == "assistant" for message in conversation)
+        with self.lock if history else nullcontext():
+            drift = RequestDrift.read(
+                self.lm, served.bundle, served.rule, list(conversation), on_drift=setting.on_drift
+            )
+        if setting.on_drift and not drift.gate.armed:
+            setting = replace(setting, cap=None)
+        return drift, setting
 
     def prompt(self, conversation: Sequence[Message]) -> list[int]:
         """Token ids of the rendered prompt (with the assistant header) of ``conversation``."""
@@ -306,11 +331,15 @@ class Engine:
             with feeding_tokens(self.lm.stack.module, on_tokens):
                 return generate_turns(self.lm, conversations, spec, key.sampling, served.bundle)
 
-    def telemetry(self, served: Served, setting: Setting, turn: Turn) -> dict[str, Any]:
-        """The ``persona_axis`` object of a response (projections on the unit axis)."""
-        zone = None
-        if served.band is not None and turn.before is not None:
-            zone = served.band.zone(turn.before)
+    def telemetry(
+        self, served: Served, setting: Setting, turn: Turn, drift: RequestDrift | None = None
+    ) -> dict[str, Any]:
+        """The ``persona_axis`` object of a response (projections on the unit axis); the drift
+        rule's reading of the reply after the request's history (``drift``; None: the reply
+        alone)."""
+        if drift is None:
+            drift = RequestDrift.read(self.lm, served.bundle, served.rule, [], on_drift=False)
+        reading = drift.telemetry(turn.reply.text, len(turn.reply.token_ids), turn.before)
         floors = self.floors(served, setting)
         cap_layers = [
             {"layer": layer, "before": values[0], "after": values[1], "floor": floors[layer]}
@@ -326,9 +355,7 @@ class Engine:
             "cap_touched_fraction": turn.touched,
             "cap_touched_tokens": turn.touched_tokens,
             "cap_layers": cap_layers,
-            "drift": None if zone is None else zone == "drift",
-            "zone": zone,
-            "band": None if served.band is None else served.band.to_dict(),
+            **reading,
         }
 
     def describe(self) -> dict[str, Any]:

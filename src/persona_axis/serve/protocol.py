@@ -68,8 +68,9 @@ class ApiError(Exception):
 
 class PersonaAxisOptions(BaseModel):
     """``persona_axis`` body field: ``bundle`` a served bundle's name (None = the default),
-    ``cap`` a setting name or "none" (None = the bundle's default), ``steer`` a multiple of the
-    target layer's mean residual norm (+ = toward the Assistant)."""
+    ``cap`` a setting name, "none" or "on-drift" (the recommended cap while the drift rule,
+    run over the request's history, has the conversation armed; None = the bundle's default),
+    ``steer`` a multiple of the target layer's mean residual norm (+ = toward the Assistant)."""
 
     model_config = ConfigDict(extra="forbid")
     bundle: str | None = None

@@ -25,6 +25,7 @@ from typing import Any
 from persona_axis.application.session import Turn
 from persona_axis.inference.generation import Sampling
 from persona_axis.models.chat import Message
+from persona_axis.serve.drift import RequestDrift
 from persona_axis.serve.engine import BatchKey, Cancelled, DeltaDecoder, Engine, Served, Setting
 
 log = logging.getLogger("persona_axis.serve")
@@ -58,6 +59,7 @@ class Job:
     conversation: Sequence[Message]
     loop: asyncio.AbstractEventLoop
     stream: bool = False
+    drift: RequestDrift | None = None  # the drift rule over the request's history
     events: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     enqueued: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
@@ -75,7 +77,7 @@ class Job:
         """The job's outcome for ``turn``, generated since ``started``."""
         return Outcome(
             turn=turn,
-            telemetry=engine.telemetry(self.served, self.setting, turn),
+            telemetry=engine.telemetry(self.served, self.setting, turn, self.drift),
             queue_s=started - self.enqueued,
             run_s=time.perf_counter() - started,
             batch_size=batch_size,

@@ -1,6 +1,11 @@
 // persona-axis chat page: streams replies from /v1/chat/completions and draws each assistant
-// turn's projection on the Assistant Axis (before/after capping) against the calibrated band.
+// turn's projection on the Assistant Axis (before/after capping) with the drift rule's level
+// (none / watch / warning / alarm, computed by the server from the whole conversation), marks
+// where the on-drift cap armed, and can answer a message with and without the cap side by side.
 "use strict";
+
+const LEVEL_COLOURS = { none: "#cdebd3", watch: "#fbe7b5", warning: "#f7b267", alarm: "#e5484d" };
+const ON_DRIFT = "on-drift";
 
 const state = { info: null, messages: [], turns: [], busy: false };
 const $ = (id) => document.getElementById(id);
@@ -50,17 +55,21 @@ async function loadInfo() {
     option.value = name;
     select.append(option);
   }
+  if (info.recommended_cap) {
+    const option = el("option", null, `${ON_DRIFT} (${info.recommended_cap} once drifting)`);
+    option.value = ON_DRIFT;
+    select.append(option);
+  }
   const preferred = info.default_cap !== "none" ? info.default_cap : info.recommended_cap;
-  if (preferred && names.includes(preferred)) select.value = preferred;
+  if (preferred && (names.includes(preferred) || preferred === ON_DRIFT)) select.value = preferred;
   $("cap-toggle").checked = info.default_cap !== "none" && names.length > 0;
   $("cap-toggle").disabled = names.length === 0;
   select.disabled = names.length === 0;
   updateCapNote();
-  if (info.band) {
-    const b = info.band;
-    const pct = b.percentiles.map((p) => "p" + p).join("/");
-    $("band-desc").textContent = `${pct} = ${b.values.map(fmt).join(" / ")}; red = drift, below p${b.percentiles[0]}`;
-  }
+  const rule = info.rule;
+  $("rule-desc").textContent = rule && rule.calibrated
+    ? `watch ≥ ${fmt(rule.watch)}, warning ≥ ${fmt(rule.warning)}, alarm CUSUM ≥ ${fmt(rule.h)}; ${rule.source}`
+    : "this bundle has no drift calibration: no levels";
   drawChart();
 }
 
@@ -72,8 +81,12 @@ function updateCapNote() {
     $("cap-note").textContent = "This bundle has no cap settings.";
     return;
   }
-  const cap = info.caps[$("cap-setting").value];
   const on = $("cap-toggle").checked;
+  if (on && $("cap-setting").value === ON_DRIFT) {
+    $("cap-note").textContent = `Off until the drift rule reaches warning, then ${info.recommended_cap} (decided by the server from the conversation).`;
+    return;
+  }
+  const cap = info.caps[$("cap-setting").value];
   const layers = cap ? cap.layers : [];
   const band = layers.length ? `layers ${layers[0]}–${layers[layers.length - 1]}` : "";
   const upstream = layers.length && !layers.includes(info.target_layer)
@@ -99,23 +112,27 @@ function showError(message) {
   box.dataset.testid = "error";
 }
 
-function zoneLabel(t) {
-  if (!t.zone) return "";
-  return t.zone === "drift" ? "drift" : t.zone === "low" ? "low" : "typical";
+function level(t) {
+  return (t.drift_reading && t.drift_reading.level) || "none";
+}
+
+function onDriftText(t) {
+  const gate = t.on_drift;
+  if (!gate) return "";
+  return gate.armed ? ` · on-drift: armed since turn ${gate.since_turn}` : " · on-drift: not armed";
 }
 
 function meterText(t) {
   if (t.projection_before === null) return `layer ${t.layer}: no reply tokens to measure`;
   let text = `layer ${t.layer}: before ${fmt(t.projection_before)} → after ${fmt(t.projection_after)}`;
-  if (t.zone) text += ` (${zoneLabel(t)})`;
+  text += ` · level ${level(t)}`;
   if (t.cap) text += ` · cap ${t.cap} raised ${(100 * (t.cap_touched_fraction || 0)).toFixed(0)}% of token×layer values`;
   else text += " · no cap";
-  return text;
+  return text + onDriftText(t);
 }
 
-function domain(values, band) {
+function domain(values) {
   const all = values.filter((v) => v !== null && v !== undefined);
-  if (band) all.push(...band.values);
   if (all.length === 0) return [0, 1];
   let lo = Math.min(...all);
   let hi = Math.max(...all);
@@ -125,22 +142,14 @@ function domain(values, band) {
 
 function renderMeter(box, t) {
   const meter = el("div", "meter");
-  const band = state.info && state.info.band;
-  const [lo, hi] = domain([t.projection_before, t.projection_after], band);
+  const reading = t.drift_reading || {};
+  const [lo, hi] = domain([t.projection_before, t.projection_after, reading.expected]);
   const x = (v) => `${(100 * (v - lo)) / (hi - lo)}%`;
-  const track = el("div", "track");
-  if (band) {
-    const v = band.values;
-    const zones = [["drift", lo, v[0]], ["low", v[0], v[Math.min(1, v.length - 1)]], ["typical", v[Math.min(1, v.length - 1)], v[v.length - 1]]];
-    for (const [cls, a, b] of zones) {
-      const zone = el("div", "zone " + cls);
-      zone.style.left = x(a);
-      zone.style.width = `${(100 * (b - a)) / (hi - lo)}%`;
-      track.append(zone);
-    }
-    const median = v[Math.floor(v.length / 2)];
+  const track = el("div", "track level-" + level(t));
+  if (reading.expected !== null && reading.expected !== undefined) {
     const tick = el("div", "tick");
-    tick.style.left = x(median);
+    tick.style.left = x(reading.expected);
+    tick.title = `expected for a benign turn like this: ${fmt(reading.expected)}`;
     track.append(tick);
   }
   for (const [cls, value] of [["before", t.projection_before], ["after", t.projection_after]]) {
@@ -150,9 +159,11 @@ function renderMeter(box, t) {
     mark.title = `${cls} capping: ${fmt(value)}`;
     track.append(mark);
   }
-  const label = el("div", "zone-label " + (t.zone || ""), meterText(t));
+  const badge = el("span", "level " + level(t), level(t));
+  badge.dataset.testid = "drift-level";
+  const label = el("div", "zone-label", meterText(t));
   label.dataset.testid = "meter-value";
-  meter.append(track, label);
+  meter.append(track, badge, label);
   box.append(meter);
 }
 
@@ -165,21 +176,26 @@ function svg(tag, attrs) {
 function drawChart() {
   const chart = $("chart");
   chart.replaceChildren();
-  const band = state.info && state.info.band;
   const width = 320;
   const height = 160;
   const values = state.turns.flatMap((t) => [t.projection_before, t.projection_after]);
-  const [lo, hi] = domain(values, band);
+  const [lo, hi] = domain(values);
   const y = (v) => height - 8 - ((height - 16) * (v - lo)) / (hi - lo);
   const n = Math.max(state.turns.length, 1);
   const x = (i) => 12 + ((width - 24) * (n === 1 ? 0.5 : i / (n - 1)));
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none" });
-  if (band) {
-    const v = band.values;
-    const mid = v[Math.min(1, v.length - 1)];
-    root.append(svg("rect", { x: 0, width, y: y(v[0]), height: Math.max(0, y(lo) - y(v[0])), fill: "#f6c7c3" }));
-    root.append(svg("rect", { x: 0, width, y: y(mid), height: Math.max(0, y(v[0]) - y(mid)), fill: "#fbe7b5" }));
-    root.append(svg("rect", { x: 0, width, y: y(v[v.length - 1]), height: Math.max(0, y(mid) - y(v[v.length - 1])), fill: "#cdebd3" }));
+  state.turns.forEach((t, i) => {  // one band per turn, coloured by the rule's level
+    const half = (width - 24) / (2 * n);
+    root.append(svg("rect", { x: Math.max(0, x(i) - half), width: 2 * half, y: 0, height, fill: LEVEL_COLOURS[level(t)], opacity: 0.5 }));
+  });
+  const armed = state.turns.findIndex((t) => t.on_drift && t.on_drift.armed);
+  if (armed >= 0) {  // the cap armed before this reply
+    const line = svg("line", { x1: x(armed), x2: x(armed), y1: 0, y2: height, stroke: "#b42318", "stroke-width": 2 });
+    line.classList.add("armed");
+    root.append(line);
+    $("armed-note").textContent = `on-drift cap armed from turn ${armed + 1}`;
+  } else {
+    $("armed-note").textContent = "";
   }
   for (const [key, dash, fill] of [["projection_before", "4 3", "#fff"], ["projection_after", "", "#1d2330"]]) {
     const points = state.turns
@@ -226,6 +242,37 @@ async function readStream(res, onDelta) {
   return telemetry;
 }
 
+async function complete(messages, cap, onDelta) {
+  const res = await fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: headers(),
+    body: JSON.stringify({
+      model: state.info.model,
+      messages,
+      stream: true,
+      max_tokens: Number($("max-tokens").value) || 64,
+      persona_axis: { cap },
+    }),
+  });
+  if (!res.ok) {
+    const body = await res.json().catch(() => null);
+    throw new Error(body && body.error ? body.error.message : `HTTP ${res.status}`);
+  }
+  let reply = "";
+  const telemetry = await readStream(res, (delta) => {
+    reply += delta;
+    onDelta(reply);
+  });
+  return { reply, telemetry };
+}
+
+function comparedCap() {
+  // the cap of the "with cap" column: the chosen setting, else the recommended cap
+  const chosen = capValue();
+  if (chosen !== "none") return chosen;
+  return state.info.recommended_cap || Object.keys(state.info.caps)[0] || "none";
+}
+
 async function send(text) {
   if (!state.info) await loadInfo();
   if (!state.info) {
@@ -236,35 +283,36 @@ async function send(text) {
   $("send").disabled = true;
   state.messages.push({ role: "user", content: text });
   addMessage("user", text);
-  const box = addMessage("assistant", "");
-  const textNode = box.querySelector(".text");
   const system = $("system").value.trim();
   const messages = system ? [{ role: "system", content: system }, ...state.messages] : [...state.messages];
-  let reply = "";
-  try {
-    const res = await fetch("/v1/chat/completions", {
-      method: "POST",
-      headers: headers(),
-      body: JSON.stringify({
-        model: state.info.model,
-        messages,
-        stream: true,
-        max_tokens: Number($("max-tokens").value) || 64,
-        persona_axis: { cap: capValue() },
-      }),
-    });
-    if (!res.ok) {
-      const body = await res.json().catch(() => null);
-      throw new Error(body && body.error ? body.error.message : `HTTP ${res.status}`);
+  const compare = $("compare").checked;
+  const box = compare ? el("div", "compare") : addMessage("assistant", "");
+  const columns = [];
+  if (compare) {
+    const cap = comparedCap();
+    for (const [setting, title] of [[cap, `with cap (${cap})`], ["none", "without cap"]]) {
+      const column = el("div", "msg assistant");
+      column.dataset.testid = setting === "none" ? "compare-uncapped" : "compare-capped";
+      column.append(el("div", "column-title", title), el("div", "text", ""));
+      box.append(column);
+      columns.push([column, setting]);
     }
-    const telemetry = await readStream(res, (delta) => {
-      reply += delta;
-      textNode.textContent = reply;
-      $("log").scrollTop = $("log").scrollHeight;
-    });
+    $("log").append(box);
+  } else {
+    columns.push([box, capValue()]);
+  }
+  try {
+    const results = await Promise.all(columns.map(([column, cap]) => {
+      const node = column.querySelector(".text");
+      return complete(messages, cap, (reply) => {
+        node.textContent = reply;
+        $("log").scrollTop = $("log").scrollHeight;
+      });
+    }));
+    results.forEach(({ telemetry }, i) => { if (telemetry) renderMeter(columns[i][0], telemetry); });
+    const { reply, telemetry } = results[0];  // the conversation goes on with the first column
     state.messages.push({ role: "assistant", content: reply });
     if (telemetry) {
-      renderMeter(box, telemetry);
       state.turns.push(telemetry);
       $("last-meter").textContent = `turn ${state.turns.length}: ${meterText(telemetry)}`;
       drawChart();

@@ -1,0 +1,122 @@
+"""The drift rule on a live conversation: its earlier assistant turns, then the reply just made.
+
+The server is stateless and a chat session may be resumed from any history, so the rule's
+state is always recomputed from the conversation itself: :meth:`LiveDrift.read` reads every
+earlier assistant turn exactly as ``persona-axis monitor`` does (same layer, context policy,
+content pooling and features; one pass per context window stopped at the rule's layer, no
+intervention), and :meth:`LiveDrift.with_reply` adds the new reply with the projection its
+generation pass measured (content-token mean at the rule's layer, ``before`` any intervention
+there). :meth:`LiveDrift.verdicts` then runs the one rule
+(:func:`persona_axis.drift.calibration.drift_rule`) over all of them, so the level reported for a
+reply is the level ``monitor`` reports for that turn of the logged conversation (up to float
+rounding, and up to the cap's effect on the reply's own projection when it was generated
+capped: ``monitor`` reads the text uncapped).
+
+Cost: reading the history is one forward pass over the prompt up to the rule's layer, ahead of
+generation (it must come first, since the on-drift cap is decided from it; the generation's own
+prefill may be capped, so it cannot stand in). Conversations without an earlier assistant turn
+need no pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from persona_axis.drift.conversations import Conversation, ReadFailure
+from persona_axis.drift.features import TurnFeatures
+from persona_axis.drift.rule import DriftRule, Level, TurnVerdict
+
+if TYPE_CHECKING:
+    from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.drift.context import ContextPolicy
+    from persona_axis.models.chat import Message
+    from persona_axis.models.loading import LoadedModel
+
+
+def reply_text(text: str) -> str:
+    """The part of a reply the rule's content features read (after any ``</think>``)."""
+    return text.rpartition("</think>")[2]
+
+
+@dataclass(frozen=True)
+class LiveDrift:
+    """A conversation's assistant turns as the rule sees them: projection at ``rule.layer``
+    (None: no content) and content features, oldest first."""
+
+    rule: DriftRule
+    projections: tuple[float | None, ...] = ()
+    features: tuple[TurnFeatures | None, ...] = ()
+
+    @classmethod
+    def read(
+        cls,
+        lm: LoadedModel,
+        bundle: AxisBundle,
+        messages: Sequence[Message],
+        *,
+        rule: DriftRule | None = None,
+        policy: ContextPolicy | None = None,
+    ) -> LiveDrift:
+        """The assistant turns of ``messages`` (a trailing user message is ignored) read as the
+        monitor reads them, under ``rule`` (default: the bundle's one rule)."""
+        from persona_axis.drift.calibration import drift_rule
+        from persona_axis.drift.monitor import Monitor
+
+        rule = rule or drift_rule(bundle)
+        history = list(messages)
+        while history and history[-1]["role"] != "assistant":
+            history.pop()
+        if rule.scale is None or not history:
+            return cls(rule)
+        runner = Monitor.create(lm, bundle, band=[], rule=rule, policy=policy, batch_size=1)
+        found = next(iter(runner.run([Conversation(tuple(map(dict, history)))])))
+        if isinstance(found, ReadFailure):
+            return cls(rule)
+        return cls(
+            rule,
+            tuple(turn.projection for turn in found.turns),
+            tuple(turn.features for turn in found.turns),
+        )
+
+    @property
+    def n_turns(self) -> int:
+        return len(self.projections)
+
+    def with_reply(self, text: str, n_tokens: int, projection: float | None) -> LiveDrift:
+        """These turns and the reply ``text`` with ``n_tokens`` content tokens, whose projection
+        at the rule's layer is ``projection`` (None: no content)."""
+        turn = self.n_turns + 1
+        features = TurnFeatures.of(reply_text(text), n_tokens, turn) if n_tokens else None
+        return LiveDrift(self.rule, (*self.projections, projection), (*self.features, features))
+
+    def verdicts(self) -> list[TurnVerdict]:
+        """The rule's verdict on every turn (as ``monitor`` gives them)."""
+        return self.rule.judge(list(self.projections), list(self.features))
+
+    @property
+    def level(self) -> Level:
+        """The level of the latest turn ("none" without turns)."""
+        verdicts = self.verdicts()
+        return verdicts[-1].level if verdicts else "none"
+
+    def telemetry(self) -> dict[str, Any]:
+        """The latest turn's reading for a response: turn number, level and the statistics
+        (expected projection, shortfall, change, EWMA, CUSUM; None where the rule skips it)."""
+        verdicts = self.verdicts()
+        last = verdicts[-1] if verdicts else None
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 4)
+
+        return {
+            "turn": self.n_turns,
+            "level": "none" if last is None else last.level,
+            "levels": [v.level for v in verdicts],
+            "expected": None if last is None else rounded(last.expected),
+            "shortfall": None if last is None else rounded(last.shortfall),
+            "change": None if last is None else rounded(last.change),
+            "ewma": None if last is None else rounded(last.ewma),
+            "cusum": None if last is None else rounded(last.cusum),
+        }

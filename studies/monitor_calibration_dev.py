@@ -1,0 +1,117 @@
+"""Which out-of-the-box monitor calibration works: the rules a bundle can carry, on dev only.
+
+Reads the dev split of evaldata/monitor (``*_dev.jsonl``; the test files are never opened)
+once with the monitor (projections and content features per turn do not depend on the rule),
+then judges every conversation with each candidate rule and scores it with
+:func:`persona_axis.drift.accuracy.evaluate`:
+
+- ``percentile (old)``: the build's default-reply percentiles, CUSUM h 4, no warning level
+  (what a fresh bundle used before it carried a monitor calibration);
+- ``build``: :meth:`MonitorCalibration.from_build` (the build's default replies, no extra cost),
+  and two variants of it: the alarm on the shortfall instead of the change, and the change in
+  units of ``scale`` instead of the spread of differences between replies;
+- ``chats``: a calibration fitted on benign chats the model holds itself, when ``--chats``
+  names a ``monitor_calibration.json`` written by ``persona-axis calibrate-monitor``.
+
+    python studies/monitor_calibration_dev.py BUNDLE_DIR [--chats DIR/monitor_calibration.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from persona_axis.axis.bundle import AxisBundle
+from persona_axis.drift.accuracy import evaluate
+from persona_axis.drift.calibration import MonitorCalibration, drift_rule
+from persona_axis.drift.conversations import iter_conversations
+from persona_axis.drift.monitor import ConversationReading, Monitor
+from persona_axis.drift.rule import DriftRule
+from persona_axis.models.loading import load_model
+
+DEV = [Path("evaldata/monitor/benign_dev.jsonl"), Path("evaldata/monitor/drifting_dev.jsonl")]
+
+
+def rejudge(monitor: Monitor, readings: list[ConversationReading], rule: DriftRule) -> list[dict]:
+    """The readings' monitor.json entries under ``rule`` (projections as read)."""
+    entries = []
+    for reading in readings:
+        verdicts = rule.judge(reading.projections, [t.features for t in reading.turns])
+        turns = [
+            type(t)(
+                **{
+                    **t.__dict__,
+                    "level": v.level,
+                    "cusum": v.cusum,
+                    "ewma": v.ewma,
+                    "change": v.change,
+                    "z": v.z,
+                    "shortfall": v.shortfall,
+                    "below_threshold": v.below_threshold,
+                    "expected": v.expected,
+                }
+            )
+            for t, v in zip(reading.turns, verdicts, strict=True)
+        ]
+        entries.append(ConversationReading(reading.conversation, turns).to_dict())
+    return entries
+
+
+def summary(result: dict) -> dict:
+    """Per level: false alarms and detections as ``hits/n``."""
+    return {
+        level: {
+            key: f"{row[key]['hits']}/{row[key]['n']}" for key in ("false_alarms", "detections")
+        }
+        for level, row in result["by_level"].items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--chats", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("monitor_calibration_dev.json"))
+    args = parser.parse_args()
+    bundle = AxisBundle.load(args.bundle)
+    lm = load_model(bundle.model_id)
+    runner = Monitor.create(lm, bundle, band=[])
+    started = time.perf_counter()
+    conversations = [c for path in DEV for c in iter_conversations(path)]
+    readings = [r for r in runner.run(conversations) if isinstance(r, ConversationReading)]
+    seconds = time.perf_counter() - started
+    old = DriftRule.from_bundle(bundle, h=4.0)
+    rules = {"percentile (old)": DriftRule(**{**old.__dict__, "warning": None})}
+    build = MonitorCalibration.from_build(bundle)
+    if build is not None:
+        rules["build"] = build.rule()
+        shipped = build.rule()
+        rules["build, shortfall alarm"] = replace(shipped, relative=False, baseline=None)
+        rules["build, change scale = scale"] = replace(shipped, change_scale=shipped.scale)
+    if args.chats is not None:
+        chats = MonitorCalibration.from_dict(json.loads(args.chats.read_text()))
+        rules["chats"] = chats.rule()
+    rules["drift_rule (shipped)"] = drift_rule(bundle)
+    results = {}
+    for name, rule in rules.items():
+        scored = evaluate(rejudge(runner, readings, rule), k=rule.k, ewma_lambda=rule.ewma_lambda)
+        results[name] = {"rule": rule.to_dict(), "accuracy": scored}
+        print(name, json.dumps(summary(scored)), flush=True)
+    dump = [
+        {
+            "meta": r.conversation.meta,
+            "projections": r.projections,
+            "features": [None if t.features is None else t.features.__dict__ for t in r.turns],
+        }
+        for r in readings
+    ]
+    args.out.write_text(
+        json.dumps({"read_seconds": seconds, "results": results, "readings": dump}, indent=1)
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The on-drift gate's hysteresis, and the monitor calibration every build ships with."""
+
+from __future__ import annotations
+
+import pytest
+
+from persona_axis.axis.bundle import AxisBundle
+from persona_axis.drift.calibration import DEFAULT_LIMITS, MonitorCalibration, drift_rule
+from persona_axis.drift.gate import RELEASE, arming
+from persona_axis.drift.rule import DEFAULT_H, DEFAULT_WARNING, DriftRule, TurnVerdict
+from persona_axis.pipeline.monitor_sample import SAMPLE_KEY
+from support.tiny_axis import tiny_axis
+
+
+def verdict(level: str, ewma: float | None) -> TurnVerdict:
+    return TurnVerdict(None, None, None, None, ewma, None, None, level)  # type: ignore[arg-type]
+
+
+def test_the_gate_arms_at_warning_and_releases_below_the_release_level() -> None:
+    turns = [
+        verdict("none", None),  # anchor
+        verdict("none", 1.5),
+        verdict("warning", 2.1),  # arms: reply 4 on is capped
+        verdict("none", 1.6),  # still above RELEASE: stays armed
+        verdict("none", None),  # a turn without content leaves it as it is
+        verdict("none", RELEASE),  # at the release level: released
+        verdict("alarm", 0.4),  # the CUSUM alarm arms it again
+    ]
+    states = [arming(turns[:n]) for n in range(len(turns) + 1)]
+    assert [s.armed for s in states] == [False, False, False, True, True, True, False, True]
+    assert states[3].since == 3 and states[6].since is None and states[7].since == 7
+    assert states[-1].fired == (3, 4, 5, 7)
+    assert states[-1].to_dict() == {"armed": True, "since_turn": 7, "armed_after": [3, 4, 5, 7]}
+
+
+def test_one_default_per_limit() -> None:
+    assert DEFAULT_LIMITS["h"] == DEFAULT_H == DriftRule(0, 0.0, 1.0).h
+    assert DEFAULT_LIMITS["warning"] == DEFAULT_WARNING == DriftRule(0, 0.0, 1.0).warning
+
+
+@pytest.mark.slow
+def test_every_build_ships_a_monitor_calibration_from_its_default_replies() -> None:
+    bundle = AxisBundle.load(tiny_axis().bundle)
+    sample = bundle.manifest[SAMPLE_KEY]
+    assert sample["layer"] == bundle.target_layer
+    n_default = sum(len(group) for group in sample["projections"])
+    assert 2 <= n_default <= bundle.manifest["counts"]["default"]
+    assert [len(g) for g in sample["projections"]] == [len(g) for g in sample["n_tokens"]]
+    shipped = MonitorCalibration.from_build(bundle)
+    assert shipped is not None and shipped.layer == bundle.target_layer
+    values = [x for group in sample["projections"] for x in group]
+    assert min(values) <= shipped.baseline.intercept <= max(values)
+    assert shipped.scale > 0 and shipped.change_scale > 0 and not shipped.baseline.coefficients
+    rule = drift_rule(bundle)
+    assert rule.relative and rule.baseline == shipped.baseline and rule.h == DEFAULT_H
+    assert "build default replies" in rule.source
+    assert bundle.monitor_calibration is None  # nothing stored: the shipped one is used
+    del bundle.manifest[SAMPLE_KEY]
+    assert not drift_rule(bundle).relative  # older bundles: the build's percentile rule
+
+
+def test_calibrate_monitor_defaults_are_the_librarys() -> None:
+    from persona_axis.cli import calibrate_monitor as cli
+    from persona_axis.drift import calibrate_monitor as library
+
+    for name in ("DEFAULT_CONVERSATIONS", "DEFAULT_TURNS", "DEFAULT_NEW_TOKENS"):
+        assert getattr(cli, name) == getattr(library, name)
