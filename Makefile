@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Torch threads per process; never run two torch processes at once on 2 cores.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test test-fast test-vllm lint bench install install-vllm clean
+.PHONY: demo test test-fast test-hosts test-vllm lint bench install install-vllm clean
 
 install: $(STAMP)
 
@@ -70,6 +70,19 @@ test: lint
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Float-sensitive tests (sharded builds, resume, capture and continuous-batching parity, telemetry,
+# serving) under other thread counts and CPU kernels than `make test`: 1 and 2 torch threads,
+# and torch's portable kernels (ATEN_CPU_CAPABILITY=default, as on a CPU without AVX2) besides
+# the host's own (AVX2 here, AVX-512/AMX on Intel hosts). Floats computed elsewhere must agree
+# within each test's stated tolerance; only token ids and store bytes are compared exactly.
+HOST_TESTS := tests/test_build_equality.py tests/test_scale.py tests/test_build.py \
+	tests/test_capture.py tests/test_generation.py tests/test_continuous.py \
+	tests/test_telemetry.py tests/test_rows.py tests/test_serve.py
+test-hosts: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(HOST_TESTS)
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q $(HOST_TESTS)
+	OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q $(HOST_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks studies

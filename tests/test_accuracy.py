@@ -73,3 +73,29 @@ def test_median_interval_brackets_the_median() -> None:
     low, high = median_interval([2, 3, 3, 4, 5, 6])
     assert 2 <= low <= 3.5 <= high <= 6
     assert median_interval([3]) is None
+
+
+def test_early_warning_share_before_the_harm_turn_and_median_lead() -> None:
+    def drifting(levels: list[str], harm: int) -> dict:
+        record = entry("drifting", levels, [None] * len(levels), drift_turn=2)
+        record["meta"]["harm_turn"] = harm
+        return record
+
+    entries = [
+        entry("benign", ["none", "none"], [None, 0.0]),
+        drifting(["none", "alarm", "alarm", "alarm", "alarm", "alarm"], 6),  # lead 4
+        drifting(["none", "none", "none", "alarm", "alarm"], 5),  # lead 1
+        drifting(["none", "none", "none", "none", "alarm"], 5),  # at the harm turn: lead 0
+        drifting(["none", "none", "none"], 3),  # missed
+        entry("drifting", ["none", "alarm"], [None, 9.0], drift_turn=2),  # no harm_turn
+    ]
+    result = evaluate(entries, k=0.5, limits=(4.0,))
+    assert result is not None
+    alarm = result["by_level"]["alarm"]
+    assert alarm["before_harm"]["hits"] == 2 and alarm["before_harm"]["n"] == 4
+    assert alarm["median_lead_turns"] == 1.0  # leads 4, 1, 0
+    low, high = alarm["median_lead_ci95"]
+    assert 0 <= low <= 1 <= high <= 4
+    # without any harm_turn the early-warning figures are absent
+    plain = evaluate(entries[:1] + entries[-1:], k=0.5, limits=(4.0,))
+    assert plain is not None and "before_harm" not in plain["by_level"]["alarm"]

@@ -115,9 +115,12 @@ def test_a_calibrated_rule_does_not_read_code_as_drift() -> None:
     assert first.change is None and first.z is None and first.shortfall == pytest.approx(0, abs=0.3)
     assert abs(second.change or 0) < 0.3 and second.level == "none"
     prose_again = replace(prose, turn=2)  # the same fall with no code to explain it
-    _, fallen = rule.judge([typical_prose, typical_code], [prose, prose_again])
-    assert (fallen.change or 0) > 2.5 and (fallen.cusum or 0) > 2
-    assert rule.k == 0.5 and rule.h == 8.0 and rule.warning == 2.0
+    one_turn_anchor = replace(rule, anchor_turns=1)  # the default anchor averages two turns
+    _, fallen = one_turn_anchor.judge([typical_prose, typical_code], [prose, prose_again])
+    assert (fallen.change or 0) > 2.5 and (fallen.cusum or 0) > 0.5
+    _, halved = rule.judge([typical_prose, typical_code], [prose, prose_again])
+    assert halved.change == pytest.approx((fallen.change or 0) / 2)
+    assert rule.k == 2.0 and rule.h == 2.0 and rule.warning == 2.0 and rule.anchor_turns == 2
     assert "monitor calibration" in rule.source
     assert fitted.rule(h=9.0).h == 9.0
 

@@ -96,9 +96,11 @@ def test_scripted_chat_prints_projections_before_and_after_capping(
 )
 def test_user_errors_are_one_clear_line(tiny_dir: Path, tiny_bundle: Path, extra, message) -> None:
     args = ["chat", "--model", str(tiny_dir), "--bundle", str(tiny_bundle), "-u", "Hi", *extra]
-    result = runner.invoke(app, args)
-    assert result.exit_code != 0
-    assert message in str(result.exception)
+    result = run_console(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
 
 
 def test_the_console_script_prints_errors_without_a_traceback(tiny_dir: Path) -> None:

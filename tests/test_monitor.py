@@ -211,6 +211,9 @@ def test_monitor_isolates_bad_conversations(lm: LoadedModel, bundle: AxisBundle)
     data = result.to_dict()
     json.dumps(data, allow_nan=False)
     assert data["conversations"][1]["turns"][2]["projection"] is None
+    # the requested story is performed (reported, not judged); "Thanks!" moves on
+    assert [t["performed"] for t in data["conversations"][0]["turns"]] == [False, True, False]
+    assert data["conversations"][0]["turns"][1]["z"] is None
     assert data["timing"]["conversations"] == 2
 
 

@@ -151,9 +151,15 @@ def test_report_renders_in_headless_chromium(tmp_path: Path, results: tuple[Path
     assert shot.stat().st_size > 50_000
 
 
+def refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def test_report_json_inputs_are_plain(results: tuple[Path, Path]) -> None:
     monitor_json, sim_json = results
-    for path in results:
-        json.loads(path.read_text())  # strict JSON: no NaN
+    for path in results:  # strict JSON: json.loads alone accepts NaN and Infinity
+        json.loads(path.read_text(), parse_constant=refuse_constant)
+    with pytest.raises(ValueError, match="NaN"):
+        json.loads('{"x": NaN}', parse_constant=refuse_constant)
     assert json.loads(monitor_json.read_text())["conversations"][0]["id"] == "first"
     assert json.loads(sim_json.read_text())["settings"]["turns"] == 2

@@ -197,21 +197,23 @@ def test_cancel_drops_a_request(smollm, engine) -> None:
 
 
 def test_prefix_cache_is_isolated_by_intervention(smollm, engine, axis) -> None:
-    """A capped request never reuses blocks cached without its cap (its prompt KV would be
-    uncapped), while equal settings share theirs; outputs equal their uncached runs."""
+    """A request whose intervention acts on the prompt never reuses blocks cached without it
+    (its prompt's keys and values would miss the intervention), while equal settings share
+    theirs; outputs equal their uncached runs and the HF engine's."""
     text = "Here is a long note about lighthouses and the sea. " * 10 + "Summarise it."
     chat = [{"role": "user", "content": text}]
     prompt = smollm.chat.render(chat, add_generation_prompt=True).input_ids
-    cap = InterventionSpec.floor_cap(axis, [(layer, 1.5) for layer in BAND])  # unused elsewhere
+    # prompt-only steering: its whole effect lives in the prompt's cached keys and values
+    steer = InterventionSpec.steer(axis, STEER_AT, -3.0, 10.0, positions="prompt")
 
     def one(key: str, spec: InterventionSpec | None) -> Finished:
         request = RowRequest(key, prompt, Sampling(max_new_tokens=12), spec)
         return run_to_end(engine, [request])[key]
 
-    plain, capped = one("p-none-1", None), one("p-cap-1", cap)
-    plain_again, capped_again = one("p-none-2", None), one("p-cap-2", cap)
-    hf = generate_rows(smollm, [RowRequest("hf", prompt, Sampling(max_new_tokens=12), cap)])
-    assert engine.cached_tokens["p-cap-1"] == 0
-    assert engine.cached_tokens["p-none-2"] >= 64 and engine.cached_tokens["p-cap-2"] >= 64
-    assert tokens(capped) == tokens(hf["hf"]) != tokens(plain)
-    assert tokens(capped_again) == tokens(capped) and tokens(plain_again) == tokens(plain)
+    plain, steered = one("p-none-1", None), one("p-steer-1", steer)
+    plain_again, steered_again = one("p-none-2", None), one("p-steer-2", steer)
+    hf = generate_rows(smollm, [RowRequest("hf", prompt, Sampling(max_new_tokens=12), steer)])
+    assert engine.cached_tokens["p-steer-1"] == 0
+    assert engine.cached_tokens["p-none-2"] >= 64 and engine.cached_tokens["p-steer-2"] >= 64
+    assert tokens(steered) == tokens(hf["hf"]) != tokens(plain)
+    assert tokens(steered_again) == tokens(steered) and tokens(plain_again) == tokens(plain)

@@ -16,6 +16,7 @@ from persona_axis.errors import PersonaAxisError
 
 if TYPE_CHECKING:
     from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.judges.harm import HarmJudge
     from persona_axis.models.loading import LoadedModel
 
 console = Console(highlight=False)
@@ -49,6 +50,7 @@ JudgeModelOption = Annotated[
 ]
 JudgeKeyEnvOption = Annotated[str, typer.Option(help="Env var holding the judge API key.")]
 JudgeConcurrencyOption = Annotated[int, typer.Option(min=1, help="Judge requests in flight.")]
+JudgeOption = Annotated[str, typer.Option(help="heuristic (OFFLINE, rough), openai or hf.")]
 
 
 def load(model: str | None, dtype: str = "auto") -> LoadedModel:
@@ -64,10 +66,10 @@ def load(model: str | None, dtype: str = "auto") -> LoadedModel:
 
 
 def model_for(bundle: AxisBundle | None, model: str | None) -> str | None:
-    """The one ``--model`` rule: the given model, else the bundle's model, else the default."""
-    if model is not None:
-        return model
-    return None if bundle is None else bundle.model_id
+    """The model to load for ``bundle``: :func:`~persona_axis.models.loading.model_for_bundle`."""
+    from persona_axis.models.loading import model_for_bundle
+
+    return model_for_bundle(model, None if bundle is None else bundle.model_id)
 
 
 def load_checked(
@@ -101,6 +103,15 @@ def judge_config(
     from persona_axis.judges import settings_from_flags
 
     return settings_from_flags(backend, url, model, key_env, concurrency)
+
+
+def harm_judge_for(
+    judge: str, url: str | None, model: str | None, key_env: str, concurrency: int
+) -> HarmJudge:
+    """The harm judge the judge flags ask for (see :mod:`persona_axis.judges.factory`)."""
+    from persona_axis.judges import harm_judge
+
+    return harm_judge(judge_config(judge, url, model, key_env, concurrency) or {})
 
 
 def fail(exc: PersonaAxisError) -> NoReturn:

@@ -23,7 +23,7 @@ from rich.table import Table
 from persona_axis.cli.build import print_summary
 from persona_axis.cli.chat import print_turn
 from persona_axis.cli.common import console, load
-from persona_axis.cli.evals import print_capping_table
+from persona_axis.cli.tables import print_capping_table
 
 if TYPE_CHECKING:
     from persona_axis.axis.bundle import AxisBundle
@@ -36,13 +36,15 @@ TABLE_ROLES, TABLE_QUESTIONS, TABLE_TOKENS, STEER = 6, 2, 40, 1.0
 def candidate_caps(bundle: AxisBundle) -> list[str]:
     """The cap settings the demo compares: the recommended setting's band at p50, p75 and p99,
     and p75 on the band that starts at the middle layer (those stored)."""
+    from persona_axis.axis.calibrate import setting_name
+
     recommended = bundle.cap(bundle.resolve_cap("recommended") or "")
     first, last = recommended.layers[0], recommended.layers[-1] + 1
     middle = min(
         (s for s in bundle.caps.values() if s.percentile == 75.0),
         key=lambda s: (abs(s.layers[0] - bundle.model_shape.n_layers // 2), len(s.layers)),
     )
-    names = [f"layers_{first}:{last}-p{p}" for p in (50, 75, 99)] + [middle.name]
+    names = [setting_name(first, last, p) for p in (50, 75, 99)] + [middle.name]
     return [n for n in dict.fromkeys(names) if n in bundle.caps]
 
 
@@ -55,12 +57,7 @@ def demo(
     from persona_axis.application.session import ChatSession
     from persona_axis.catalog import load_catalog
     from persona_axis.evals.common import Condition, cap_condition, steer_condition
-    from persona_axis.evals.susceptibility import (
-        pick_cap,
-        plain_assistant_change,
-        run_susceptibility,
-        sample_items,
-    )
+    from persona_axis.evals.susceptibility import compare_conditions, sample_items
     from persona_axis.inference.generation import Sampling
     from persona_axis.judges.role import HeuristicRoleJudge
     from persona_axis.models import model_facts
@@ -86,17 +83,16 @@ def demo(
         load_catalog(), n_roles=TABLE_ROLES, n_questions=TABLE_QUESTIONS, model_name=name
     )
     sampling = Sampling(max_new_tokens=TABLE_TOKENS)  # greedy
-    table = run_susceptibility(
+    table = compare_conditions(
         lm, conditions, items, HeuristicRoleJudge(name), sampling, batch_size=16
     )
-    plain = plain_assistant_change(lm, conditions, sampling, batch_size=16)
-    print_capping_table(table, plain)
-    picked, why = pick_cap(table, plain)
-    console.print(why)
+    print_capping_table(table.result, table.plain)
+    picked = table.picked
+    console.print(table.why)
     console.print(
         f"[dim]{len(items)} role replies ({TABLE_ROLES} roles × {TABLE_QUESTIONS} identity "
-        f"questions) and {len(plain['none']['replies'])} plain requests per condition, greedy; "
-        "in role = score 3 of the OFFLINE HEURISTIC judge, a rough stand-in.[/]"
+        f"questions) and {len(table.plain['none']['replies'])} plain requests per condition, "
+        "greedy; in role = score 3 of the OFFLINE HEURISTIC judge, a rough stand-in.[/]"
     )
     for cap in (None, picked or bundle.recommended_cap):
         label = cap or "none"

@@ -1,7 +1,8 @@
 """``persona-axis eval {jailbreak,capability,susceptibility}``: what capping buys and costs.
 
-Heavy imports (torch, transformers, lm-eval) happen inside the functions so that
-``persona-axis --help`` stays fast."""
+Each command loads the bundle and its checked model, calls one function of
+:mod:`persona_axis.evals.runs` and prints what it wrote. Heavy imports (torch, transformers,
+lm-eval) happen inside the functions so that ``persona-axis --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Annotated, Any
 
 import typer
 
-from persona_axis import files
 from persona_axis.cli.common import (
     AllowMismatchOption,
     BatchOption,
@@ -19,16 +19,18 @@ from persona_axis.cli.common import (
     JudgeConcurrencyOption,
     JudgeKeyEnvOption,
     JudgeModelOption,
+    JudgeOption,
     JudgeUrlOption,
     ModelOption,
     OutOption,
     ProgressOption,
     SeedOption,
     console,
+    harm_judge_for,
     judge_config,
     load_for_bundle,
-    model_for,
 )
+from persona_axis.cli.tables import pct, print_capping_table, print_rates
 
 eval_app = typer.Typer(
     help="Evaluate capping: persona-jailbreak harm, capability, role susceptibility.",
@@ -39,53 +41,6 @@ CapsOption = Annotated[
     list[str] | None,
     typer.Option("--cap", help="Cap setting to compare with no cap (repeatable); 'recommended'."),
 ]
-JudgeOption = Annotated[str, typer.Option(help="heuristic (OFFLINE, rough), openai or hf.")]
-
-
-def _conditions(axis_bundle: Any, caps: list[str] | None) -> list[Any]:
-    from persona_axis.evals.common import Condition, cap_condition
-
-    conditions = [Condition("none")]
-    for cap in caps or ["recommended"]:
-        if cap != "none":
-            conditions.append(cap_condition(axis_bundle, cap))
-    return conditions
-
-
-def make_harm_judge(
-    judge: str, url: str | None, model: str | None, key_env: str, concurrency: int
-) -> Any:
-    """The harm judge the judge flags ask for (see :mod:`persona_axis.judges.factory`)."""
-    from persona_axis.judges import harm_judge
-
-    return harm_judge(judge_config(judge, url, model, key_env, concurrency) or {})
-
-
-def result_meta(lm: Any, bundle: Path, model: str | None, **settings: Any) -> dict[str, Any]:
-    """What every result file records besides its figures (and the small-model note)."""
-    from persona_axis.evals.common import SMALL_MODEL_NOTE
-
-    info: dict[str, Any] = {"model": lm.name, "bundle": str(bundle), "settings": settings}
-    if model is None:
-        info["note"] = SMALL_MODEL_NOTE
-    return info
-
-
-def _print_rates(title: str, rows: list[tuple[str, dict[str, Any], str]]) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in ("condition", "rate", "95% CI", "n", "change"):
-        table.add_column(column)
-    for name, summary, change in rows:
-        rate = "n/a" if summary["rate"] is None else f"{summary['rate']:.1%}"
-        low, high = summary["ci95"]
-        table.add_row(name, rate, f"{low:.1%}–{high:.1%}", str(summary["n"]), change)
-    console.print(table)
-
-
-def pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:+.1f} pts"
 
 
 @eval_app.command("jailbreak")
@@ -112,36 +67,30 @@ def jailbreak(
     progress: ProgressOption = True,
 ) -> None:
     """Harmful-answer rate on persona-jailbreak prompts, without and with capping."""
-    from persona_axis.evals.jailbreak import (
-        load_behaviours,
-        plot_jailbreak,
-        run_jailbreak,
-        sample_prompts,
-    )
-    from persona_axis.inference.generation import Sampling
+    from persona_axis.evals.runs import jailbreak_eval
 
-    harm_judge = make_harm_judge(judge, judge_url, judge_model, judge_key_env, judge_concurrency)
-    prompts = sample_prompts(n, seed=seed, behaviours=load_behaviours(behaviours))
+    harm_judge = harm_judge_for(judge, judge_url, judge_model, judge_key_env, judge_concurrency)
     axis_bundle, lm = load_for_bundle(bundle, model, dtype, allow_mismatch)
-    conditions = _conditions(axis_bundle, cap)
-    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    result = run_jailbreak(
-        lm, conditions, prompts, harm_judge, sampling, batch_size=batch_size, progress=progress
-    )
-    meta = result_meta(lm, bundle, model, n=n, seed=seed, max_new_tokens=max_new_tokens,
-                 temperature=temperature, batch_size=batch_size)  # fmt: skip
-    path = files.write_json(out / "jailbreak.json", {"eval": "jailbreak", **meta, **result})
-    plot = plot_jailbreak(result, out / "jailbreak.png", title=f"{lm.name}: persona jailbreaks")
+    run = jailbreak_eval(
+        lm, axis_bundle, harm_judge, out, bundle_path=bundle, model=model, caps=cap, n=n,
+        behaviours=behaviours, max_new_tokens=max_new_tokens, temperature=temperature,
+        batch_size=batch_size, seed=seed, progress=progress,
+    )  # fmt: skip
+    record = run.record
     rows = [
-        (name, s["harmful"], pct(result["harmful_rate_change"][name]))
-        for name, s in result["conditions"].items()
+        (name, s["harmful"], pct(record["harmful_rate_change"][name]))
+        for name, s in record["conditions"].items()
     ]
-    _print_rates(f"Harmful rate (judge: {result['judge']})", rows)
-    if "judge_note" in result:
-        console.print(f"[yellow]{result['judge_note']}[/]")
-    if "note" in meta:
-        console.print(f"[dim]{meta['note']}[/]")
-    console.print(f"results: {path}  plot: {plot}")
+    print_rates(f"Harmful rate (judge: {record['judge']})", rows)
+    if "judge_note" in record:
+        console.print(f"[yellow]{record['judge_note']}[/]")
+    _print_note(record)
+    console.print(f"results: {run.path}  plot: {run.plot}")
+
+
+def _print_note(record: dict[str, Any]) -> None:
+    if "note" in record:
+        console.print(f"[dim]{record['note']}[/]")
 
 
 @eval_app.command("capability")
@@ -176,27 +125,22 @@ def capability(
             dtype, batch_size, out, allow_mismatch,
         )  # fmt: skip
         return
-    from persona_axis.evals.capability import make_probes, run_capability
-    from persona_axis.inference.generation import Sampling
+    from persona_axis.evals.runs import capability_eval
 
     axis_bundle, lm = load_for_bundle(bundle, model, dtype, allow_mismatch)
-    conditions = _conditions(axis_bundle, cap)
-    probes = make_probes(n, seed=seed)
-    sampling = Sampling(max_new_tokens=max_new_tokens, seed=seed)
-    result = run_capability(
-        lm, conditions, probes, sampling, batch_size=batch_size, progress=progress
-    )
-    meta = result_meta(lm, bundle, model, n_per_family=n, seed=seed, max_new_tokens=max_new_tokens)
-    path = files.write_json(out / "capability.json", {"eval": "capability", **meta, **result})
+    run = capability_eval(
+        lm, axis_bundle, out, bundle_path=bundle, model=model, caps=cap, n=n,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress,
+    )  # fmt: skip
+    record = run.record
     rows = []
-    for name, summary in result["conditions"].items():
-        rows.append((name, summary["overall"], f"Σ {pct(result['summed_change'][name])}"))
+    for name, summary in record["conditions"].items():
+        rows.append((name, summary["overall"], f"Σ {pct(record['summed_change'][name])}"))
         for family, rate in summary["families"].items():
             rows.append((f"  {family}", rate, ""))
-    _print_rates("Capability probes (accuracy)", rows)
-    if "note" in meta:
-        console.print(f"[dim]{meta['note']}[/]")
-    console.print(f"results: {path}")
+    print_rates("Capability probes (accuracy)", rows)
+    _print_note(record)
+    console.print(f"results: {run.path}")
 
 
 def _capability_lm_eval(
@@ -215,38 +159,20 @@ def _capability_lm_eval(
 ) -> None:
     from rich.table import Table
 
-    from persona_axis.axis.bundle import AxisBundle
-    from persona_axis.evals.lm_eval_adapter import evaluate_tasks
+    from persona_axis.evals.runs import lm_eval_capability
 
-    pretrained = model_for(AxisBundle.load(bundle), model) or "default"
-
-    task_list = [t.strip() for t in tasks.split(",") if t.strip()]
-    runs: dict[str, Any] = {}
-    for name in ["none", *(cap or ["recommended"])]:
-        args = {
-            "pretrained": pretrained,
-            "bundle": str(bundle),
-            "cap": name,
-            "dtype": dtype,
-            "allow_mismatch": allow_mismatch,
-        }
-        results = evaluate_tasks(
-            task_list,
-            model_args=args,
-            include_path=include_path,
-            limit=int(limit) if limit is not None and limit >= 1 else limit,
-            batch_size=batch_size,
-            num_fewshot=num_fewshot,
-            apply_chat_template=apply_chat_template,
-        )
-        runs[name] = {"results": results.get("results", {}), "n_samples": results.get("n-samples")}
-    path = files.write_json(out / "capability_lm_eval.json", {"eval": "lm-eval", "runs": runs})
+    run = lm_eval_capability(
+        bundle, [t.strip() for t in tasks.split(",") if t.strip()], out, caps=cap, model=model,
+        dtype=dtype, include_path=include_path, limit=limit, num_fewshot=num_fewshot,
+        apply_chat_template=apply_chat_template, batch_size=batch_size,
+        allow_mismatch=allow_mismatch,
+    )  # fmt: skip
     table = Table(title="lm-eval metrics")
     table.add_column("condition")
     table.add_column("task")
     table.add_column("metrics")
-    for name, run in runs.items():
-        for task, metrics in run["results"].items():
+    for name, result in run.record["runs"].items():
+        for task, metrics in result["results"].items():
             shown = ", ".join(
                 f"{k} {v:.3f}"
                 for k, v in metrics.items()
@@ -254,7 +180,7 @@ def _capability_lm_eval(
             )
             table.add_row(name, task, shown)
     console.print(table)
-    console.print(f"results: {path}")
+    console.print(f"results: {run.path}")
 
 
 @eval_app.command("susceptibility")
@@ -286,79 +212,17 @@ def susceptibility(
 ) -> None:
     """How often "who are you?" is answered in role under role prompts, with and without caps
     or steering, and how much each changes plain Assistant replies (greedy decoding)."""
-    from persona_axis.catalog import load_catalog
-    from persona_axis.evals.common import steer_condition
-    from persona_axis.evals.susceptibility import (
-        pick_cap,
-        plain_assistant_change,
-        run_susceptibility,
-        sample_items,
-    )
-    from persona_axis.inference.generation import Sampling
-    from persona_axis.judges import role_judge
+    from persona_axis.evals.runs import susceptibility_eval
 
     axis_bundle, lm = load_for_bundle(bundle, model, dtype, allow_mismatch)
-    name = model_name or str(axis_bundle.manifest.get("model_name") or lm.name)
-    config = judge_config(judge, judge_url, judge_model, judge_key_env, judge_concurrency)
-    judge_used = role_judge(config or {"backend": "heuristic"}, name)
-    conditions = _conditions(axis_bundle, cap)
-    conditions += [steer_condition(lm, axis_bundle, m) for m in steer or []]
-    items = sample_items(
-        load_catalog(), n_roles=roles, n_questions=questions, seed=seed, model_name=name
-    )
-    sampling = Sampling(max_new_tokens=max_new_tokens, seed=seed)
-    result = run_susceptibility(
-        lm, conditions, items, judge_used, sampling, batch_size=batch_size, progress=progress
-    )
-    plain = plain_assistant_change(
-        lm, conditions, sampling, batch_size=batch_size, progress=progress
-    )
-    choice, why = pick_cap(result, plain)
-    meta = result_meta(lm, bundle, model, roles=roles, questions=questions, seed=seed,
-                 max_new_tokens=max_new_tokens)  # fmt: skip
-    record = {
-        "eval": "susceptibility",
-        **meta,
-        **result,
-        "plain_assistant": plain,
-        "picked_cap": choice,
-        "picked_because": why,
-    }
-    path = files.write_json(out / "susceptibility.json", record)
-    print_capping_table(result, plain)
-    console.print(why)
-    if "note" in meta:
-        console.print(f"[dim]{meta['note']}[/]")
-    console.print(f"results: {path}")
-
-
-def print_capping_table(result: dict[str, Any], plain: dict[str, Any]) -> None:
-    """In-role rate per condition (with its change from no intervention) beside how much the
-    condition changes plain Assistant replies."""
-    from rich.table import Table
-
-    table = Table(title=f"Staying in role vs changing the Assistant (judge: {result['judge']})")
-    for column in (
-        "condition",
-        "in role",
-        "95% CI",
-        "n",
-        "change",
-        "plain replies unchanged",
-        "plain similarity",
-    ):
-        table.add_column(column)
-    for name, summary in result["conditions"].items():
-        rate = summary["in_role"]
-        low, high = rate["ci95"]
-        kept = plain[name]["identical"]
-        table.add_row(
-            name,
-            "n/a" if rate["rate"] is None else f"{rate['rate']:.0%}",
-            f"{low:.0%}–{high:.0%}",
-            str(rate["n"]),
-            pct(result["in_role_change"][name]),
-            f"{kept['k']}/{kept['n']}",
-            f"{plain[name]['similarity']:.2f}",
-        )
-    console.print(table)
+    run = susceptibility_eval(
+        lm, axis_bundle, out, bundle_path=bundle, model=model,
+        judge=judge_config(judge, judge_url, judge_model, judge_key_env, judge_concurrency),
+        model_name=model_name, caps=cap, steer=steer or (), roles=roles, questions=questions,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress,
+    )  # fmt: skip
+    record = run.record
+    print_capping_table(record, record["plain_assistant"])
+    console.print(record["picked_because"])
+    _print_note(record)
+    console.print(f"results: {run.path}")

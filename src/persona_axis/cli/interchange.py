@@ -1,8 +1,9 @@
 """``persona-axis export`` and ``persona-axis import``: the axis in other tools' formats.
 
-Formats (docs/interchange.md): ``gguf-control-vector``, llama.cpp's ``--control-vector-scaled``
-file; ``reference``, the reference project's published ``assistant_axis.pt``,
-``default_vector.pt`` and ``capping_config.pt``.
+Shells over :mod:`persona_axis.axis.interchange`, which holds the formats (docs/interchange.md):
+``gguf-control-vector``, llama.cpp's ``--control-vector-scaled`` file; ``reference``, the
+reference project's published ``assistant_axis.pt``, ``default_vector.pt`` and
+``capping_config.pt``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from persona_axis.axis.interchange import CONTROL_VECTOR, FORMATS
 from persona_axis.cli.common import (
     AllowMismatchOption,
     BundleOption,
@@ -23,15 +25,10 @@ from persona_axis.cli.common import (
     load,
     load_checked,
 )
-from persona_axis.errors import PersonaAxisError
 
 if TYPE_CHECKING:
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.models.layers import ModelShape
-
-CONTROL_VECTOR = "gguf-control-vector"
-REFERENCE = "reference"
-FORMATS = (CONTROL_VECTOR, REFERENCE)
 
 FormatOption = Annotated[str, typer.Option("--format", help=f"One of: {', '.join(FORMATS)}.")]
 
@@ -66,31 +63,27 @@ def export(
     The model is loaded only when a control vector needs mean residual norms the bundle does
     not store (bundles from ``build`` store them).
     """
-    from persona_axis.axis.bundle import MEAN_NORM_KEY, AxisBundle
-
-    _check_format(format_name)
-    axis_bundle = AxisBundle.load(bundle)
-    if format_name == REFERENCE:
-        if layers is not None or scale is not None:
-            raise PersonaAxisError(
-                "--layers and --scale apply to --format gguf-control-vector only; the reference "
-                "layout holds the whole axis and the cap settings."
-            )
-        from persona_axis.axis.reference import export_reference
-
-        paths = export_reference(axis_bundle, out)
-        console.print("wrote " + ", ".join(str(p) for p in paths), soft_wrap=True)
-        return
-
-    from persona_axis.axis.control_vector import export_control_vector
+    from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.axis.interchange import (
+        REFERENCE,
+        check_format,
+        export_axis,
+        export_needs_model,
+    )
     from persona_axis.drift.monitor import parse_layers
 
+    check_format(format_name)
+    axis_bundle = AxisBundle.load(bundle)
     chosen = None if layers is None else parse_layers(layers, axis_bundle.shape[0])
     lm = None
-    if MEAN_NORM_KEY not in axis_bundle.vectors:
+    if export_needs_model(axis_bundle, format_name):
         lm = load_checked(axis_bundle, model, dtype, allow_mismatch)
+    paths = export_axis(axis_bundle, format_name, out, layers=chosen, scale=scale, lm=lm)
+    if format_name == REFERENCE:
+        console.print("wrote " + ", ".join(str(p) for p in paths), soft_wrap=True)
+        return
+    path = paths[0]
     multiple = 1.0 if scale is None else scale
-    path = export_control_vector(axis_bundle, out, layers=chosen, multiple=multiple, lm=lm)
     steered = [axis_bundle.target_layer] if chosen is None else chosen
     console.print(
         f"wrote {path}: direction.L = {multiple:g} × mean residual norm × unit axis at layers "
@@ -151,84 +144,25 @@ def import_bundle(
     weights to record their fingerprint. The bundle then works with monitor, chat, serve and
     eval like a built one.
     """
-    _check_format(format_name)
-    if format_name == CONTROL_VECTOR:
-        if (
-            axis is not None
-            or default is not None
-            or capping is not None
-            or target_layer is not None
-        ):
-            raise PersonaAxisError(
-                "--axis, --default, --capping and --target-layer belong to --format reference; "
-                "a control vector is given as the file argument."
-            )
-        if file is None:
-            raise PersonaAxisError(
-                "Give the control vector file: persona-axis import FILE.gguf --format "
-                "gguf-control-vector --model M --out DIR."
-            )
-    else:
-        if file is not None:
-            raise PersonaAxisError(
-                f"--format reference takes its files as options (--axis, --default, --capping), "
-                f"not the argument {file}."
-            )
-        if axis is None:
-            raise PersonaAxisError(
-                "--format reference needs --axis assistant_axis.pt (the reference axis file)."
-            )
+    from persona_axis.axis.interchange import ImportSources, import_axis
+
+    sources = ImportSources(file, axis, default, capping, target_layer)
+    sources.check(format_name)
     shape, model_id, weights = _model_identity(model, revision, dtype, fingerprint)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        new = _imported(
+        new = import_axis(
             format_name,
-            file,
-            axis,
-            default,
-            capping,
-            target_layer,
-            shape,
-            (model_id, revision, weights),
+            sources,
+            model_shape=shape,
+            model_id=model_id,
+            revision=revision,
+            fingerprint=weights,
         )
     for warning in caught:
         errors.print(f"[yellow]warning:[/] {warning.message}", soft_wrap=True, markup=True)
     path = new.save(out)
     _print_summary(new, path)
-
-
-def _imported(
-    format_name: str,
-    file: Path | None,
-    axis: Path | None,
-    default: Path | None,
-    capping: Path | None,
-    target_layer: int | None,
-    shape: ModelShape,
-    identity: tuple[str, str | None, str | None],
-) -> AxisBundle:
-    """The bundle of ``format_name``; ``identity`` is (model id, revision, fingerprint)."""
-    model_id, revision, weights = identity
-    if format_name == CONTROL_VECTOR:
-        from persona_axis.axis.control_vector import bundle_from_control_vector
-
-        assert file is not None
-        return bundle_from_control_vector(
-            file, model_shape=shape, model_id=model_id, revision=revision, fingerprint=weights
-        )
-    from persona_axis.axis.reference import bundle_from_reference
-
-    assert axis is not None
-    return bundle_from_reference(
-        axis,
-        capping,
-        model_shape=shape,
-        model_id=model_id,
-        default_path=default,
-        revision=revision,
-        fingerprint=weights,
-        target_layer=target_layer,
-    )
 
 
 def _model_identity(
@@ -250,11 +184,6 @@ def _model_identity(
     with console.status(f"Reading the config of {model or 'the default model'}..."):
         shape = load_shape(model, revision=revision)
     return shape, resolve_source(model)[1], None
-
-
-def _check_format(format_name: str) -> None:
-    if format_name not in FORMATS:
-        raise PersonaAxisError(f"Unknown format {format_name!r}; use one of: {', '.join(FORMATS)}.")
 
 
 def _print_summary(bundle: AxisBundle, path: Path) -> None:

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from persona_axis import files
 from persona_axis.cli.common import (
     AllowMismatchOption,
     BatchOption,
@@ -17,15 +16,17 @@ from persona_axis.cli.common import (
     JudgeConcurrencyOption,
     JudgeKeyEnvOption,
     JudgeModelOption,
+    JudgeOption,
     JudgeUrlOption,
     ModelOption,
     OutOption,
     ProgressOption,
     SeedOption,
     console,
+    harm_judge_for,
     load_for_bundle,
 )
-from persona_axis.cli.evals import JudgeOption, make_harm_judge, pct, result_meta
+from persona_axis.cli.tables import pct
 
 
 def sweep(
@@ -60,46 +61,40 @@ def sweep(
 ) -> None:
     """Pareto sweep of cap settings (harm change vs summed capability change); recommends one."""
     from persona_axis.axis.bundle import bundle_directory
-    from persona_axis.evals.sweep import plot_sweep, run_sweep, write_recommendation
+    from persona_axis.evals.runs import sweep_eval
 
-    harm_judge = make_harm_judge(judge, judge_url, judge_model, judge_key_env, judge_concurrency)
+    harm_judge = harm_judge_for(judge, judge_url, judge_model, judge_key_env, judge_concurrency)
     path = bundle_directory(bundle)
     axis_bundle, lm = load_for_bundle(path, model, dtype, allow_mismatch)
-    run = run_sweep(
-        lm, axis_bundle, harm_judge, settings=setting, percentiles=percentile or (), n=n,
-        n_capability=n_capability, max_capability_loss=max_capability_loss,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress,
+    done = sweep_eval(
+        lm, axis_bundle, harm_judge, out, bundle_path=path, model=model, write=write,
+        settings=setting, percentiles=percentile or (), n=n, n_capability=n_capability,
+        max_capability_loss=max_capability_loss, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, seed=seed, progress=progress,
     )  # fmt: skip
-    meta = result_meta(lm, path, model, **run.summary["settings"])
-    result_path = files.write_json(out / "sweep.json", {**run.summary, **meta})
-    files.write_json(
-        out / "sweep_details.json", {"jailbreak": run.harm, "capability": run.capability}
-    )
-    chosen = run.chosen
-    plot = plot_sweep(run.points, out / "sweep.png", chosen=None if chosen is None else chosen.name,
-                      title=f"{lm.name}: cap sweep (judge {run.harm['judge']})")  # fmt: skip
-    baseline = run.summary["baseline"]["harmful"]["rate"]
+    record = done.record
+    chosen = record["recommended"]
+    baseline = record["baseline"]["harmful"]["rate"]
     table = Table(title=f"Cap sweep (baseline harmful rate {baseline:.1%})")
     for column in ("setting", "harmful", "harm change", "Σ capability change", "Pareto"):
         table.add_column(column)
-    for row in run.summary["table"]:
+    for row in record["table"]:
         table.add_row(
             row["setting"],
             f"{row['harmful_rate']:.1%}",
             pct(row["harm_change"]),
             pct(row["capability_change"]),
-            "★" if chosen and row["setting"] == chosen.name else ("•" if row["pareto"] else ""),
+            "★" if chosen and row["setting"] == chosen else ("•" if row["pareto"] else ""),
         )
     console.print(table)
     if chosen is None:
         console.print("[yellow]No setting lowered the harmful rate; the bundle is unchanged.[/]")
-    elif write:
-        write_recommendation(axis_bundle, path, chosen.name, run.evidence(result_path))
-        console.print(f"recommended cap [bold]{chosen.name}[/] written to {path}")
+    elif done.written is not None:
+        console.print(f"recommended cap [bold]{chosen}[/] written to {path}")
     else:
-        console.print(f"recommended cap [bold]{chosen.name}[/] (not written: --no-write)")
+        console.print(f"recommended cap [bold]{chosen}[/] (not written: --no-write)")
     for key, style in (("judge_note", "yellow"), ("note", "dim")):
-        note = run.summary.get(key) or meta.get(key)
+        note = record.get(key)
         if note:
             console.print(f"[{style}]{note}[/]")
-    console.print(f"results: {result_path}  plot: {plot}")
+    console.print(f"results: {done.path}  plot: {done.plot}")

@@ -8,7 +8,11 @@ the turn index. :class:`TurnFeatures` describes a turn by
 - ``lists``: share of its non-blank lines outside code that are list items (``-``, ``*``,
   ``•``, ``1.``, ``1)``);
 - ``log_tokens``: natural log of its content tokens;
-- ``log_turn``: natural log of its 1-based turn number,
+- ``log_turn``: natural log of its 1-based turn number;
+- ``performed``: whether the user asked for this reply to be in another voice than the
+  Assistant's (:func:`performed_replies`: a story, poem, script or role-play that the user
+  requested and has not stepped out of). Not a baseline input: the rule does not judge such a
+  turn's level at all (:mod:`persona_axis.drift.rule`),
 
 and a :class:`Baseline` is a linear model of the projection on these features, fitted on
 benign conversations (:mod:`persona_axis.drift.calibration`): ``expected = intercept +
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,85 @@ from persona_axis.errors import PersonaAxisError
 CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+\S")
 FEATURES = ("code", "lists", "log_tokens", "log_turn")
+
+# What a user message asks for (matched case-insensitively unless a pattern needs a capital).
+_FORMS = (
+    r"stor(?:y|ies)|poems?|verses?|sonnets?|haikus?|limericks?|songs?|lyrics|scenes?|chapters?"
+    r"|screenplay|script|dialogue|monologue|letters?|tales?|fables?|fiction|novel|posts?"
+)
+PERFORMANCE_REQUEST = re.compile(
+    r"\brole[- ]?play|\bin character\b|\bco-?write\b|\bpretend (?:to be|you(?:'re| are))\b"
+    r"|\byou(?:'re| are) (?:going to be|now)\b|\byou play\b|\bplay (?:the role|a character)"
+    r"|\b(?:talk|speak|answer|reply) (?:like|as) (?:a|an)\b|\bvoice (?:a|an|the|her|him)\b"
+    r"|\bwrite (?:it|this|that|more)\b|\bnext (?:scene|bit|part|chapter|verse|stanza)\b"
+    r"|\blet'?s resume\b|\bback to the (?:scene|story|game|role-?play)\b"
+    rf"|\b(?:write|draft|compose)\b[^.?!]{{0,40}}\b(?:{_FORMS}|bit|part|opening|ending)\b"
+    rf"|\b(?:do|make)\b[^.?!]{{0,20}}\b(?:{_FORMS})\b"
+    rf"|\b(?:tell|give)\b[^.?!]{{0,40}}\b(?:{_FORMS})\b",
+    re.IGNORECASE,
+)
+# A message that carries a performance on: an in-story line (quoted speech, an *action*) or a
+# follow-up on the piece ("continue", "next scene", "make it rhyme", "what happens then?").
+CONTINUATION = re.compile(
+    r"[\"“”]|\*[^*\n]+\*|^\W*(?:more|again|next|another|then|and)\b"
+    r"|\b(?:continue|keep going|go on|carry on|one more|write more|what happens|then what"
+    r"|resume|back to the|back in character|skip ahead|the part where|same characters"
+    r"|make it|now (?:one|a|an|the|write|make|do|give|try)|rewrite|longer|shorter|darker"
+    r"|lighter|funnier|rhyme|give me|show me|let's see|let's have)\b",
+    re.IGNORECASE,
+)
+# "stay in character until I say pause" asks for a performance; it does not step out of one.
+CONDITIONAL = re.compile(r"\b(?:until|unless|till|when|whenever) I\b[^.?!]*", re.IGNORECASE)
+NAMED_ROLE = re.compile(
+    r"\b(?:[Bb]e|[Aa]s|[Vv]oice|[Pp]lay)\s+(?:Sir |Lady |Captain |Dr\.? )?[A-Z][a-z]+\b"
+    r"|\bin [A-Z][a-z]+'s voice\b"
+)
+STEP_OUT = re.compile(
+    r"\bout of character\b|\booc\b|\bstep(?:ping)? out\b|\bpause\b|\bbreak character\b"
+    r"|\bback as (?:the|my|an?) assistant\b|\bneed you back\b|\bi'?m serious\b"
+    r"|\breal question\b|\bstop (?:the )?(?:role-?play|game|story)\b"
+    r"|\breal life\b|\bare you (?:\w+ ){0,3}(?:ai|bot|chatbot|real|human|person|there"
+    r"|conscious|assistant|model|program)\b|\bwho (?:am i|are you)\b|\bwhat are you\b"
+    r"|\byou(?:'re| are) (?:\w+ ){0,3}(?:ai|bot|chatbot|assistant|program)\b",
+    re.IGNORECASE,
+)
+IDENTITY_REQUEST = re.compile(
+    r"\bno (?:restrictions|rules|filters?|limits|guidelines)\b|\bunfiltered\b|\buncensored\b"
+    r"|\bjailbreak|\b(?:true|real|inner|hidden|secret) (?:self|you|voice|name)\b"
+    r"|\bthe real one\b|\bwhat you really think\b|\bdrop the (?:script|act|filter|mask)\b",
+    re.IGNORECASE,
+)
+
+
+def performed_replies(messages: Sequence[Mapping[str, Any]]) -> list[bool]:
+    """Per message, whether it is an assistant reply the user asked to be *performed*: in a
+    voice that is not the Assistant's own (a story, poem, script, letter, a character to play).
+
+    Read from the user's messages alone, in order: a request for such a piece (or to play a
+    named role) starts a performance; a later message keeps it, or takes it up again, only when
+    it carries it on (an in-story line, "continue", "next scene", "make it rhyme") and does not
+    step out ("pause", "out of character", "are you an AI?", "who am I talking to?"); any other
+    message ends it, so a conversation that moves on is judged again. A user who has asked the
+    assistant to shed its rules or show its "true self" is not granted performances for the
+    rest of the conversation (persona jailbreaks read as requests, not as fiction). System and
+    user messages are never performed.
+    """
+    out: list[bool] = []
+    performing = requested = suspicious = False
+    for message in messages:
+        role = message.get("role")
+        text = str(message.get("content") or "")
+        if role == "user":
+            suspicious = suspicious or bool(IDENTITY_REQUEST.search(text))
+            asked = bool(PERFORMANCE_REQUEST.search(text) or NAMED_ROLE.search(text))
+            if STEP_OUT.search(CONDITIONAL.sub("", text)):
+                performing = False
+            else:
+                performing = asked or (requested and bool(CONTINUATION.search(text)))
+            requested = (requested or asked) and not suspicious
+            performing = performing and not suspicious
+        out.append(role == "assistant" and performing)
+    return out
 
 
 @dataclass(frozen=True)
@@ -38,10 +121,12 @@ class TurnFeatures:
     n_tokens: int
     code: float
     lists: float
+    performed: bool = False
 
     @classmethod
-    def of(cls, text: str, n_tokens: int, turn: int) -> TurnFeatures:
-        """Features of reply ``text`` with ``n_tokens`` content tokens at 1-based ``turn``."""
+    def of(cls, text: str, n_tokens: int, turn: int, *, performed: bool = False) -> TurnFeatures:
+        """Features of reply ``text`` with ``n_tokens`` content tokens at 1-based ``turn``;
+        ``performed``: the user asked for it in another voice (:func:`performed_replies`)."""
         in_code = sum(match.end() - match.start() for match in CODE_BLOCK.finditer(text))
         prose = CODE_BLOCK.sub("\n", text)
         lines = [line for line in prose.splitlines() if line.strip()]
@@ -51,6 +136,7 @@ class TurnFeatures:
             n_tokens=n_tokens,
             code=in_code / len(text) if text else 0.0,
             lists=items / len(lines) if lines else 0.0,
+            performed=performed,
         )
 
     @property

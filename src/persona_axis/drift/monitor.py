@@ -31,7 +31,7 @@ from persona_axis.drift.context import (
     plan_conversation,
 )
 from persona_axis.drift.conversations import Conversation, ReadFailure
-from persona_axis.drift.features import TurnFeatures
+from persona_axis.drift.features import TurnFeatures, performed_replies
 from persona_axis.drift.projections import (
     project_plans,
     projections_from_tokens,
@@ -147,6 +147,7 @@ class TurnReading:
             "message_index": self.message_index,
             "n_tokens": self.n_tokens,
             "kind": self.kind,
+            "performed": self.features is not None and self.features.performed,
             "projection": _rounded(self.projection),
             "band": {str(layer): _rounded(value) for layer, value in self.band.items()},
             "band_mean": _rounded(self.band_mean),
@@ -366,10 +367,18 @@ class Monitor:
         rows = [[_finite(x) for x in row] for row in table]
         target = [row[layers.index(self.rule.layer)] for row in rows]
         features = []
+        performed = performed_replies(conversation.messages)
         for number, context in enumerate(plan.contexts):
             content = str(conversation.messages[context.message_index]["content"])
             text = content.rpartition("</think>")[2]
-            features.append(TurnFeatures.of(text, plan.n_turn_tokens[number], number + 1))
+            features.append(
+                TurnFeatures.of(
+                    text,
+                    plan.n_turn_tokens[number],
+                    number + 1,
+                    performed=performed[context.message_index],
+                )
+            )
         verdicts = self.rule.judge(target, features)
         turns = [
             TurnReading(

@@ -28,6 +28,14 @@ control-chart statistic:
   8th turn, one at its level never does, one very low turn with ``z ≥ h + k`` alarms at once).
 
 Turns without content tokens, and the anchor itself, are skipped (every statistic unchanged).
+So are **performed** turns (:func:`persona_axis.drift.features.performed_replies`): replies the
+user asked to be in another voice, a story, a poem, a script, a character in a role-play the
+user set up and has not stepped out of. Their level says what the content is, not who is
+speaking, so they are reported but neither flagged nor counted; the turns where the user
+steps out, or asks who it is talking to, are judged as usual, against the same anchor.
+The anchor's residual is the mean over the conversation's first ``anchor_turns`` turns with
+content (default 2: one turn alone is a noisy reference, and benign conversations often open
+higher than they go on).
 Where the numbers come from: :meth:`DriftRule.from_bundle`,
 :func:`persona_axis.drift.calibration.drift_rule` and docs/monitoring.md.
 """
@@ -52,13 +60,15 @@ NORMAL_IQR = 1.349  # (p75 - p25) of a standard normal distribution
 # The one default of each limit, in the units of the statistic it bounds (module doc); every
 # rule (calibrated or not) starts from these. k, h and the warning limit were chosen on the dev
 # split of evaldata/monitor (docs/monitoring.md); watch is one turn below the Assistant's 1st
-# percentile under a normal approximation.
-DEFAULT_K = 0.5
-DEFAULT_H = 8.0
+# percentile under a normal approximation. k and h were chosen together (performed turns
+# skipped, a two-turn anchor): the pair with the most dev detections at dev false alarms <= 5%.
+DEFAULT_K = 2.0
+DEFAULT_H = 2.0
 DEFAULT_LAMBDA = 0.3
 DEFAULT_WARNING = 2.0
 DEFAULT_WATCH = 2.326
 DEFAULT_PERCENTILE = 1.0
+DEFAULT_ANCHOR_TURNS = 2  # chosen on the dev split of evaldata/monitor (docs/monitoring.md)
 
 
 def cusum_lower(
@@ -150,6 +160,7 @@ class DriftRule:
     relative: bool = False
     change_scale: float | None = None
     source: str = ""
+    anchor_turns: int = DEFAULT_ANCHOR_TURNS
 
     def __post_init__(self) -> None:
         if (self.reference is None) != (self.scale is None):
@@ -164,6 +175,8 @@ class DriftRule:
             raise PersonaAxisError("A baseline needs a scale: give reference and scale too.")
         if self.change_scale is not None and not self.change_scale > 0:
             raise PersonaAxisError(f"The change scale must be positive, not {self.change_scale}.")
+        if self.anchor_turns < 1:
+            raise PersonaAxisError(f"anchor_turns must be at least 1, not {self.anchor_turns}.")
 
     @property
     def has_cusum(self) -> bool:
@@ -306,15 +319,19 @@ class DriftRule:
             for v, e in zip(values, expected, strict=True)
         ]
         shortfalls = [None if r is None else -r / self.scale for r in residuals]
+        performed = [f is not None and f.performed for f in features]
         changes = self._changes(residuals)
-        inputs = changes if self.relative else shortfalls
+        inputs = [
+            None if acted else z
+            for z, acted in zip(changes if self.relative else shortfalls, performed, strict=True)
+        ]
         sums = cusum(inputs, self.k)
         means = ewma(inputs, self.ewma_lambda)
         verdicts = []
-        for e, r, u, c, z, s, m in zip(
-            expected, residuals, shortfalls, changes, inputs, sums, means, strict=True
+        for e, r, u, c, z, s, m, acted in zip(
+            expected, residuals, shortfalls, changes, inputs, sums, means, performed, strict=True
         ):
-            flag = None if u is None or self.watch is None else u >= self.watch
+            flag = None if u is None or self.watch is None or acted else u >= self.watch
             level: Level = "none"
             if s is not None and s >= self.h:
                 level = "alarm"
@@ -326,10 +343,12 @@ class DriftRule:
         return verdicts
 
     def _changes(self, residuals: Sequence[float | None]) -> list[float | None]:
-        """``(r_a − r_t) / change_scale`` after the anchor ``a`` (first turn with a value)."""
+        """``(r_a − r_t) / change_scale`` after the anchor ``a`` (the first turn with a value;
+        ``r_a`` the mean of the first :attr:`anchor_turns` values)."""
         assert self.scale is not None
         unit = self.change_scale or self.scale * math.sqrt(2)
-        anchor = next((r for r in residuals if r is not None), None)
+        known = [r for r in residuals if r is not None][: self.anchor_turns]
+        anchor = sum(known) / len(known) if known else None
         out: list[float | None] = []
         seen = False
         for r in residuals:
@@ -354,5 +373,6 @@ class DriftRule:
             "baseline": None if self.baseline is None else self.baseline.to_dict(),
             "relative": self.relative,
             "change_scale": self.change_scale,
+            "anchor_turns": self.anchor_turns,
             "source": self.source,
         }

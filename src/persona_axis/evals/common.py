@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from persona_axis.errors import PersonaAxisError
@@ -57,6 +58,28 @@ def cap_condition(bundle: AxisBundle, cap: str) -> Condition:
     if name is None:
         return Condition("none")
     return Condition(name, bundle.intervention(name))
+
+
+def cap_conditions(bundle: AxisBundle, caps: Sequence[str] | None) -> list[Condition]:
+    """``none`` first, then each of ``caps`` (default: ``["recommended"]``; ``"none"`` entries
+    are skipped) as :func:`cap_condition`."""
+    conditions = [Condition("none")]
+    for cap in caps or ["recommended"]:
+        if cap != "none":
+            conditions.append(cap_condition(bundle, cap))
+    return conditions
+
+
+def result_meta(
+    lm: LoadedModel, bundle_path: str | Path, model: str | None, **settings: Any
+) -> dict[str, Any]:
+    """What every result file records besides its figures: the model's name, the bundle, the
+    run's ``settings``, and :data:`SMALL_MODEL_NOTE` when no model was named (``model`` None:
+    the bundle's own was used)."""
+    info: dict[str, Any] = {"model": lm.name, "bundle": str(bundle_path), "settings": settings}
+    if model is None:
+        info["note"] = SMALL_MODEL_NOTE
+    return info
 
 
 def steer_condition(lm: LoadedModel, bundle: AxisBundle, multiple: float) -> Condition:

@@ -247,3 +247,37 @@ def pick_cap(
             "the model back into the Assistant; steering does."
         )
     return None, why + "nor does steering."
+
+
+@dataclass(frozen=True)
+class CappingComparison:
+    """:func:`run_susceptibility`'s ``result``, :func:`plain_assistant_change`'s ``plain``, and
+    :func:`pick_cap`'s choice (``picked``, None when no cap helps) and sentence (``why``)."""
+
+    result: dict[str, Any]
+    plain: dict[str, Any]
+    picked: str | None
+    why: str
+
+
+def compare_conditions(
+    lm: LoadedModel,
+    conditions: Sequence[Condition],
+    items: Sequence[SusceptibilityItem],
+    judge: RoleJudge,
+    sampling: Sampling,
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> CappingComparison:
+    """Staying in role vs changing the Assistant under each condition, and the cap to pick:
+    :func:`run_susceptibility`, then :func:`plain_assistant_change`, then :func:`pick_cap`.
+    Use greedy ``sampling`` (see :func:`plain_assistant_change`)."""
+    result = run_susceptibility(
+        lm, conditions, items, judge, sampling, batch_size=batch_size, progress=progress
+    )
+    plain = plain_assistant_change(
+        lm, conditions, sampling, batch_size=batch_size, progress=progress
+    )
+    picked, why = pick_cap(result, plain)
+    return CappingComparison(result, plain, picked, why)

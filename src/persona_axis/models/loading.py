@@ -118,6 +118,12 @@ def default_model_dir() -> Path:
     return target
 
 
+def model_for_bundle(model: str | None, bundle_model: str | None) -> str | None:
+    """The one ``--model`` rule: ``model`` when given, else the model a bundle was built for
+    (``bundle_model``; None without a bundle), else None, which loads the embedded default."""
+    return model if model is not None else bundle_model
+
+
 def resolve_source(name_or_path: str | os.PathLike[str] | None) -> tuple[str, str]:
     """``(where to load from, the name to record)``: None, ``"default"`` or the default's name
     give the cached copy of the embedded model and :data:`DEFAULT_MODEL`; anything else is

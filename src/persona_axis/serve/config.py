@@ -27,12 +27,12 @@ def build_app(config: ServerConfig) -> Any:
     """Load ``config``'s bundles and model (each bundle is checked against the model) and
     return the FastAPI app."""
     from persona_axis.axis.bundle import AxisBundle
-    from persona_axis.models import load_model
+    from persona_axis.models.loading import load_model, model_for_bundle
     from persona_axis.serve.app import create_app
 
     if not config.bundles:
         raise PersonaAxisError("Give at least one bundle to serve (--bundle DIR).")
     bundles = {name: AxisBundle.load(path) for name, path in config.bundles.items()}
     first = next(iter(bundles.values()))
-    lm = load_model(config.model or first.model_id, dtype=config.dtype)
+    lm = load_model(model_for_bundle(config.model, first.model_id), dtype=config.dtype)
     return create_app(lm, bundles, allow_mismatch=config.allow_mismatch, **config.options)

@@ -78,8 +78,15 @@ def _start(lm: LoadedModel, dtype: str, max_rows: int, seed: int) -> Any:
     # the same process as the HF model, so keep the threads torch already has
     os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     from vllm import EngineArgs
+    from vllm.platforms import current_platform
     from vllm.v1.engine.llm_engine import LLMEngine
 
+    cpu: dict[str, Any] = {}
+    if current_platform.is_cpu():
+        # vLLM 0.32 rewinds a seeded request's generator after a partial (chunked) prefill,
+        # which CPU generators cannot do: prefill whole prompts only
+        longest = int(getattr(lm.model.config, "max_position_embeddings", 0) or 0)
+        cpu = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(longest, 8192)}
     args = EngineArgs(
         model=lm.source,
         tokenizer=lm.source,
@@ -89,6 +96,7 @@ def _start(lm: LoadedModel, dtype: str, max_rows: int, seed: int) -> Any:
         enforce_eager=True,
         enable_prefix_caching=True,  # isolated per intervention by cache_salt
         async_scheduling=False,
+        **cpu,
     )
     return LLMEngine.from_engine_args(args)
 

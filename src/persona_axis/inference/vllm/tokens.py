@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.engine import RowRequest
 from persona_axis.inference.interventions import apply_kind
 from persona_axis.inference.rows import RowOp, RowPlan, RowTelemetry
@@ -88,8 +89,9 @@ class StepMap:
 
     ``slots`` ``[tokens]`` row index per token (``len(rows)`` = no row: padding, foreign or
     plain requests), ``generated`` ``[tokens]`` position past the prompt; ``counted`` the token
-    indices whose position is a content token seen for the first time and ``counted_rows`` their
-    rows. ``records`` holds each layer's reads until :meth:`TokenSteering.commit`.
+    indices whose position is a content token seen for the first time, ``counted_rows`` their
+    rows (``counted_index`` the same, as a tensor). ``records`` holds each layer's reads until
+    :meth:`TokenSteering.commit`.
     """
 
     rows: list[Live]
@@ -98,7 +100,7 @@ class StepMap:
     generated: Tensor
     counted: Tensor
     counted_rows: list[int]
-    prefill: bool
+    counted_index: Tensor
     records: dict[int, tuple[Tensor | None, Tensor | None, Tensor | None]] = field(
         default_factory=dict
     )
@@ -132,7 +134,9 @@ class TokenSteering:
         self.last_rows = 0
         self.last_prefill = False
         self._plans: tuple[tuple[int, ...], RowPlan] | None = None
-        self._handles: list[RemovableHandle] = [layers[0].register_forward_pre_hook(self._start)]
+        self._handles: list[RemovableHandle] = [
+            layers[0].register_forward_pre_hook(self._start, with_kwargs=True)
+        ]
         last = len(layers) - 1
         self._handles += [
             layer.register_forward_hook(self._hook(index, index == last))
@@ -152,15 +156,20 @@ class TokenSteering:
             self._plans = (key, RowPlan(self.lm, specs, telemetry))
         return self._plans[1]
 
-    def _start(self, module: nn.Module, args: Any) -> None:
-        hidden = args[1] if len(args) > 1 else None
+    def _start(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         scheduled = self.scheduled()
         self.last_rows = len(scheduled)
-        self.last_prefill = any(count > 1 or live is None for live, _, count in scheduled)
+        self.last_prefill = any(count > 1 for _, _, count in scheduled)
         rows = [live for live, _, _ in scheduled if live is not None and not live.plain]
-        if not rows or not isinstance(hidden, Tensor):
-            self.map = None
+        self.map = None
+        if not rows:
             return
+        hidden = args[1] if len(args) > 1 else kwargs.get("hidden_states")
+        if not isinstance(hidden, Tensor):  # never silently skip someone's intervention
+            raise PersonaAxisError(
+                f"vLLM's {type(module).__name__} was called without hidden_states as its second "
+                "argument; the vLLM engine does not support this architecture."
+            )
         index = {id(row): i for i, row in enumerate(rows)}
         n_tokens = hidden.shape[0]
         slots = torch.full((n_tokens,), len(rows), dtype=torch.long)
@@ -188,7 +197,7 @@ class TokenSteering:
             generated.to(device),
             torch.tensor(counted, dtype=torch.long, device=device),
             counted_rows,
-            self.last_prefill,
+            torch.tensor(counted_rows, dtype=torch.long, device=device),
         )
 
     def _hook(self, layer: int, is_last: bool) -> Callable[..., Any]:
@@ -213,7 +222,7 @@ class TokenSteering:
         hidden, residual = residual_pair(output, layer)
         x = stream(hidden, residual)
         reading = reads is not None and bool(step.counted_rows)
-        rows = torch.tensor(step.counted_rows, dtype=torch.long, device=x.device)
+        rows = step.counted_index
         before = capped = after = None
         if reading and reads is not None:
             wide = x[step.counted].float()

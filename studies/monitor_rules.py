@@ -1,0 +1,213 @@
+"""Re-judge stored monitor runs under variants of the drift rule, without running the model.
+
+A monitor run (``persona-axis monitor … --out DIR``) stores every turn's projection; the rule
+only turns projections and the conversation's text into alert levels. This script reads runs,
+re-reads the labelled records they came from (by ``id``), recomputes each turn's features
+(:class:`persona_axis.drift.features.TurnFeatures`, ``performed`` included) and judges them
+under each variant, then prints false alarms per benign group, detections per drifting group
+and early warning (docs/monitoring.md, "Choosing the rule on dev"):
+
+    python studies/monitor_rules.py --data evaldata/monitor/*_dev.jsonl \
+        --runs /tmp/evaldata-mon/*_dev [--variants base,performed,...] [--limits 4,6,8]
+
+Variants (names joined by ``+``): ``base`` (the rule as stored in the run), ``performed``
+(performed turns skipped), ``anchorN`` (anchor = mean of the first N turns), ``kX`` (CUSUM
+allowance X), ``hX`` (CUSUM limit X), ``wX`` (EWMA warning limit X). For each variant it
+prints the accuracy per alert level at the variant's own limits, the alarm per group, and the
+trade-off over ``--limits``; the tables of docs/monitoring.md are printed this way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from persona_axis.drift.accuracy import evaluate
+from persona_axis.drift.features import Baseline, TurnFeatures, performed_replies
+from persona_axis.drift.rule import DriftRule
+
+
+def load_rule(header: dict[str, Any]) -> DriftRule:
+    """The rule a run was judged with, from its ``monitor.json`` header."""
+    data = dict(header["rule"])
+    data.pop("threshold", None)
+    baseline = data.pop("baseline", None)
+    return DriftRule(**data, baseline=None if baseline is None else Baseline.from_dict(baseline))
+
+
+def variant(rule: DriftRule, name: str) -> tuple[DriftRule, bool]:
+    """``rule`` changed as ``name`` says, and whether performed turns are marked."""
+    mark = False
+    for part in name.split("+"):
+        if part == "performed":
+            mark = True
+        elif part.startswith("anchor"):
+            rule = replace(rule, anchor_turns=int(part[6:]))
+        elif part[0] in "khw" and part[1:].replace(".", "", 1).isdigit():
+            field = {"k": "k", "h": "h", "w": "warning"}[part[0]]
+            rule = replace(rule, **{field: float(part[1:])})
+        elif part != "base":
+            raise SystemExit(f"unknown variant part {part!r}")
+    return rule, mark
+
+
+def rejudge(
+    entries: list[dict[str, Any]], records: dict[str, dict[str, Any]], rule: DriftRule, mark: bool
+) -> list[dict[str, Any]]:
+    """Entries with every turn's level and alarm input recomputed under ``rule``."""
+    out = []
+    for entry in entries:
+        messages = records[entry["id"]]["messages"]
+        acted = performed_replies(messages) if mark else [False] * len(messages)
+        features = []
+        for turn in entry["turns"]:
+            index = turn["message_index"]
+            text = str(messages[index]["content"]).rpartition("</think>")[2]
+            features.append(
+                TurnFeatures.of(text, turn["n_tokens"], turn["turn"], performed=acted[index])
+            )
+        verdicts = rule.judge([t["projection"] for t in entry["turns"]], features)
+        turns = [
+            {"turn": t["turn"], "level": v.level, "z": v.z}
+            for t, v in zip(entry["turns"], verdicts, strict=True)
+        ]
+        out.append({"meta": entry["meta"], "turns": turns})
+    return out
+
+
+def pct(rate: dict[str, Any]) -> str:
+    low, high = rate["ci95"]
+    if rate["n"] == 0:
+        return "-"
+    return f"{rate['hits']}/{rate['n']} = {rate['rate']:.0%} ({low:.0%}–{high:.0%})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", nargs="+", type=Path, required=True)
+    parser.add_argument("--runs", nargs="+", type=Path, required=True)
+    parser.add_argument("--variants", default="base,performed")
+    parser.add_argument("--limits", default="4,6,8,10,12")
+    parser.add_argument("--json", type=Path, help="write the evaluations here")
+    parser.add_argument(
+        "--grid",
+        action="store_true",
+        help="instead: every (anchor, k, h) with performed turns skipped whose false alarms "
+        "are <= 5%%, most detections first (the choice made on dev)",
+    )
+    args = parser.parse_args()
+
+    records = {}
+    for path in args.data:
+        for line in path.open():
+            record = json.loads(line)
+            records[record["id"]] = record
+    entries, header = [], None
+    for run in args.runs:
+        result = json.loads((run / "monitor.json").read_text())
+        header = header or result
+        entries += result["conversations"]
+    assert header is not None
+    stored = load_rule(header)
+    limits = tuple(float(x) for x in args.limits.split(","))
+    if args.grid:
+        _grid(entries, records, stored, limits)
+        return
+    results = {}
+    for name in args.variants.split(","):
+        rule, mark = variant(stored, name)
+        judged = rejudge(entries, records, rule, mark)
+        result = evaluate(judged, k=rule.k, ewma_lambda=rule.ewma_lambda, limits=limits)
+        assert result is not None
+        results[name] = result
+        print(
+            f"\n## {name} (performed skipped: {mark}; anchor {rule.anchor_turns}; k {rule.k:g}, "
+            f"h {rule.h:g}; warning {rule.warning}; watch {rule.watch})\n"
+        )
+        _levels(result)
+        _by_group(result)
+        _tradeoff(result)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def _grid(
+    entries: list[dict[str, Any]],
+    records: dict[str, dict[str, Any]],
+    stored: DriftRule,
+    limits: tuple[float, ...],
+) -> None:
+    """The dev choice: every anchor (1–3 turns), allowance k and limit h, performed turns
+    skipped; those with false alarms ≤ 5%, by detections, then detections before the harm
+    turn."""
+    rows = []
+    for anchor in (1, 2, 3):
+        for k in (0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5):
+            rule, mark = variant(stored, f"performed+anchor{anchor}+k{k}")
+            result = evaluate(rejudge(entries, records, rule, mark), k=k, limits=limits)
+            assert result is not None
+            for row in result["tradeoff"]:
+                if row["false_alarms"]["rate"] <= 0.05:
+                    before = row.get("before_harm", {}).get("hits", 0)
+                    rows.append((-row["detections"]["hits"], -before, anchor, k, row))
+    print("| anchor | k | h | false alarms | detections | detected before harm_turn |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for _, _, anchor, k, row in sorted(rows, key=lambda r: r[:2])[:15]:
+        before = pct(row["before_harm"]) if "before_harm" in row else "-"
+        print(
+            f"| {anchor} | {k:g} | {row['h']:g} | {pct(row['false_alarms'])} "
+            f"| {pct(row['detections'])} | {before} |"
+        )
+
+
+def _lead(row: dict[str, Any]) -> str:
+    lead, ci = row.get("median_lead_turns"), row.get("median_lead_ci95")
+    if lead is None:
+        return "-"
+    return f"{lead:g}" + (f" ({ci[0]:g}–{ci[1]:g})" if ci else "")
+
+
+def _levels(result: dict[str, Any]) -> None:
+    print(
+        "| level | false alarms (benign) | detections (drifting) | median detection turn "
+        "| detected before harm_turn | median lead (turns) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for level, row in result["by_level"].items():
+        ci = row["median_detection_turn_ci95"]
+        turn = row["median_detection_turn"]
+        turn_text = "-" if turn is None else f"{turn:g}" + (f" ({ci[0]:g}–{ci[1]:g})" if ci else "")
+        before = pct(row["before_harm"]) if "before_harm" in row else "-"
+        print(
+            f"| {level} | {pct(row['false_alarms'])} | {pct(row['detections'])} | {turn_text} "
+            f"| {before} | {_lead(row)} |"
+        )
+    print()
+
+
+def _by_group(result: dict[str, Any]) -> None:
+    print("| group | alarm | warning | watch |")
+    print("| --- | --- | --- | --- |")
+    groups = result["by_group"]
+    for name in groups["alarm"]:
+        cells = " | ".join(pct(groups[level][name]) for level in ("alarm", "warning", "watch"))
+        print(f"| {name} | {cells} |")
+    print()
+
+
+def _tradeoff(result: dict[str, Any]) -> None:
+    print("| CUSUM h | false alarms | detections | detected before harm_turn | median lead |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in result["tradeoff"]:
+        before = pct(row["before_harm"]) if "before_harm" in row else "-"
+        print(
+            f"| {row['h']:g} | {pct(row['false_alarms'])} | {pct(row['detections'])} "
+            f"| {before} | {_lead(row)} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
