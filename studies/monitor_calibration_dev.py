@@ -5,7 +5,7 @@ once with the monitor (projections and content features per turn do not depend o
 then judges every conversation with each candidate rule and scores it with
 :func:`persona_axis.drift.accuracy.evaluate`:
 
-- ``percentile (old)``: the build's default-reply percentiles, CUSUM h 4, no warning level
+- ``percentile (old)``: the build's default-reply percentiles, CUSUM k 0.5, h 4, no warning level
   (what a fresh bundle used before it carried a monitor calibration);
 - ``build``: :meth:`MonitorCalibration.from_build` (the build's default replies, no extra cost;
   the alarm on the shortfall), and two variants: the alarm on the change since the first turn,
@@ -103,7 +103,7 @@ def main() -> None:
         conversations = [c for path in DEV for c in iter_conversations(path)]
         readings = [r for r in runner.run(conversations) if isinstance(r, ConversationReading)]
     seconds = time.perf_counter() - started
-    old = DriftRule.from_bundle(bundle, h=4.0)
+    old = DriftRule.from_bundle(bundle, h=4.0, k=0.5)
     rules = {"percentile (old)": DriftRule(**{**old.__dict__, "warning": None})}
     build = MonitorCalibration.from_build(bundle)
     if build is not None:

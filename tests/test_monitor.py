@@ -47,9 +47,10 @@ CHAT = [
 
 
 def rule(**changes) -> DriftRule:
-    """A shortfall rule with CUSUM h = 4 (the synthetic trajectories below are sized for it;
-    the default h is 8) and no warning level."""
-    settings = {"layer": 0, "reference": 0.0, "scale": 1.0, "watch": 2.0, "h": 4.0, "warning": None}
+    """A shortfall rule with CUSUM k = 0.5, h = 4 (the synthetic trajectories below are sized
+    for them, not for the defaults) and no warning level."""
+    settings = {"layer": 0, "reference": 0.0, "scale": 1.0, "watch": 2.0, "k": 0.5, "h": 4.0}
+    settings["warning"] = None
     return DriftRule(**{**settings, **changes})
 
 
