@@ -5,15 +5,16 @@ once with the monitor (projections and content features per turn do not depend o
 then judges every conversation with each candidate rule and scores it with
 :func:`persona_axis.drift.accuracy.evaluate`:
 
-- ``percentile (old)``: the build's default-reply percentiles, CUSUM h 4, no warning level
+- ``percentile (old)``: the build's default-reply percentiles, CUSUM k 0.5, h 4, no warning level
   (what a fresh bundle used before it carried a monitor calibration);
-- ``build``: :meth:`MonitorCalibration.from_build` (the build's default replies, no extra cost),
-  and two variants of it: the alarm on the shortfall instead of the change, and the change in
-  units of ``scale`` instead of the spread of differences between replies;
+- ``build``: :meth:`MonitorCalibration.from_build` (the build's default replies, no extra cost;
+  the alarm on the shortfall), and two variants: the alarm on the change since the first turn,
+  in units of the spread of differences between replies or of ``scale``;
 - ``chats``: a calibration fitted on benign chats the model holds itself, when ``--chats``
   names a ``monitor_calibration.json`` written by ``persona-axis calibrate-monitor``.
 
     python studies/monitor_calibration_dev.py BUNDLE_DIR [--chats DIR/monitor_calibration.json]
+        [--readings EARLIER_OUT.json]   # judge saved readings instead of reading again
 """
 
 from __future__ import annotations
@@ -27,15 +28,29 @@ from pathlib import Path
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.drift.accuracy import evaluate
 from persona_axis.drift.calibration import MonitorCalibration, drift_rule
-from persona_axis.drift.conversations import iter_conversations
-from persona_axis.drift.monitor import ConversationReading, Monitor
+from persona_axis.drift.conversations import Conversation, iter_conversations
+from persona_axis.drift.features import TurnFeatures
+from persona_axis.drift.monitor import ConversationReading, Monitor, TurnReading
 from persona_axis.drift.rule import DriftRule
 from persona_axis.models.loading import load_model
 
 DEV = [Path("evaldata/monitor/benign_dev.jsonl"), Path("evaldata/monitor/drifting_dev.jsonl")]
 
 
-def rejudge(monitor: Monitor, readings: list[ConversationReading], rule: DriftRule) -> list[dict]:
+def saved_readings(path: Path) -> list[ConversationReading]:
+    """The readings a run saved (``readings`` of its output): projections and features."""
+    out = []
+    for saved in json.loads(path.read_text())["readings"]:
+        features = [None if f is None else TurnFeatures(**f) for f in saved["features"]]
+        turns = [
+            TurnReading(i + 1, 2 * i + 1, f.n_tokens if f else 0, x, {}, None, None, features=f)
+            for i, (x, f) in enumerate(zip(saved["projections"], features, strict=True))
+        ]
+        out.append(ConversationReading(Conversation((), meta=saved["meta"]), turns))
+    return out
+
+
+def rejudge(readings: list[ConversationReading], rule: DriftRule) -> list[dict]:
     """The readings' monitor.json entries under ``rule`` (projections as read)."""
     entries = []
     for reading in readings:
@@ -75,29 +90,37 @@ def main() -> None:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--chats", type=Path)
     parser.add_argument("--out", type=Path, default=Path("monitor_calibration_dev.json"))
+    parser.add_argument(
+        "--readings", type=Path, help="Judge the readings an earlier run saved (no model)."
+    )
     args = parser.parse_args()
     bundle = AxisBundle.load(args.bundle)
-    lm = load_model(bundle.model_id)
-    runner = Monitor.create(lm, bundle, band=[])
     started = time.perf_counter()
-    conversations = [c for path in DEV for c in iter_conversations(path)]
-    readings = [r for r in runner.run(conversations) if isinstance(r, ConversationReading)]
+    if args.readings is not None:
+        readings = saved_readings(args.readings)
+    else:
+        runner = Monitor.create(load_model(bundle.model_id), bundle, band=[])
+        conversations = [c for path in DEV for c in iter_conversations(path)]
+        readings = [r for r in runner.run(conversations) if isinstance(r, ConversationReading)]
     seconds = time.perf_counter() - started
-    old = DriftRule.from_bundle(bundle, h=4.0)
+    old = DriftRule.from_bundle(bundle, h=4.0, k=0.5)
     rules = {"percentile (old)": DriftRule(**{**old.__dict__, "warning": None})}
     build = MonitorCalibration.from_build(bundle)
     if build is not None:
-        rules["build"] = build.rule()
         shipped = build.rule()
-        rules["build, shortfall alarm"] = replace(shipped, relative=False, baseline=None)
-        rules["build, change scale = scale"] = replace(shipped, change_scale=shipped.scale)
+        rules["build, shortfall alarm"] = shipped
+        rules["build, change alarm"] = replace(shipped, relative=True)
+        rules["build, change alarm, change scale = scale"] = replace(
+            shipped, relative=True, change_scale=shipped.scale
+        )
     if args.chats is not None:
         chats = MonitorCalibration.from_dict(json.loads(args.chats.read_text()))
         rules["chats"] = chats.rule()
+        rules["chats, shortfall alarm"] = replace(chats.rule(), relative=False)
     rules["drift_rule (shipped)"] = drift_rule(bundle)
     results = {}
     for name, rule in rules.items():
-        scored = evaluate(rejudge(runner, readings, rule), k=rule.k, ewma_lambda=rule.ewma_lambda)
+        scored = evaluate(rejudge(readings, rule), k=rule.k, ewma_lambda=rule.ewma_lambda)
         results[name] = {"rule": rule.to_dict(), "accuracy": scored}
         print(name, json.dumps(summary(scored)), flush=True)
     dump = [

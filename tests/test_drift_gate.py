@@ -52,11 +52,13 @@ def test_every_build_ships_a_monitor_calibration_from_its_default_replies() -> N
     assert min(values) <= shipped.baseline.intercept <= max(values)
     assert shipped.scale > 0 and shipped.change_scale > 0 and not shipped.baseline.coefficients
     rule = drift_rule(bundle)
-    assert rule.relative and rule.baseline == shipped.baseline and rule.h == DEFAULT_H
+    assert not rule.relative and rule.baseline == shipped.baseline and rule.h == DEFAULT_H
     assert "build default replies" in rule.source
     assert bundle.monitor_calibration is None  # nothing stored: the shipped one is used
+    assert MonitorCalibration.from_dict(shipped.to_dict()) == shipped  # it can be stored too
     del bundle.manifest[SAMPLE_KEY]
-    assert not drift_rule(bundle).relative  # older bundles: the build's percentile rule
+    older = drift_rule(bundle)  # older bundles: the build's percentile rule
+    assert older.baseline is None and "default replies' p1" in older.source
 
 
 def test_calibrate_monitor_defaults_are_the_librarys() -> None:

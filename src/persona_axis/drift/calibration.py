@@ -147,10 +147,14 @@ class MonitorCalibration:
         (:mod:`persona_axis.pipeline.monitor_sample`; None for bundles without the sample).
 
         The replies are single-turn and of one length, so the baseline is a constant (their
-        median; content effects cannot be told apart in them), ``scale`` is the robust spread
-        of the replies around it, and ``change_scale`` the robust spread of the difference
-        between two replies under the same default prompt: the turn-to-turn change of a benign
-        conversation with the same system prompt.
+        median; content effects cannot be told apart in them) and ``scale`` is the robust
+        spread of the replies around it. The alarm statistics run on the **shortfall** from
+        that level (``relative`` False): on the dev split of evaldata/monitor this alarmed on
+        1/30 benign and 10/12 drifting conversations at the default limits, while the change
+        since the first turn, in units of the spread of differences between two replies under
+        the same default prompt (``change_scale``, stored too), alarmed on none of either:
+        single replies to different questions differ far more than turns of one conversation
+        (docs/monitoring.md, "Calibrated out of the box").
         """
         sample: Any = bundle.manifest.get(SAMPLE_KEY)
         try:
@@ -182,6 +186,7 @@ class MonitorCalibration:
             dict(DEFAULT_LIMITS),
             {"sources": sources, "prompts": len(groups)},
             {"median_expected": center, "n_turns": len(values), "n_conversations": len(values)},
+            relative=False,
         )
 
 

@@ -193,10 +193,11 @@ def estimate_seconds(
     batch_size: int = 16,
     probe_tokens: int = 8,
 ) -> float:
-    """Rough seconds :func:`hold_chats` will take, from the speed of one probe batch: the
-    first openers (one batch) answered with ``probe_tokens`` new tokens, timed, scaled to every
-    batch of every turn at ``sampling.max_new_tokens``. Later turns carry longer contexts and
-    run slower than the probe, so this is a lower bound more than an average."""
+    """Rough seconds :func:`hold_chats` will take, from one batch of the first openers timed
+    three times: 1 new token (a warm-up), 1 token (the prompt pass) and ``1 + probe_tokens``
+    (the cost per new token from the difference), scaled to every batch of every turn at
+    ``sampling.max_new_tokens``. Later turns carry longer contexts, so their prompt passes
+    cost more than the probe's."""
     import time
 
     from persona_axis.inference.generation import generate_replies
@@ -204,13 +205,18 @@ def estimate_seconds(
     if not scripts:
         return 0.0
     chunk = [[{"role": "user", "content": s.user_messages[0]}] for s in scripts[:batch_size]]
-    probe = replace(sampling, max_new_tokens=probe_tokens)
-    started = time.perf_counter()
-    generate_replies(lm, chunk, probe)
-    per_token = (time.perf_counter() - started) / probe_tokens
+
+    def timed(tokens: int) -> float:
+        started = time.perf_counter()
+        generate_replies(lm, chunk, replace(sampling, max_new_tokens=tokens))
+        return time.perf_counter() - started
+
+    timed(1)
+    prompt = timed(1)
+    per_token = max(0.0, timed(1 + probe_tokens) - prompt) / probe_tokens
     batches = -(-len(scripts) // batch_size)
     turns = max(len(s.user_messages) for s in scripts)
-    return per_token * sampling.max_new_tokens * batches * turns
+    return (prompt + per_token * sampling.max_new_tokens) * batches * turns
 
 
 def replace_seed(sampling: Sampling, turn: int) -> Sampling:
