@@ -48,7 +48,7 @@ CHAT = [
 
 def rule(**changes) -> DriftRule:
     """A shortfall rule with CUSUM k = 0.5, h = 4 (the synthetic trajectories below are sized
-    for them; the defaults are k 2, h 2) and no warning level."""
+    for them, not for the defaults) and no warning level."""
     settings = {"layer": 0, "reference": 0.0, "scale": 1.0, "watch": 2.0, "k": 0.5, "h": 4.0}
     settings["warning"] = None
     return DriftRule(**{**settings, **changes})

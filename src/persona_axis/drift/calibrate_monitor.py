@@ -14,7 +14,7 @@ context policy and pooling), then
    deviation of the residuals), ``change_scale`` that of the change of the residual since
    the conversation's first turn (what the alarm watches; it needs no absolute level, so it
    holds for text of other assistants too);
-3. the alert limits (:data:`~persona_axis.drift.calibration.DEFAULT_LIMITS`, in multiples of
+3. the alert limits (:data:`~persona_axis.drift.calibration.CHANGE_LIMITS`, in multiples of
    ``scale``) are stored beside them.
 
 The result (:class:`~persona_axis.drift.calibration.MonitorCalibration`) goes into the bundle
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from persona_axis.drift.calibration import DEFAULT_LIMITS, MonitorCalibration, robust_spread
+from persona_axis.drift.calibration import CHANGE_LIMITS, MonitorCalibration, robust_spread
 from persona_axis.drift.calibration_chats import GENERATED
 from persona_axis.drift.conversations import Conversation, ReadFailure
 from persona_axis.drift.features import FEATURES, Baseline, TurnFeatures
@@ -155,7 +155,7 @@ def fit_calibration(
         baseline,
         scale,
         change_scale,
-        dict(limits or DEFAULT_LIMITS),
+        dict(limits or CHANGE_LIMITS),
         dict(provenance or {}),
         effects(turns, residuals.tolist(), expected.tolist(), scale),
     )

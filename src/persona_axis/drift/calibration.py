@@ -41,6 +41,12 @@ DEFAULT_LIMITS: dict[str, float | None] = {  # the rule's one set of defaults (d
     "k": DEFAULT_K,
     "h": DEFAULT_H,
 }
+CHANGE_LIMITS: dict[str, float | None] = {**DEFAULT_LIMITS, "k": 2.0, "h": 2.0}
+"""The limits ``calibrate-monitor`` stores with the rule it fits, which alarms on the change
+since the conversation's first turns (``relative``): k and h chosen together on the dev split
+of evaldata/monitor (performed turns skipped, a two-turn anchor) as the pair with the most dev
+detections at dev false alarms <= 5% (docs/monitoring.md). A calibration shipped by the build
+alarms on the shortfall and keeps :data:`DEFAULT_LIMITS`."""
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,13 @@ Level = Literal["none", "watch", "warning", "alarm"]
 LEVELS: tuple[Level, ...] = ("none", "watch", "warning", "alarm")
 NORMAL_IQR = 1.349  # (p75 - p25) of a standard normal distribution
 # The one default of each limit, in the units of the statistic it bounds (module doc); every
-# rule (calibrated or not) starts from these. k, h and the warning limit were chosen on the dev
-# split of evaldata/monitor (docs/monitoring.md); watch is one turn below the Assistant's 1st
-# percentile under a normal approximation. k and h were chosen together (performed turns
-# skipped, a two-turn anchor): the pair with the most dev detections at dev false alarms <= 5%.
-DEFAULT_K = 2.0
-DEFAULT_H = 2.0
+# rule starts from these. k, h and the warning limit were chosen on the dev split of
+# evaldata/monitor (docs/monitoring.md); watch is one turn below the Assistant's 1st
+# percentile under a normal approximation. A fitted calibration that alarms on the change
+# since the first turns stores its own k and h (drift/calibration.py CHANGE_LIMITS): the
+# change is another statistic, with limits chosen for it on the same dev split.
+DEFAULT_K = 0.5
+DEFAULT_H = 8.0
 DEFAULT_LAMBDA = 0.3
 DEFAULT_WARNING = 2.0
 DEFAULT_WATCH = 2.326
