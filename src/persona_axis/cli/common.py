@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from persona_axis.errors import PersonaAxisError
 
@@ -116,5 +117,5 @@ def harm_judge_for(
 
 def fail(exc: PersonaAxisError) -> NoReturn:
     """Print a user error as one line on stderr and exit with status 2."""
-    errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # "[x]" is text
     raise SystemExit(2) from None
