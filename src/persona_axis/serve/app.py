@@ -536,7 +536,10 @@ def _under_roots(path: str, roots: tuple[Path, ...]) -> Path:
     given = Path(path)
     candidates = [given] if given.is_absolute() else [root / given for root in roots]
     for candidate in candidates:
-        resolved = Path(os.path.realpath(candidate))
+        try:
+            resolved = Path(os.path.realpath(candidate))
+        except (OSError, ValueError):  # e.g. a NUL byte: no such path can be under a root
+            break
         if any(resolved.is_relative_to(root) for root in roots):
             return resolved
     raise ApiError(
