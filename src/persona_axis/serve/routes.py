@@ -27,6 +27,7 @@ PAGE_HEADERS = {
 
 
 def add_routes(app: FastAPI, service: Service) -> None:
+    """The public routes (module doc) on ``app``, answered by ``service``."""
     engine, scheduler, limits = service.engine, service.scheduler, service.limits
     created = int(time.time())
 
