@@ -23,7 +23,7 @@ class BuildConfig:
     Sampling follows docs/method.md (temperature 0.7, top_p 0.9, 512 new tokens, thinking off).
     ``activation_dtype`` is how per-rollout activations are stored (float32 or bfloat16: half
     the disk, n_layers × d × 2 bytes per rollout; sums are always taken in float32).
-    ``engine`` generates the rollouts: "hf" (``generate`` with pooling) or "vllm" (the vLLM
+    ``engine`` generates the rollouts: "hf" (our continuous batch, pooling) or "vllm" (the vLLM
     engine, pooling in the same pass; its sampler differs from HF's, so it is a result field).
     ``role_scores`` are the judge scores whose rollouts make a role vector (docs/method.md: 3 only).
     ``batch_size`` fixes how rollouts are grouped and seeded (batch k uses seed ``seed + k``),
