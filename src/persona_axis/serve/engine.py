@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from persona_axis.application.session import Turn
 from persona_axis.axis.bundle import NO_CAP, RECOMMENDED, AxisBundle
-from persona_axis.drift.calibration import drift_rule
+from persona_axis.drift.profile import drift_rule
 from persona_axis.errors import Conflict, NotFound, PersonaAxisError
 from persona_axis.inference.engine import RowRequest, Sampling, stop_ids
 from persona_axis.inference.interventions import InterventionSpec
