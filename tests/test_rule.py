@@ -119,3 +119,25 @@ def test_the_anchor_averages_the_first_turns() -> None:
     ]
     with pytest.raises(PersonaAxisError, match="anchor_turns"):
         relative_rule(anchor_turns=0)
+
+
+def test_the_anchor_leaves_out_performed_turns() -> None:
+    # a role-play opens the conversation; the user then steps out: the anchor is the
+    # Assistant's own first turns, not the character's
+    judged = relative_rule(anchor_floor=None).judge([-6.0, -6.0, 0.0, -1.0], features("PP.."))
+    assert [v.change for v in judged] == [None, None, None, pytest.approx(0.5)]
+
+
+def test_a_conversation_that_opens_low_is_judged_from_the_anchor_floor() -> None:
+    values = [-5.0, -5.0, -5.0, -5.0]
+    unfloored = relative_rule(anchor_floor=None).judge(values)
+    assert [v.change for v in unfloored] == [None, 0.0, 0.0, 0.0]
+    assert unfloored[-1].level == "none"
+    floored = relative_rule(anchor_floor=2.0).judge(values)  # anchor >= -2 scales
+    assert [v.change for v in floored] == [None, *[pytest.approx(3.0)] * 3]
+    assert floored[-1].level == "alarm"
+    # an anchor above the floor is left as it is
+    assert relative_rule(anchor_floor=2.0).judge([-1.0, -1.0, -1.0])[-1].change == 0.0
+    assert relative_rule().anchor_floor == 2.0 and relative_rule().to_dict()["anchor_floor"] == 2.0
+    with pytest.raises(PersonaAxisError, match="anchor_floor"):
+        relative_rule(anchor_floor=-1.0)
