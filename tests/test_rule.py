@@ -141,3 +141,19 @@ def test_a_conversation_that_opens_low_is_judged_from_the_anchor_floor() -> None
     assert relative_rule().anchor_floor == 2.0 and relative_rule().to_dict()["anchor_floor"] == 2.0
     with pytest.raises(PersonaAxisError, match="anchor_floor"):
         relative_rule(anchor_floor=-1.0)
+
+
+def test_a_live_reply_the_user_asked_to_be_performed_is_marked_as_monitor_marks_it() -> None:
+    from persona_axis.drift.live import LiveDrift
+
+    rule = relative_rule()
+    asked = [{"role": "user", "content": "Write me a poem about the rain."}]
+    # no earlier assistant turn: the model and bundle are not needed to read the history
+    live = LiveDrift.read(None, None, asked, rule=rule)  # type: ignore[arg-type]
+    assert live.performed_next
+    reply = live.with_reply("Grey threads fall...", 12, -5.0)
+    assert reply.features[-1] is not None and reply.features[-1].performed
+    assert reply.verdicts()[-1].z is None  # reported, not judged, as in the monitor
+    plain = LiveDrift.read(None, None, [{"role": "user", "content": "Hi!"}], rule=rule)  # type: ignore[arg-type]
+    assert not plain.performed_next
+    assert not plain.with_reply("Hello!", 3, 0.0).features[-1].performed  # type: ignore[union-attr]
