@@ -127,7 +127,7 @@ def main() -> None:
     stored = load_rule(header)
     if args.bundle:
         from persona_axis.axis.bundle import AxisBundle
-        from persona_axis.drift.calibration import drift_rule
+        from persona_axis.drift.profile import drift_rule
 
         bundle = AxisBundle.load(args.bundle)
         stored = drift_rule(bundle, stored.layer, percentile=args.percentile)

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from persona_axis.application.session import ChatSession
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app as cli_app
-from persona_axis.drift.calibration import drift_rule
+from persona_axis.drift.profile import drift_rule
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.inference.interventions import InterventionSpec
@@ -406,8 +406,8 @@ def assert_level_is_the_rules(telemetry: dict[str, Any], bundle: AxisBundle) -> 
     assert telemetry["drift"] == (verdict.level == "alarm")
 
 
-def test_uncalibrated_bundles_serve_without_a_drift_flag(lm) -> None:
-    app = create_app(lm, make_bundle(lm, calibrated=False), default_max_tokens=4)
+def test_bundles_without_percentiles_serve_without_a_drift_flag(lm) -> None:
+    app = create_app(lm, make_bundle(lm, with_percentiles=False), default_max_tokens=4)
     with background_server(app) as base:
         telemetry = ask(base, GOOD).json()["persona_axis"]
     assert telemetry["drift"] is None and telemetry["drift_reading"]["level"] == "none"

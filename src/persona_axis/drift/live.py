@@ -7,7 +7,7 @@ content pooling and features; one pass per context window stopped at the rule's 
 intervention), and :meth:`LiveDrift.with_reply` adds the new reply with the projection its
 generation pass measured (content-token mean at the rule's layer, ``before`` any intervention
 there). :meth:`LiveDrift.verdicts` then runs the one rule
-(:func:`persona_axis.drift.calibration.drift_rule`) over all of them, so the level reported for a
+(:func:`persona_axis.drift.profile.drift_rule`) over all of them, so the level reported for a
 reply is the level ``monitor`` reports for that turn of the logged conversation (up to float
 rounding, and up to the cap's effect on the reply's own projection when it was generated
 capped: ``monitor`` reads the text uncapped).
@@ -65,8 +65,8 @@ class LiveDrift:
     ) -> LiveDrift:
         """The assistant turns of ``messages`` (a trailing user message is ignored) read as the
         monitor reads them, under ``rule`` (default: the bundle's one rule)."""
-        from persona_axis.drift.calibration import drift_rule
         from persona_axis.drift.monitor import Monitor
+        from persona_axis.drift.profile import drift_rule
 
         rule = rule or drift_rule(bundle)
         history = list(messages)
@@ -77,7 +77,7 @@ class LiveDrift:
             history.pop()
         if rule.scale is None or not history:
             return cls(rule, performed_next=performed_next)
-        runner = Monitor.create(lm, bundle, band=[], rule=rule, policy=policy, batch_size=1)
+        runner = Monitor.create(lm, bundle, extra_layers=[], rule=rule, policy=policy, batch_size=1)
         found = next(iter(runner.run([Conversation(tuple(map(dict, history)))])))
         if isinstance(found, ReadFailure):
             return cls(rule, performed_next=performed_next)

@@ -15,8 +15,8 @@ standardised readings per turn:
   written by another assistant (which projects at its own level) does not read as drift, only
   a fall within the conversation does.
 
-The alarm statistics run on ``z_t`` = the change (``relative`` rules, the calibrated default) or
-the shortfall (rules without a monitor calibration). Three alert levels, each a standard
+The alarm statistics run on ``z_t`` = the change (``relative`` rules, the default of a fitted
+benign profile) or the shortfall (rules without one). Three alert levels, each a standard
 control-chart statistic:
 
 - **watch**: one turn with shortfall ``u_t ≥ watch`` (unusually low on its own; this is the
@@ -41,7 +41,7 @@ so it is no reference for it), and it is never taken lower than ``−anchor_floo
 that turned into another character before the user stepped out, is judged against the bottom
 of the benign range instead of against its own low start, so its fall is not hidden.
 Where the numbers come from: :meth:`DriftRule.from_bundle`,
-:func:`persona_axis.drift.calibration.drift_rule` and docs/monitoring.md.
+:func:`persona_axis.drift.profile.drift_rule` and docs/monitoring.md.
 """
 
 from __future__ import annotations
@@ -63,11 +63,11 @@ LEVELS: tuple[Level, ...] = ("none", "watch", "warning", "alarm")
 NORMAL_IQR = 1.349  # (p75 - p25) of a standard normal distribution
 # The one default of each limit, in the units of the statistic it bounds (module doc); every
 # rule starts from these. k and h were chosen for the shortfall from the build's default
-# replies (the calibration every build ships) as the pair with the most detections at <= 5%
+# replies (the benign profile every build ships) as the pair with the most detections at <= 5%
 # false alarms on the dev split of evaldata/monitor (docs/monitoring.md; they were 0.5 and 8
 # before); the warning limit on the same split; watch is one turn below the Assistant's 1st
-# percentile under a normal approximation. A fitted calibration that alarms on the change
-# since the first turns stores its own k and h (drift/calibration.py CHANGE_LIMITS): the
+# percentile under a normal approximation. A fitted benign profile that alarms on the change
+# since the first turns stores its own k and h (drift/profile.py CHANGE_LIMITS): the
 # change is another statistic, with limits chosen for it on the same dev split.
 DEFAULT_K = 1.5
 DEFAULT_H = 2.0
@@ -212,25 +212,25 @@ class DriftRule:
         k: float | None = None,
         h: float | None = None,
     ) -> DriftRule:
-        """The rule from ``bundle``'s build calibration at ``layer`` (default: its target
+        """The rule from ``bundle``'s build percentiles at ``layer`` (default: its target
         layer), from, in order:
 
-        1. its calibration of default replies: reference = their median, scale =
+        1. its projection percentiles of default replies: reference = their median, scale =
            ``(p75 − p25) / 1.349``, flag threshold = their ``percentile`` (default p1);
         2. its default vector: reference = its projection, flag threshold halfway to the mean
            role (``reference − ‖a_L‖ / 2``; the axis is default − mean role), scale ``‖a_L‖/4``;
         3. nothing: no rule, projections are still reported.
 
-        The monitor prefers a stored monitor calibration
-        (:func:`persona_axis.drift.calibration.drift_rule`).
+        The monitor prefers a stored benign profile
+        (:func:`persona_axis.drift.profile.drift_rule`).
         """
         layer = bundle.target_layer if layer is None else layer
         k = DEFAULT_K if k is None else k
         h = DEFAULT_H if h is None else h
         percentile = DEFAULT_PERCENTILE if percentile is None else percentile
-        calibration = bundle.calibration
-        row = None if calibration is None else calibration.levels_at("default", layer)
-        if calibration is not None and row is not None:
+        percentiles = bundle.projection_percentiles
+        row = None if percentiles is None else percentiles.levels_at("default", layer)
+        if percentiles is not None and row is not None:
             if float(percentile) not in row:
                 raise PersonaAxisError(
                     f"The bundle stores default-reply percentiles {list(row)}, not "
@@ -252,9 +252,9 @@ class DriftRule:
                     watch=(reference - threshold) / scale,
                     k=k,
                     h=h,
-                    source=f"bundle calibration: default replies' p{percentile:g} (threshold), "
-                    f"median (reference), IQR/1.349 (scale); {calibration.n_rollouts} rollouts "
-                    "in the build; no monitor calibration (persona-axis calibrate-monitor)",
+                    source=f"bundle percentiles: default replies' p{percentile:g} (threshold), "
+                    f"median (reference), IQR/1.349 (scale); {percentiles.n_rollouts} rollouts "
+                    "in the build; no benign profile (persona-axis calibrate-monitor)",
                 )
         if "default" in bundle.vectors:
             from persona_axis.axis.vectors import project
@@ -268,10 +268,10 @@ class DriftRule:
                 watch=2.0,  # halfway to the mean role (a data-derived threshold)
                 k=k,
                 h=h,
-                source="bundle without calibration: default vector's projection (reference), "
+                source="bundle without percentiles: default vector's projection (reference), "
                 "halfway to the mean role (threshold), |axis|/4 (scale)",
             )
-        return cls(layer, None, None, k=k, h=h, source="no calibration and no default vector")
+        return cls(layer, None, None, k=k, h=h, source="no percentiles and no default vector")
 
     def with_overrides(
         self,
@@ -301,7 +301,7 @@ class DriftRule:
         if threshold is not None:
             if rule.reference is None or rule.scale is None:
                 raise PersonaAxisError(
-                    "This bundle has no calibration to set a threshold against; give "
+                    "This bundle has no projection percentiles to set a threshold against; give "
                     "--reference and --scale too (or run persona-axis calibrate-monitor)."
                 )
             rule = replace(rule, watch=(rule.reference - threshold) / rule.scale)

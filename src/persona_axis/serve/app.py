@@ -1,7 +1,7 @@
 """The FastAPI app: OpenAI-compatible chat completions with per-request caps and telemetry.
 
 Routes: ``POST /v1/chat/completions`` (JSON or server-sent events with ``"stream": true``),
-``GET /v1/models``, ``GET /v1/persona_axis`` (caps, target layer, drift band of the default
+``GET /v1/models``, ``GET /v1/persona_axis`` (caps, target layer, drift rule of the default
 bundle and of every bundle: what a client needs to pick a setting and draw a meter),
 ``GET /health``, ``GET /metrics`` (Prometheus), the admin routes ``/v1/admin/bundles`` (load
 and unload bundles; API key required) and the chat page at ``/`` (static files shipped in the

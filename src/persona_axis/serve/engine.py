@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerBase
 
 from persona_axis.application.session import Turn, generate_turns
 from persona_axis.axis.bundle import NO_CAP, RECOMMENDED, AxisBundle
-from persona_axis.drift.calibration import drift_rule
+from persona_axis.drift.profile import drift_rule
 from persona_axis.errors import Conflict, NotFound, PersonaAxisError
 from persona_axis.inference.continuous import RowRequest
 from persona_axis.inference.generation import Sampling, stop_ids
