@@ -6,7 +6,7 @@ projection at the bundle's target layer (teacher-forced, one pass per conversati
 monitor's context plan; conversations longer than one window are left out) and compares
 per-turn statistics of them as drift signals on the dev split of evaldata/monitor:
 
-- ``mean``: the turn's mean (the monitor's projection; checked against the stored run);
+- ``mean``: the turn's mean (the monitor's projection, up to float rounding);
 - ``q10``: the 10th percentile of its tokens;
 - ``low16``: the lowest mean over 16 consecutive tokens (a sentence-sized running mean);
 
