@@ -48,7 +48,7 @@ def main() -> None:
         judge={"backend": "heuristic"},
         min_role_rollouts=1,
         role_scores=(1, 2, 3),
-        token_calibration_rollouts=16,
+        token_percentile_rollouts=16,
         progress=False,
     )
     lm = load_model(dtype="bfloat16")

@@ -4,7 +4,7 @@
 our labelled dev conversations, ``evaldata/monitor/*_dev.jsonl``), read by
 
 - ``windowed``: today's monitor: the context policy (window = trained positions − 1/16, keep
-  1/4, 1,024-token chunks through the KV cache), target layer plus the recommended cap band;
+  1/4, 1,024-token chunks through the KV cache), target layer plus the recommended cap's layers;
 - ``windowed-target``: the same, target layer only (either with ``@N``: N-token chunks);
 - ``single-pass``: the monitor before the context policy: one forward pass over the whole
   rendering (positions past the model's 8,192 and attention buffers that grow with the square
@@ -90,7 +90,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.drift.context import ContextPolicy
-    from persona_axis.drift.monitor import default_band, monitor
+    from persona_axis.drift.monitor import default_extra_layers, monitor
     from persona_axis.drift.projections import projections_from_tokens
     from persona_axis.drift.rule import DriftRule
     from persona_axis.models import load_model
@@ -103,8 +103,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     lm = load_model(bundle.model_id, dtype=args.dtype)
     target = bundle.target_layer
     variant, _, chunk = args.variant.partition("@")
-    band = [] if variant.endswith("target") else default_band(bundle)
-    layers = sorted({target, *band})
+    extra = [] if variant.endswith("target") else default_extra_layers(bundle)
+    layers = sorted({target, *extra})
     if args.job == "long":
         conversations = [long_conversation(lm, args.tokens)]
     else:
@@ -130,7 +130,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             lm,
             bundle,
             conversations,
-            band=band,
+            extra_layers=extra,
             rule=rule,
             policy=policy,
             batch_size=args.batch_size,

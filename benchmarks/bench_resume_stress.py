@@ -166,7 +166,7 @@ def main() -> None:
         batch_size=1,
         judge={"backend": "heuristic"},
         role_scores=(0, 1, 2, 3),
-        token_calibration_rollouts=16,
+        token_percentile_rollouts=16,
     )
     settings = asdict(config)
     first, last, end = timed_run(settings, root / "reference")

@@ -7,13 +7,13 @@ then judges every conversation with each candidate rule and scores it with
 
 - ``percentile (old)``: the build's default-reply percentiles, CUSUM k 0.5, h 4, no warning level
   (what a fresh bundle used before it carried a monitor calibration);
-- ``build``: :meth:`MonitorCalibration.from_build` (the build's default replies, no extra cost;
+- ``build``: :meth:`BenignProfile.from_build` (the build's default replies, no extra cost;
   the alarm on the shortfall), and two variants: the alarm on the change since the first turn,
   in units of the spread of differences between replies or of ``scale``;
 - ``chats``: a calibration fitted on benign chats the model holds itself, when ``--chats``
-  names a ``monitor_calibration.json`` written by ``persona-axis calibrate-monitor``.
+  names a ``benign_profile.json`` written by ``persona-axis calibrate-monitor``.
 
-    python studies/monitor_calibration_dev.py BUNDLE_DIR [--chats DIR/monitor_calibration.json]
+    python studies/monitor_calibration_dev.py BUNDLE_DIR [--chats DIR/benign_profile.json]
         [--readings EARLIER_OUT.json]   # judge saved readings instead of reading again
 """
 
@@ -27,10 +27,10 @@ from pathlib import Path
 
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.drift.accuracy import evaluate
-from persona_axis.drift.calibration import MonitorCalibration, drift_rule
 from persona_axis.drift.conversations import Conversation, iter_conversations
 from persona_axis.drift.features import TurnFeatures
 from persona_axis.drift.monitor import ConversationReading, Monitor, TurnReading
+from persona_axis.drift.profile import BenignProfile, drift_rule
 from persona_axis.drift.rule import DriftRule
 from persona_axis.models.loading import load_model
 
@@ -99,13 +99,13 @@ def main() -> None:
     if args.readings is not None:
         readings = saved_readings(args.readings)
     else:
-        runner = Monitor.create(load_model(bundle.model_id), bundle, band=[])
+        runner = Monitor.create(load_model(bundle.model_id), bundle, extra_layers=[])
         conversations = [c for path in DEV for c in iter_conversations(path)]
         readings = [r for r in runner.run(conversations) if isinstance(r, ConversationReading)]
     seconds = time.perf_counter() - started
     old = DriftRule.from_bundle(bundle, h=4.0, k=0.5)
     rules = {"percentile (old)": DriftRule(**{**old.__dict__, "warning": None})}
-    build = MonitorCalibration.from_build(bundle)
+    build = BenignProfile.from_build(bundle)
     if build is not None:
         shipped = build.rule()
         rules["build, shortfall alarm"] = shipped
@@ -114,7 +114,7 @@ def main() -> None:
             shipped, relative=True, change_scale=shipped.scale
         )
     if args.chats is not None:
-        chats = MonitorCalibration.from_dict(json.loads(args.chats.read_text()))
+        chats = BenignProfile.from_dict(json.loads(args.chats.read_text()))
         rules["chats"] = chats.rule()
         rules["chats, shortfall alarm"] = replace(chats.rule(), relative=False)
     rules["drift_rule (shipped)"] = drift_rule(bundle)

@@ -32,10 +32,10 @@ from typing import Any
 
 from persona_axis.application.session import generate_turns
 from persona_axis.axis.bundle import AxisBundle
-from persona_axis.drift.calibration import drift_rule
 from persona_axis.drift.conversations import iter_conversations
 from persona_axis.drift.gate import arming
 from persona_axis.drift.monitor import ConversationReading, Monitor
+from persona_axis.drift.profile import drift_rule
 from persona_axis.inference.generation import Sampling
 from persona_axis.models.loading import load_model
 
@@ -54,7 +54,7 @@ def main() -> None:
     bundle = AxisBundle.load(args.bundle)
     lm = load_model(bundle.model_id)
     rule = drift_rule(bundle)
-    runner = Monitor.create(lm, bundle, band=[], rule=rule)
+    runner = Monitor.create(lm, bundle, extra_layers=[], rule=rule)
     conversations = [c for path in DEV for c in iter_conversations(path)]
     readings = [r for r in runner.run(conversations) if isinstance(r, ConversationReading)]
     rows: list[dict[str, Any]] = []  # one per (conversation, assistant turn)

@@ -45,10 +45,13 @@ def test_build_writes_a_complete_bundle(reference_run) -> None:
     assert sorted(bundle.traits()) == ["calm", "wry"]
     manifest = bundle.manifest
     n_rollouts = 5 * 3 + 4 * 2 * 3 + 2 * 2 * 2
-    assert manifest["calibration"]["n_rollouts"] + manifest["counts"]["empty_replies"] == n_rollouts
+    assert (
+        manifest["projection_percentiles"]["n_rollouts"] + manifest["counts"]["empty_replies"]
+        == n_rollouts
+    )
     assert manifest["catalog"]["roles"] == 4 and manifest["judge"]["name"] == "none"
     assert len(manifest["space"]["cos_axis_pc1_by_layer"]) == 4
-    assert set(manifest["calibration"]["per_response_by_kind"]) == {"default", "role"}
+    assert set(manifest["projection_percentiles"]["per_response_by_kind"]) == {"default", "role"}
     assert bundle.caps and manifest["recommended_cap"] in bundle.caps
     for setting in bundle.caps.values():
         assert len(setting.notes["per_token_thresholds"]) == len(setting.thresholds)
@@ -188,7 +191,7 @@ def test_changed_settings_in_an_existing_build_are_refused(setup, reference_run)
         build(setup.with_overrides(seed=1), out)
 
 
-def test_token_calibration_batches_equal_one_at_a_time() -> None:
+def test_token_percentile_batches_equal_one_at_a_time() -> None:
     from persona_axis.inference.token_projections import token_projections
     from support.tiny_models import tiny_lm
 

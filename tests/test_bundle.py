@@ -385,3 +385,25 @@ def test_a_bundle_saved_before_the_split_loads_and_saves_the_same(tmp_path: Path
         load_file(again / "vectors.safetensors").keys()
         == load_file(old / "vectors.safetensors").keys()
     )
+
+
+def test_a_manifest_with_the_old_names_loads_and_saves_with_todays(tmp_path: Path) -> None:
+    """Bundles written before the renames stored the build's percentiles as ``calibration``
+    (its layer ranges as ``bands``) and the monitor's benign profile as
+    ``monitor_calibration``."""
+    path = _bundle().save(tmp_path / "old")
+    tables = {"percentiles": [1.0, 50.0], "per_response": [[0.1, 0.2]] * 6, "bands": [[3, 5]]}
+    profile = {"format_version": 1, "layer": 3, "scale": 1.0}
+    _edit_manifest(path, {"calibration": tables, "monitor_calibration": profile})
+    loaded = AxisBundle.load(path)
+    assert loaded.benign_profile == profile
+    percentiles = loaded.projection_percentiles
+    assert percentiles is not None and percentiles.percentiles == (1.0, 50.0)
+    manifest = json.loads((loaded.save(tmp_path / "new") / "manifest.json").read_text())
+    assert {"calibration", "monitor_calibration"}.isdisjoint(manifest)
+    assert manifest["benign_profile"] == profile
+    assert manifest["projection_percentiles"] == {
+        "percentiles": [1.0, 50.0],
+        "per_response": [[0.1, 0.2]] * 6,
+        "cap_layer_ranges": [[3, 5]],
+    }

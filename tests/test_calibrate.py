@@ -15,7 +15,7 @@ from persona_axis.axis.calibrate import (
     setting_name,
 )
 from persona_axis.errors import PersonaAxisError
-from persona_axis.pipeline.config import default_cap_bands
+from persona_axis.pipeline.config import default_cap_layer_ranges
 
 N_ROLLOUTS, N_LAYERS = 11, 6
 # column L holds 0..10 scaled by (L + 1) and shifted by L, rows shuffled
@@ -54,7 +54,7 @@ def test_p75_along_axis_is_p25_along_role_minus_default() -> None:
     assert thresholds(along_axis) == pytest.approx([-t for t in thresholds(along_negated)])
 
 
-def test_tuple_and_range_bands_agree_and_round_trip_through_dict() -> None:
+def test_tuple_and_range_layer_ranges_agree_and_round_trip_through_dict() -> None:
     by_tuple = calibrate_cap(PROJ, (1, 4), 50, "x")
     assert calibrate_cap(PROJ, range(1, 4), 50, "x") == by_tuple
     assert CapSetting.from_dict(by_tuple.to_dict()) == by_tuple
@@ -68,12 +68,12 @@ def test_setting_name_keeps_its_format() -> None:
 @pytest.mark.parametrize(
     ("layers", "percentile"),
     [
-        ((2, 2), 75),  # empty band
+        ((2, 2), 75),  # empty range
         ((3, 2), 75),
         ((-1, 2), 75),
         ((2, N_LAYERS + 1), 75),  # past the last layer
         (range(0, 4, 2), 75),  # not contiguous
-        ([2, 5], 75),  # a list is ambiguous (layers or band?)
+        ([2, 5], 75),  # a list is ambiguous (layers or a range?)
         ((2, 5, 7), 75),
         ((2.0, 5), 75),
         ((2, 5), -1),
@@ -99,7 +99,7 @@ def test_cap_refuses_bad_projections() -> None:
     assert calibrate_cap(with_nan, (2, 4), 75, "x").layers == [2, 3]  # other layers are fine
 
 
-def test_grid_is_every_band_times_percentile() -> None:
+def test_grid_is_every_layer_range_times_percentile() -> None:
     grid = calibrate_grid(PROJ, [(0, 2), (3, 6)], [25, 75], "all rollouts")
     assert list(grid) == [
         "layers_0:2-p25",
@@ -121,13 +121,13 @@ def test_grid_refuses_empty_or_duplicate_points() -> None:
 
 
 @pytest.mark.parametrize("n_layers", [6, 24, 30, 32, 64, 80])
-def test_recommendation_on_the_build_grid_is_p75_on_the_band_nearest_70_percent(
+def test_recommendation_on_the_build_grid_is_p75_on_the_layer_range_nearest_70_percent(
     n_layers: int,
 ) -> None:
-    bands = default_cap_bands(n_layers)
+    ranges = default_cap_layer_ranges(n_layers)
     projections = torch.arange(4 * n_layers, dtype=torch.float32).reshape(4, n_layers)
-    grid = calibrate_grid(projections, bands, [25, 50, 75, 99], "x")
-    first, stop = min(bands, key=lambda b: (abs(b[0] - 0.7 * n_layers), b[1] - b[0]))
+    grid = calibrate_grid(projections, ranges, [25, 50, 75, 99], "x")
+    first, stop = min(ranges, key=lambda b: (abs(b[0] - 0.7 * n_layers), b[1] - b[0]))
     assert default_recommendation(list(grid.values()), n_layers) == setting_name(first, stop, 75)
     without_p75 = [s for s in grid.values() if s.percentile != 75]
     # nearest percentile to 75 first: 99 (24 away) before 50 (25 away)

@@ -1,4 +1,5 @@
-"""Monitor calibration: content features, the fitted baseline and spread, storage in the bundle
+"""The benign profile (calibrate-monitor): content features, the fitted baseline and spread,
+storage in the bundle
 with provenance, the rule the monitor takes from it, generated benign chats and the command."""
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from typer.testing import CliRunner
 
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app
-from persona_axis.drift.calibrate_monitor import CalibrationTurn, calibrate, fit_calibration
-from persona_axis.drift.calibration import MonitorCalibration, drift_rule
-from persona_axis.drift.calibration_chats import chat_data, hold_chats, plan_scripts
+from persona_axis.drift.benign_chats import chat_data, hold_chats, plan_scripts
+from persona_axis.drift.calibrate_monitor import BenignTurn, fit_benign_profile, make_benign_profile
 from persona_axis.drift.features import Baseline, TurnFeatures
 from persona_axis.drift.monitor import monitor
+from persona_axis.drift.profile import BenignProfile, drift_rule
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.models import load_model
@@ -58,7 +59,7 @@ def test_baseline_checks_and_expectation() -> None:
         Baseline.from_dict({"intercept": 1.0})
 
 
-def synthetic_turns(n: int = 300, seed: int = 0) -> list[CalibrationTurn]:
+def synthetic_turns(n: int = 300, seed: int = 0) -> list[BenignTurn]:
     """Projection = 20 − 6·code − 3·lists + 0.5·log_tokens + noise(sd 1), turns in chats of 6."""
     rng = random.Random(seed)
     turns = []
@@ -68,12 +69,12 @@ def synthetic_turns(n: int = 300, seed: int = 0) -> list[CalibrationTurn]:
             turn=i % 6 + 1, n_tokens=rng.randint(5, 400), code=code, lists=lists
         )
         value = 20 - 6 * code - 3 * lists + 0.5 * features.values()["log_tokens"]
-        turns.append(CalibrationTurn(value + rng.gauss(0, 1), features, f"chat {i // 6}"))
+        turns.append(BenignTurn(value + rng.gauss(0, 1), features, f"chat {i // 6}"))
     return turns
 
 
 def test_fit_recovers_the_content_effects_and_the_spread() -> None:
-    fitted = fit_calibration(synthetic_turns(), layer=2, provenance={"sources": []})
+    fitted = fit_benign_profile(synthetic_turns(), layer=2, provenance={"sources": []})
     coefficients = fitted.baseline.coefficients
     assert coefficients["code"] == pytest.approx(-6, abs=0.5)
     assert coefficients["lists"] == pytest.approx(-3, abs=0.5)
@@ -84,7 +85,7 @@ def test_fit_recovers_the_content_effects_and_the_spread() -> None:
     assert set(fitted.effects["kind"]) <= {"code", "lists", "prose", "short"}
     assert fitted.effects["between_conversation_share"] < 0.35  # independent noise
     with pytest.raises(PersonaAxisError, match="at least 12"):
-        fit_calibration(synthetic_turns(5), layer=2)
+        fit_benign_profile(synthetic_turns(5), layer=2)
 
 
 def test_logs_set_the_level_and_share_the_content_effects() -> None:
@@ -93,17 +94,17 @@ def test_logs_set_the_level_and_share_the_content_effects() -> None:
         replace(t, source="logs.jsonl", conversation=f"log {t.conversation}")
         for t in synthetic_turns(120, seed=5)
     ]
-    fitted = fit_calibration(own + logs, layer=2)
-    alone = fit_calibration(logs, layer=2)
+    fitted = fit_benign_profile(own + logs, layer=2)
+    alone = fit_benign_profile(logs, layer=2)
     assert fitted.baseline.intercept == pytest.approx(alone.baseline.intercept, abs=1.0)
     assert fitted.baseline.coefficients["code"] == pytest.approx(-6, abs=0.5)
     assert fitted.scale == pytest.approx(1.0, rel=0.25)  # the logs' spread, not the mixture's
-    generated_only = fit_calibration(own, layer=2)
+    generated_only = fit_benign_profile(own, layer=2)
     assert generated_only.baseline.intercept == pytest.approx(30, abs=1.0)
 
 
-def test_a_calibrated_rule_does_not_read_code_as_drift() -> None:
-    fitted = fit_calibration(synthetic_turns(), layer=2)
+def test_a_fitted_rule_does_not_read_code_as_drift() -> None:
+    fitted = fit_benign_profile(synthetic_turns(), layer=2)
     rule = fitted.rule()
     assert rule.relative and rule.change_scale == fitted.change_scale
     assert fitted.change_scale == pytest.approx(math.sqrt(2), rel=0.25)  # two unit noises
@@ -118,33 +119,35 @@ def test_a_calibrated_rule_does_not_read_code_as_drift() -> None:
     one_turn_anchor = replace(rule, anchor_turns=1)  # the default anchor averages two turns
     _, fallen = one_turn_anchor.judge([typical_prose, typical_code], [prose, prose_again])
     assert (fallen.change or 0) > 2.5 and (fallen.cusum or 0) > 0.5
-    _, halved = rule.judge([typical_prose, typical_code], [prose, prose_again])
+    unfloored = replace(rule, anchor_floor=None)  # the anchor, about −2.1, is near the floor
+    _, halved = unfloored.judge([typical_prose, typical_code], [prose, prose_again])
     assert halved.change == pytest.approx((fallen.change or 0) / 2)
     assert rule.k == 2.0 and rule.h == 2.0 and rule.warning == 2.0 and rule.anchor_turns == 2
-    assert "monitor calibration" in rule.source
+    assert rule.anchor_floor == 2.0
+    assert "benign profile" in rule.source
     assert fitted.rule(h=9.0).h == 9.0
 
 
-def test_stored_calibration_round_trips_and_is_preferred(tmp_path: Path) -> None:
+def test_stored_profile_round_trips_and_is_preferred(tmp_path: Path) -> None:
     bundle = AxisBundle.load(tiny_axis().bundle)
     layer = bundle.target_layer
-    fitted = fit_calibration(
+    fitted = fit_benign_profile(
         synthetic_turns(), layer=layer, provenance={"sources": [{"kind": "x"}]}
     )
-    bundle.set_monitor_calibration(fitted.to_dict())
+    bundle.set_benign_profile(fitted.to_dict())
     bundle.save(tmp_path / "b")
     loaded = AxisBundle.load(tmp_path / "b")
-    assert MonitorCalibration.from_bundle(loaded) == MonitorCalibration.from_dict(fitted.to_dict())
+    assert BenignProfile.from_bundle(loaded) == BenignProfile.from_dict(fitted.to_dict())
     rule = drift_rule(loaded)
     assert rule.baseline == fitted.baseline and rule.scale == fitted.scale
     legacy = drift_rule(loaded, percentile=1)  # asking for the build's levels
     assert legacy.baseline is None and "default replies" in legacy.source
-    assert drift_rule(loaded, layer - 1).baseline is None  # calibrated elsewhere
+    assert drift_rule(loaded, layer - 1).baseline is None  # profiled at another layer
     with pytest.raises(PersonaAxisError, match="plain JSON"):
-        loaded.set_monitor_calibration({"scale": math.nan})
+        loaded.set_benign_profile({"scale": math.nan})
     broken = {**fitted.to_dict(), "format_version": 99}
     with pytest.raises(PersonaAxisError, match="calibrate-monitor again"):
-        MonitorCalibration.from_dict(broken)
+        BenignProfile.from_dict(broken)
 
 
 def test_scripts_cover_every_domain_with_all_kinds_of_follow_up() -> None:
@@ -167,7 +170,7 @@ def test_scripts_cover_every_domain_with_all_kinds_of_follow_up() -> None:
 
 
 @pytest.mark.slow
-def test_chats_resume_from_the_checkpoint_and_calibration_runs(tmp_path: Path) -> None:
+def test_chats_resume_from_the_checkpoint_and_the_profile_is_fitted(tmp_path: Path) -> None:
     lm = load_model(tiny_axis().model)
     bundle = AxisBundle.load(tiny_axis().bundle)
     sampling = Sampling(max_new_tokens=6)
@@ -186,15 +189,15 @@ def test_chats_resume_from_the_checkpoint_and_calibration_runs(tmp_path: Path) -
     log.write_text(
         "\n".join(json.dumps({"messages": list(c.messages)}) for c in first) + "\n{bad\n"
     )
-    calibration, failures = calibrate(
+    profile, failures = make_benign_profile(
         lm, bundle, generated=4, turns=3, sampling=sampling, logs=[log], out=tmp_path
     )
     assert [f.position for f in failures] == ["line 5"]
-    kinds = [s["kind"] for s in calibration.provenance["sources"]]
+    kinds = [s["kind"] for s in profile.provenance["sources"]]
     assert kinds == ["generated", "logs"]
-    assert calibration.provenance["sources"][1]["conversations"] == 4
-    assert calibration.effects["n_turns"] <= 24
-    assert (tmp_path / "calibration_chats.jsonl").is_file()
+    assert profile.provenance["sources"][1]["conversations"] == 4
+    assert profile.effects["n_turns"] <= 24
+    assert (tmp_path / "benign_chats.jsonl").is_file()
 
 
 @pytest.mark.slow
@@ -206,16 +209,13 @@ def test_calibrate_monitor_command_stores_it_and_monitor_uses_it(tmp_path: Path)
     args += ["--conversations", "6", "--turns", "3", "--max-new-tokens", "6"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert (
-        "expected projection =" in result.output
-        and "stored the monitor calibration" in result.output
-    )
-    stored = AxisBundle.load(bundle).monitor_calibration
+    assert "expected projection =" in result.output and "stored the benign profile" in result.output
+    stored = AxisBundle.load(bundle).benign_profile
     assert stored is not None and stored["provenance"]["sources"][0]["conversations"] == 6
-    assert json.loads((out / "monitor_calibration.json").read_text()) == stored
+    assert json.loads((out / "benign_profile.json").read_text()) == stored
     lm = load_model(tiny_axis().model)
     chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": CODE_REPLY}]
     data = monitor(lm, AxisBundle.load(bundle), [chat]).to_dict()
-    assert "monitor calibration" in data["rule"]["source"]
+    assert "benign profile" in data["rule"]["source"]
     assert data["conversations"][0]["turns"][0]["kind"] == "code"
     assert data["conversations"][0]["turns"][0]["expected"] is not None

@@ -23,7 +23,7 @@ from persona_axis.axis.control_vector import (
     read_control_vector,
     write_control_vector,
 )
-from persona_axis.drift.monitor import default_band
+from persona_axis.drift.monitor import default_extra_layers
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.hooks import block_output
 from persona_axis.inference.interventions import intervene
@@ -328,7 +328,7 @@ def test_an_imported_partial_axis_monitors_at_its_layers_and_refuses_others(tmp_
     path = export_control_vector(_bundle(shape), tmp_path / "cv.gguf", layers=[1, 2])
     imported = bundle_from_control_vector(path, model_shape=shape, model_id="tiny")
     assert imported.target_layer == 2
-    assert default_band(imported) == [1, 2]  # the target ± 2, where the axis is defined
+    assert default_extra_layers(imported) == [1, 2]  # the target ± 2, where the axis is defined
     ids = torch.tensor([[1, 5, 9, 200]])
     with record_projections(lm, imported.axis, [1, 2]) as log, torch.no_grad():
         lm.model(ids)

@@ -8,13 +8,13 @@ from persona_axis.axis.bundle import AxisBundle
 from persona_axis.axis.calibrate import calibrate_grid
 from persona_axis.cli.demo import candidate_caps
 from persona_axis.models.layers import ModelShape
-from persona_axis.pipeline.config import default_cap_bands
+from persona_axis.pipeline.config import default_cap_layer_ranges
 
 
-def test_candidates_are_the_recommended_band_at_three_percentiles_and_the_middle_band() -> None:
-    n_layers = 30  # bands (15, 19), (18, 22), (21, 25), (15, 21), (18, 24), (21, 27)
+def test_candidates_are_the_recommended_layers_at_three_percentiles_and_the_middle_range() -> None:
+    n_layers = 30  # layer ranges (15, 19), (18, 22), (21, 25), (15, 21), (18, 24), (21, 27)
     projections = torch.arange(3 * n_layers, dtype=torch.float32).reshape(3, n_layers)
-    caps = calibrate_grid(projections, default_cap_bands(n_layers), [50, 75, 99], "x")
+    caps = calibrate_grid(projections, default_cap_layer_ranges(n_layers), [50, 75, 99], "x")
     bundle = AxisBundle.create(
         {"axis": torch.ones(n_layers, 8)},
         model_shape=ModelShape("LlamaForCausalLM", n_layers, 8),

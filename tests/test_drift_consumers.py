@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app
-from persona_axis.drift.calibration import MonitorCalibration, drift_rule
 from persona_axis.drift.chat import DriftChat
 from persona_axis.drift.features import Baseline
 from persona_axis.drift.gate import ON_DRIFT, arming
 from persona_axis.drift.live import LiveDrift
 from persona_axis.drift.monitor import monitor
+from persona_axis.drift.profile import BenignProfile, drift_rule
 from persona_axis.drift.simulate import UNCAPPED, SimulationSettings, simulate
 from persona_axis.inference.generation import Sampling
 from persona_axis.models import LoadedModel, load_model
@@ -64,18 +64,18 @@ def lm() -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def bundle(lm: LoadedModel) -> AxisBundle:
-    """The tiny bundle with a monitor calibration sharp enough that levels vary turn to turn."""
+    """The tiny bundle with a benign profile sharp enough that levels vary turn to turn."""
     bundle = AxisBundle.load(tiny_axis().bundle)
     base = drift_rule(bundle)
     assert base.reference is not None and base.scale is not None
-    tight = MonitorCalibration(
+    tight = BenignProfile(
         bundle.target_layer,
         Baseline(base.reference, {}),
         scale=base.scale / 20,
         change_scale=base.scale / 20,
         limits={"watch": 2.0, "warning": 1.0, "ewma_lambda": 0.5, "k": 0.5, "h": 3.0},
     )
-    bundle.set_monitor_calibration(tight.to_dict())
+    bundle.set_benign_profile(tight.to_dict())
     return bundle
 
 

@@ -1,13 +1,20 @@
-"""The on-drift gate's hysteresis, and the monitor calibration every build ships with."""
+"""The on-drift gate's hysteresis, and the benign profile every build ships with."""
 
 from __future__ import annotations
 
 import pytest
 
 from persona_axis.axis.bundle import AxisBundle
-from persona_axis.drift.calibration import DEFAULT_LIMITS, MonitorCalibration, drift_rule
+from persona_axis.drift.features import Baseline
 from persona_axis.drift.gate import RELEASE, arming
-from persona_axis.drift.rule import DEFAULT_H, DEFAULT_WARNING, DriftRule, TurnVerdict
+from persona_axis.drift.profile import DEFAULT_LIMITS, BenignProfile, drift_rule
+from persona_axis.drift.rule import (
+    DEFAULT_ANCHOR_FLOOR,
+    DEFAULT_H,
+    DEFAULT_WARNING,
+    DriftRule,
+    TurnVerdict,
+)
 from persona_axis.pipeline.monitor_sample import SAMPLE_KEY
 from support.tiny_axis import tiny_axis
 
@@ -36,17 +43,29 @@ def test_the_gate_arms_at_warning_and_releases_below_the_release_level() -> None
 def test_one_default_per_limit() -> None:
     assert DEFAULT_LIMITS["h"] == DEFAULT_H == DriftRule(0, 0.0, 1.0).h
     assert DEFAULT_LIMITS["warning"] == DEFAULT_WARNING == DriftRule(0, 0.0, 1.0).warning
+    floor = DEFAULT_LIMITS["anchor_floor"]
+    assert floor == DEFAULT_ANCHOR_FLOOR == DriftRule(0, 0.0, 1.0).anchor_floor
+
+
+def test_a_profile_stores_its_anchor_floor_and_older_ones_get_the_default() -> None:
+    profile = BenignProfile(0, Baseline(1.0, {}), 1.0, 1.0, {"anchor_floor": 3.0})
+    assert profile.rule().anchor_floor == 3.0
+    stored = BenignProfile.from_dict(profile.to_dict())
+    assert stored.rule().anchor_floor == 3.0
+    older = profile.to_dict()
+    del older["limits"]["anchor_floor"]  # stored before the floor existed
+    assert BenignProfile.from_dict(older).rule().anchor_floor == DEFAULT_ANCHOR_FLOOR
 
 
 @pytest.mark.slow
-def test_every_build_ships_a_monitor_calibration_from_its_default_replies() -> None:
+def test_every_build_ships_a_benign_profile_from_its_default_replies() -> None:
     bundle = AxisBundle.load(tiny_axis().bundle)
     sample = bundle.manifest[SAMPLE_KEY]
     assert sample["layer"] == bundle.target_layer
     n_default = sum(len(group) for group in sample["projections"])
     assert 2 <= n_default <= bundle.manifest["counts"]["default"]
     assert [len(g) for g in sample["projections"]] == [len(g) for g in sample["n_tokens"]]
-    shipped = MonitorCalibration.from_build(bundle)
+    shipped = BenignProfile.from_build(bundle)
     assert shipped is not None and shipped.layer == bundle.target_layer
     values = [x for group in sample["projections"] for x in group]
     assert min(values) <= shipped.baseline.intercept <= max(values)
@@ -54,8 +73,8 @@ def test_every_build_ships_a_monitor_calibration_from_its_default_replies() -> N
     rule = drift_rule(bundle)
     assert not rule.relative and rule.baseline == shipped.baseline and rule.h == DEFAULT_H
     assert "build default replies" in rule.source
-    assert bundle.monitor_calibration is None  # nothing stored: the shipped one is used
-    assert MonitorCalibration.from_dict(shipped.to_dict()) == shipped  # it can be stored too
+    assert bundle.benign_profile is None  # nothing stored: the shipped one is used
+    assert BenignProfile.from_dict(shipped.to_dict()) == shipped  # it can be stored too
     del bundle.manifest[SAMPLE_KEY]
     older = drift_rule(bundle)  # older bundles: the build's percentile rule
     assert older.baseline is None and "default replies' p1" in older.source

@@ -83,7 +83,7 @@ def test_control_vector_export_import_then_monitor(tiny_dir: Path, tmp_path: Pat
     monitored = _ok([*monitor, "--out", str(tmp_path / "mon"), "--no-progress"])
     assert "layer 2" in monitored
     readings = json.loads((tmp_path / "mon" / "monitor.json").read_text())
-    assert readings["band"] == [1, 2]
+    assert readings["extra_layers"] == [1, 2]
 
 
 def test_export_estimates_mean_norms_on_the_model_when_the_bundle_has_none(

@@ -16,7 +16,7 @@ from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app
 from persona_axis.drift.conversations import Conversation
 from persona_axis.drift.monitor import (
-    default_band,
+    default_extra_layers,
     monitor,
     parse_layers,
     projections_from_tokens,
@@ -131,10 +131,10 @@ def lm() -> LoadedModel:
     return load_model(tiny_axis().model)
 
 
-def test_rule_from_calibration_uses_default_replies(bundle: AxisBundle) -> None:
+def test_rule_from_percentiles_uses_default_replies(bundle: AxisBundle) -> None:
     r = DriftRule.from_bundle(bundle)
     layer = bundle.target_layer
-    table = bundle.manifest["calibration"]["per_response_by_kind"]["default"][layer]
+    table = bundle.manifest["projection_percentiles"]["per_response_by_kind"]["default"][layer]
     p1, p25, p50, p75 = table  # percentiles 1, 25, 50, 75
     assert r.layer == layer and r.threshold == pytest.approx(p1) and r.reference == p50
     assert r.scale == pytest.approx((p75 - p25) / 1.349)
@@ -145,7 +145,7 @@ def test_rule_from_calibration_uses_default_replies(bundle: AxisBundle) -> None:
 
 
 def test_rule_falls_back_to_the_default_vector_then_to_none(bundle: AxisBundle) -> None:
-    manifest = {k: v for k, v in bundle.manifest.items() if k != "calibration"}
+    manifest = {k: v for k, v in bundle.manifest.items() if k != "projection_percentiles"}
     old = AxisBundle(vectors=bundle.vectors, manifest=manifest, caps=bundle.caps)
     r = DriftRule.from_bundle(old)
     layer = old.target_layer
@@ -159,9 +159,9 @@ def test_rule_falls_back_to_the_default_vector_then_to_none(bundle: AxisBundle) 
     assert none.threshold is None and not none.has_cusum
 
 
-def test_band_and_layer_parsing(bundle: AxisBundle) -> None:
+def test_extra_layers_and_layer_parsing(bundle: AxisBundle) -> None:
     recommended = bundle.manifest["recommended_cap"]
-    assert default_band(bundle) == bundle.caps[recommended].layers
+    assert default_extra_layers(bundle) == bundle.caps[recommended].layers
     assert parse_layers("1:3", 4) == [1, 2] and parse_layers("3,1,1", 4) == [1, 3]
     for bad in ("2:9", "x", "5"):
         with pytest.raises(PersonaAxisError, match="Layers"):
@@ -208,7 +208,7 @@ def test_monitor_isolates_bad_conversations(lm: LoadedModel, bundle: AxisBundle)
     assert [t.message_index for t in first.turns] == [1, 3, 5]
     assert last.turns[-1].projection is None and last.turns[-1].n_tokens == 0
     assert last.turns[-1].cusum is None
-    assert first.turns[0].band == {2: first.turns[0].projection}
+    assert first.turns[0].extra_layers == {2: first.turns[0].projection}
     data = result.to_dict()
     json.dumps(data, allow_nan=False)
     assert data["conversations"][1]["turns"][2]["projection"] is None
@@ -303,7 +303,7 @@ def test_monitor_command_alarm_exit_status(tmp_path: Path) -> None:
     calm = runner.invoke(app, [*args, "--out", str(tmp_path / "a"), "--cusum-h", "1000"])
     assert calm.exit_code == 0, calm.output
     assert "no alarm" in calm.output
-    # the build's default-reply levels (a shortfall rule: the shipped monitor calibration
+    # the build's default-reply levels (a shortfall rule: the shipped benign profile
     # watches the change since the first turns, which a reference does not move)
     overrides = ["--threshold-percentile", "1", "--threshold", "1000", "--reference", "1000"]
     overrides += ["--scale", "1"]

@@ -172,7 +172,7 @@ chat = st.lists(
 @given(chats=st.lists(chat, min_size=1, max_size=4), window=st.sampled_from([None, 48]))
 def test_monitor_output_is_always_valid_json(lm, bundle, chats, window) -> None:
     records = [Conversation(tuple(c), "fuzz.jsonl", f"line {i + 1}") for i, c in enumerate(chats)]
-    result = monitor(lm, bundle, records, band=[0], policy=ContextPolicy(window=window))
+    result = monitor(lm, bundle, records, extra_layers=[0], policy=ContextPolicy(window=window))
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     done = [c["position"] for c in data["conversations"]] + [
         f["position"] for f in data["failures"]
@@ -197,7 +197,7 @@ def test_a_journal_cut_anywhere_resumes(lm, bundle, cut: int) -> None:
         for i in range(4)
     ]
     records = [Conversation(tuple(c), "a.jsonl", f"line {i + 1}") for i, c in enumerate(chats)]
-    result = monitor(lm, bundle, records, band=[])
+    result = monitor(lm, bundle, records, extra_layers=[])
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "monitor.jsonl"
         settings_ = result.header()

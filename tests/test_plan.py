@@ -7,7 +7,7 @@ import pytest
 from persona_axis.catalog import Catalog, Role, Trait, TraitPair
 from persona_axis.errors import PersonaAxisError
 from persona_axis.judges import settings_from_flags as judge_settings
-from persona_axis.pipeline import PRESETS, BuildConfig, default_cap_bands, preset
+from persona_axis.pipeline import PRESETS, BuildConfig, default_cap_layer_ranges, preset
 from persona_axis.pipeline.plan import make_batches, make_plan
 
 CATALOG = Catalog(
@@ -58,12 +58,13 @@ def test_settings_validate_and_override() -> None:
         BuildConfig(top_p=0)
 
 
-def test_default_cap_bands_sit_in_the_upper_middle() -> None:
+def test_default_cap_layer_ranges_sit_in_the_upper_middle() -> None:
     for n_layers in (4, 30, 64, 80):
-        for first, stop in default_cap_bands(n_layers):
+        for first, stop in default_cap_layer_ranges(n_layers):
             assert 0 <= first < stop <= n_layers
             assert first >= n_layers // 2 - 1
-    assert (44, 52) in default_cap_bands(64)  # 12.5% of depth from 70%: near the paper's 46-53
+    # 12.5% of the depth from 70%: near the paper's 46-53
+    assert (44, 52) in default_cap_layer_ranges(64)
 
 
 def test_judge_flags_become_settings() -> None:
@@ -84,7 +85,7 @@ def test_judge_flags_become_settings() -> None:
 
 
 def test_stored_settings_round_trip_and_an_unset_target_layer_is_not_stored() -> None:
-    quick = preset("quick").with_overrides(cap_bands=((1, 3),), progress=False)
+    quick = preset("quick").with_overrides(cap_layer_ranges=((1, 3),), progress=False)
     assert BuildConfig.from_result_fields(quick.result_fields()) == quick
     assert "target_layer" not in quick.result_fields()  # older build directories still resume
     pinned = quick.with_overrides(target_layer=5)

@@ -77,7 +77,7 @@ def test_report_has_every_section(results: tuple[Path, Path]) -> None:
     assert not re.search(r'(src|href)="(?!data:)', page)
 
 
-def test_report_of_a_bundle_without_space_or_calibration(tmp_path: Path) -> None:
+def test_report_of_a_bundle_without_space_or_percentiles(tmp_path: Path) -> None:
     shape = ModelShape(architecture="TinyForCausalLM", n_layers=4, hidden_size=8)
     axis = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
     path = AxisBundle.create({"axis": axis}, model_shape=shape, model_id="tiny/<b>").save(

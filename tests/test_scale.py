@@ -167,7 +167,7 @@ def test_default_model_two_workers_equal_one_process(tmp_path, no_stray_ray) -> 
         batch_size=2,
         judge={"backend": "none"},
         min_role_rollouts=1,
-        token_calibration_rollouts=4,
+        token_percentile_rollouts=4,
         progress=False,
     )
     build_with_threads(config, tmp_path / "single", threads_per_worker(2))

@@ -71,3 +71,17 @@ def test_activations_can_be_stored_in_bfloat16(tmp_path: Path) -> None:
     stored = store.read_batch(0)[1]["activations"]
     assert stored.dtype == torch.bfloat16
     torch.testing.assert_close(stored.float(), acts, rtol=1e-2, atol=1e-2)
+
+
+def test_a_build_stored_with_the_old_setting_names_resumes(tmp_path: Path) -> None:
+    from persona_axis.pipeline.config import BuildConfig, preset
+
+    config = preset("quick").with_overrides(cap_layer_ranges=((1, 3),), progress=False)
+    today = config.result_fields()
+    old = {
+        k: v for k, v in today.items() if k not in ("cap_layer_ranges", "token_percentile_rollouts")
+    }
+    old |= {"cap_bands": [[1, 3]], "token_calibration_rollouts": today["token_percentile_rollouts"]}
+    write_json(tmp_path / "work" / "header.json", {**HEADER, "settings": old})
+    BuildStore.open(tmp_path, {**HEADER, "settings": today})  # resumes: no refusal
+    assert BuildConfig.from_result_fields(old) == config

@@ -34,7 +34,7 @@ def config(root: Path) -> BuildConfig:
         batch_size=16,
         judge={"backend": "none"},
         min_role_rollouts=1,
-        token_calibration_rollouts=8,
+        token_percentile_rollouts=8,
         progress=False,
     )
 

@@ -39,7 +39,7 @@ _EXPORTS = {
     "preset": "persona_axis.pipeline.config",
     "compute_axis": "persona_axis.pipeline.in_memory",
     "monitor": "persona_axis.drift.monitor",
-    "drift_rule": "persona_axis.drift.calibration",
+    "drift_rule": "persona_axis.drift.profile",
     "generate": "persona_axis.application.generate",
     "generate_with_telemetry": "persona_axis.application.generate",
     "ChatSession": "persona_axis.application.session",
@@ -72,8 +72,8 @@ if TYPE_CHECKING:
     from persona_axis.application.generate import generate, generate_with_telemetry
     from persona_axis.application.session import ChatSession
     from persona_axis.axis.bundle import AxisBundle
-    from persona_axis.drift.calibration import drift_rule
     from persona_axis.drift.monitor import monitor
+    from persona_axis.drift.profile import drift_rule
     from persona_axis.inference.generation import Sampling
     from persona_axis.inference.interventions import InterventionSpec, intervene
     from persona_axis.models.loading import load_model, wrap

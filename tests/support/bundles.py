@@ -21,7 +21,7 @@ from persona_axis.models.loading import LoadedModel
 
 CAP = "layers_1:3-p75"  # serving tests: floors at layers 1-2 (the target layer is 2)
 WEAK_CAP = "layers_0:1-p25"
-BAND = [-0.6, -0.2, 0.0, 0.2]  # calibrated default-reply percentiles 1/25/50/75 at every layer
+DEFAULT_LEVELS = [-0.6, -0.2, 0.0, 0.2]  # default-reply percentiles 1/25/50/75 at every layer
 
 
 def cap_setting(
@@ -77,15 +77,15 @@ def make_bundle(
     )
 
 
-def serving_bundle(lm: LoadedModel, *, calibrated: bool = True) -> AxisBundle:
+def serving_bundle(lm: LoadedModel, *, with_percentiles: bool = True) -> AxisBundle:
     """The serving tests' bundle: a strong cap :data:`CAP` at layers 1-2 (recommended) and a
-    weak one :data:`WEAK_CAP` at 0; mean norms 1.5; with ``calibrated``, the build calibration
-    :data:`BAND` at every layer."""
+    weak one :data:`WEAK_CAP` at 0; mean norms 1.5; with ``with_percentiles``, the build's
+    projection percentiles :data:`DEFAULT_LEVELS` at every layer."""
     extras: dict[str, Any] = {}
-    if calibrated:
-        extras["calibration"] = {
+    if with_percentiles:
+        extras["projection_percentiles"] = {
             "percentiles": [1, 25, 50, 75],
-            "per_response_by_kind": {"default": [BAND] * lm.shape.n_layers},
+            "per_response_by_kind": {"default": [DEFAULT_LEVELS] * lm.shape.n_layers},
         }
     return make_bundle(
         lm,

@@ -50,6 +50,6 @@ def tiny_build_config(root: Path) -> BuildConfig:
         batch_size=2,
         judge={"backend": "none"},
         min_role_rollouts=1,
-        token_calibration_rollouts=8,
+        token_percentile_rollouts=8,
         progress=False,
     )

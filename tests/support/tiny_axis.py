@@ -28,7 +28,7 @@ def tiny_axis() -> TinyAxis:
     root = Path(tempfile.mkdtemp(prefix="persona-axis-tiny-"))
     atexit.register(shutil.rmtree, root, True)
     config = tiny_build_config(root).with_overrides(
-        max_new_tokens=8, batch_size=8, token_calibration_rollouts=4
+        max_new_tokens=8, batch_size=8, token_percentile_rollouts=4
     )
     result = build(config, root / "build")
     return TinyAxis(model=Path(config.model), bundle=result.path)

@@ -53,7 +53,7 @@ from persona_axis.axis.bundle_files import (
     read_bundle,
     write_bundle,
 )
-from persona_axis.axis.calibrate import CapSetting, ProjectionCalibration
+from persona_axis.axis.calibrate import CapSetting, ProjectionPercentiles
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models.fingerprint import try_weight_fingerprint
 from persona_axis.models.layers import ModelShape
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from persona_axis.models.loading import LoadedModel
 
 __all__ = [
+    "BENIGN_PROFILE_KEY",
     "BUNDLE_FILES",
     "CAPS_FILE",
     "DIRECTION_KEYS_NOTE",
@@ -76,7 +77,6 @@ __all__ = [
     "LAYER_CONVENTION",
     "MANIFEST_FILE",
     "MEAN_NORM_KEY",
-    "MONITOR_CALIBRATION_KEY",
     "NO_CAP",
     "RECOMMENDED",
     "RESERVED_MANIFEST_KEYS",
@@ -86,7 +86,7 @@ __all__ = [
     "bundle_directory",
 ]
 
-MONITOR_CALIBRATION_KEY = "monitor_calibration"
+BENIGN_PROFILE_KEY = "benign_profile"
 
 
 class AxisBundle(BundleCaps):
@@ -125,29 +125,29 @@ class AxisBundle(BundleCaps):
         )
         return cls(vectors=dict(vectors), manifest=manifest, caps=dict(caps or {}))
 
-    # -- build calibration and monitor calibration ---------------------------------------------
+    # -- the build's projection percentiles and the drift monitor's benign profile ---------------
 
     @property
-    def calibration(self) -> ProjectionCalibration | None:
+    def projection_percentiles(self) -> ProjectionPercentiles | None:
         """The build's projection percentiles per layer and rollout kind (None when the bundle
         records none, e.g. an imported axis)."""
-        return ProjectionCalibration.from_manifest(self.manifest)
+        return ProjectionPercentiles.from_manifest(self.manifest)
 
     @property
-    def monitor_calibration(self) -> dict[str, Any] | None:
-        """The drift monitor's calibration (manifest ``monitor_calibration``, written by
+    def benign_profile(self) -> dict[str, Any] | None:
+        """The drift monitor's benign profile (manifest ``benign_profile``, written by
         ``persona-axis calibrate-monitor``; read by
-        :class:`persona_axis.drift.calibration.MonitorCalibration`), or None."""
-        value = self.manifest.get(MONITOR_CALIBRATION_KEY)
+        :class:`persona_axis.drift.profile.BenignProfile`), or None."""
+        value = self.manifest.get(BENIGN_PROFILE_KEY)
         return dict(value) if isinstance(value, dict) else None
 
-    def set_monitor_calibration(self, data: Mapping[str, Any]) -> None:
-        """Store a monitor calibration (plain JSON) in the manifest; :meth:`save` writes it."""
+    def set_benign_profile(self, data: Mapping[str, Any]) -> None:
+        """Store a benign profile (plain JSON) in the manifest; :meth:`save` writes it."""
         try:
             json.dumps(data, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise PersonaAxisError(f"A monitor calibration must be plain JSON ({exc}).") from exc
-        self.manifest[MONITOR_CALIBRATION_KEY] = dict(data)
+            raise PersonaAxisError(f"A benign profile must be plain JSON ({exc}).") from exc
+        self.manifest[BENIGN_PROFILE_KEY] = dict(data)
 
     # -- on a model: mean norms, interventions, capping, its model -----------------------------
 

@@ -74,7 +74,7 @@ class BundleCaps(BundleData):
 
         The manifest's ``recommended_cap`` when it names a stored setting; else the one
         documented fallback, :func:`~persona_axis.axis.calibrate.default_recommendation` (the
-        stored setting nearest p75 on a band near 70% depth); None without cap settings.
+        stored setting nearest p75 on a layer range near 70% depth); None without cap settings.
         """
         named = self.manifest.get("recommended_cap")
         if isinstance(named, str) and named in self.caps:

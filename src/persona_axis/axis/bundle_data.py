@@ -45,6 +45,16 @@ RESERVED_MANIFEST_KEYS = frozenset(
         "target_layer",
     }
 )
+RENAMED_MANIFEST_KEYS = {
+    "calibration": "projection_percentiles",
+    "monitor_calibration": "benign_profile",
+}
+"""Manifest entries older bundles wrote under other names: old name → today's. The build's
+percentile tables were called "calibration" and the drift monitor's benign profile
+"monitor_calibration"; :func:`upgrade_manifest` renames them on load, and a save writes
+today's names."""
+RENAMED_PERCENTILE_KEYS = {"bands": "cap_layer_ranges"}
+"""Likewise inside the ``projection_percentiles`` entry."""
 
 
 @dataclass
@@ -60,7 +70,7 @@ class BundleData:
 
     def __post_init__(self) -> None:
         self.vectors = {key: _as_float32(key, value) for key, value in self.vectors.items()}
-        self.manifest = dict(self.manifest)
+        self.manifest = upgrade_manifest(self.manifest)
         check_manifest(self.manifest)
         self._check_vectors()
         self.caps = dict(self.caps)
@@ -230,6 +240,25 @@ def new_manifest(
         "target_layer": model_shape.target_layer if target_layer is None else target_layer,
         **extras,
     }
+
+
+def upgrade_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``manifest`` with entries written under older names
+    (:data:`RENAMED_MANIFEST_KEYS`) moved to today's; where both names are present, today's
+    entry wins and the old one is dropped."""
+    upgraded = dict(manifest)
+    for old, new in RENAMED_MANIFEST_KEYS.items():
+        if old in upgraded:
+            value = upgraded.pop(old)
+            upgraded.setdefault(new, value)
+    table = upgraded.get("projection_percentiles")
+    if isinstance(table, Mapping):
+        table = dict(table)
+        for old, new in RENAMED_PERCENTILE_KEYS.items():
+            if old in table:
+                table.setdefault(new, table.pop(old))
+        upgraded["projection_percentiles"] = table
+    return upgraded
 
 
 def check_manifest(manifest: Mapping[str, Any]) -> None:

@@ -1,11 +1,10 @@
 """Cap thresholds and named cap settings.
 
-A cap setting is a floor along +axis at each layer of a band: at every token position,
-``p = <h, â_L>`` and, where ``p < τ_L``, ``h ← h + (τ_L − p)·â_L`` (docs/method.md). Thresholds are
-in
-the units of the residual stream projected on the *unit* axis.
+A cap setting is a floor along +axis at each layer of a layer range: at every token position,
+``p = <h, â_L>`` and, where ``p < τ_L``, ``h ← h + (τ_L − p)·â_L`` (docs/method.md). Thresholds
+are in the units of the residual stream projected on the *unit* axis.
 
-Setting names read ``layers_{first}:{stop}-p{percentile}``: the layer band is half-open like a
+Setting names read ``layers_{first}:{stop}-p{percentile}``: the layer range is half-open like a
 Python slice, so ``layers_14:18-p75`` caps layers 14, 15, 16 and 17 at their 75th percentile.
 
 Thresholds are percentiles, per layer, of the projections (on the unit axis) of per-response
@@ -27,6 +26,9 @@ from torch import Tensor
 from persona_axis.errors import PersonaAxisError
 
 CAP_RULE = "floor along +axis"
+PERCENTILES_KEY = (
+    "projection_percentiles"  # the manifest entry :class:`ProjectionPercentiles` reads
+)
 
 
 @dataclass(frozen=True)
@@ -100,33 +102,33 @@ class CapSetting:
 
 
 def setting_name(first: int, stop: int, percentile: float) -> str:
-    """``layers_{first}:{stop}-p{percentile}`` with a half-open layer band."""
+    """``layers_{first}:{stop}-p{percentile}`` with a half-open layer range."""
     pct = f"{percentile:g}"
     return f"layers_{first}:{stop}-p{pct}"
 
 
-def _band(layers: tuple[int, int] | range, n_layers: int) -> range:
-    """The half-open band ``layers`` as a step-1 range inside ``[0, n_layers)``."""
+def _layer_range(layers: tuple[int, int] | range, n_layers: int) -> range:
+    """The half-open layer range ``layers`` as a step-1 range inside ``[0, n_layers)``."""
     if isinstance(layers, range):
-        band = layers
+        chosen = layers
     elif (
         isinstance(layers, tuple)
         and len(layers) == 2
         and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
     ):
-        band = range(layers[0], layers[1])
+        chosen = range(layers[0], layers[1])
     else:
         raise PersonaAxisError(
-            f"Layers {layers!r} must be a half-open band (first, stop) or a range, e.g. (14, 18) "
+            f"Layers {layers!r} must be a half-open range (first, stop) or a range, e.g. (14, 18) "
             "for layers 14-17."
         )
-    if band.step != 1 or len(band) == 0 or band.start < 0 or band.stop > n_layers:
+    if chosen.step != 1 or len(chosen) == 0 or chosen.start < 0 or chosen.stop > n_layers:
         raise PersonaAxisError(
-            f"Layer band {band.start}:{band.stop} (step {band.step}) is not a non-empty, "
-            f"contiguous band inside 0:{n_layers}; use (first, stop) with "
+            f"Layer range {chosen.start}:{chosen.stop} (step {chosen.step}) is not a non-empty, "
+            f"contiguous range inside 0:{n_layers}; use (first, stop) with "
             f"0 <= first < stop <= {n_layers}."
         )
-    return band
+    return chosen
 
 
 def calibrate_cap(
@@ -135,10 +137,10 @@ def calibrate_cap(
     percentile: float,
     calibrated_on: str,
 ) -> CapSetting:
-    """One cap setting: at each layer of the band, the ``percentile`` of the projections.
+    """One cap setting: at each layer of the range, the ``percentile`` of the projections.
 
     ``projections`` is ``[n_rollouts, n_layers]``: per-response activations projected on the unit
-    axis at every layer (residual-stream units). ``layers`` is the half-open band
+    axis at every layer (residual-stream units). ``layers`` is the half-open range
     ``(first, stop)`` (or ``range(first, stop)``). ``percentile`` in [0, 100] is counted along
     +axis (75 = the paper's best, see the module docstring) and computed with
     ``numpy.percentile(..., method="linear")`` in float64, i.e. linear interpolation between
@@ -153,19 +155,19 @@ def calibrate_cap(
     pct = float(percentile) if is_number else float("nan")
     if not 0 <= pct <= 100:
         raise PersonaAxisError(f"Percentile must be a number in [0, 100]; got {percentile!r}.")
-    band = _band(layers, projections.shape[1])
-    values = projections[:, band.start : band.stop].detach().double().cpu().numpy()
+    chosen = _layer_range(layers, projections.shape[1])
+    values = projections[:, chosen.start : chosen.stop].detach().double().cpu().numpy()
     if not np.isfinite(values).all():
         raise PersonaAxisError(
-            f"Projections at layers {band.start}:{band.stop} contain NaN or inf; drop those "
+            f"Projections at layers {chosen.start}:{chosen.stop} contain NaN or inf; drop those "
             "rollouts before calibrating."
         )
     thresholds = np.percentile(values, pct, axis=0, method="linear")
     return CapSetting(
-        name=setting_name(band.start, band.stop, pct),
+        name=setting_name(chosen.start, chosen.stop, pct),
         thresholds=tuple(
             LayerThreshold(layer=layer, threshold=float(t))
-            for layer, t in zip(band, thresholds, strict=True)
+            for layer, t in zip(chosen, thresholds, strict=True)
         ),
         percentile=pct,
         calibrated_on=calibrated_on,
@@ -175,25 +177,25 @@ def calibrate_cap(
 
 def calibrate_grid(
     projections: Tensor,
-    bands: Sequence[tuple[int, int] | range],
+    layer_ranges: Sequence[tuple[int, int] | range],
     percentiles: Sequence[float],
     calibrated_on: str,
 ) -> dict[str, CapSetting]:
-    """Every band × percentile setting (see :func:`calibrate_cap`), keyed by setting name.
+    """Every layer range × percentile setting (see :func:`calibrate_cap`), keyed by setting name.
 
-    Bands come first in iteration order, then percentiles. Two grid points with the same name
-    (e.g. a band given twice) are refused.
+    Layer ranges come first in iteration order, then percentiles. Two grid points with the same name
+    (e.g. a layer range given twice) are refused.
     """
-    if not bands or not percentiles:
-        raise PersonaAxisError("The grid needs at least one layer band and one percentile.")
+    if not layer_ranges or not percentiles:
+        raise PersonaAxisError("The grid needs at least one layer range and one percentile.")
     settings: dict[str, CapSetting] = {}
-    for layers in bands:
+    for layers in layer_ranges:
         for percentile in percentiles:
             setting = calibrate_cap(projections, layers, percentile, calibrated_on)
             if setting.name in settings:
                 raise PersonaAxisError(
-                    f"Grid point {setting.name!r} appears twice; list each band and percentile "
-                    "once."
+                    f"Grid point {setting.name!r} appears twice; list each layer range and "
+                    "percentile once."
                 )
             settings[setting.name] = setting
     return settings
@@ -207,8 +209,8 @@ def default_recommendation(settings: Sequence[CapSetting], n_layers: int) -> str
     """The one fallback for a bundle that records no recommended cap (docs/method.md).
 
     Among ``settings``, the one closest to the paper's best kind of setting: percentile nearest
-    75 along +axis first, then the band starting nearest 70% of the depth, then the narrower
-    band, then the name. None when there are no settings.
+    75 along +axis first, then the layer range starting nearest 70% of the depth, then the
+    narrower range, then the name. None when there are no settings.
     """
 
     def key(setting: CapSetting) -> tuple[float, float, int, str]:
@@ -225,8 +227,9 @@ def default_recommendation(settings: Sequence[CapSetting], n_layers: int) -> str
 
 
 @dataclass(frozen=True)
-class ProjectionCalibration:
-    """The build's projection percentiles (manifest ``calibration``), read in one typed place.
+class ProjectionPercentiles:
+    """The build's projection percentiles (manifest ``projection_percentiles``), read in one
+    typed place.
 
     ``percentiles`` are the levels (e.g. 1, 25, 50, 75); ``by_kind[kind][L]`` holds, at layer L,
     the values at those levels of the per-response projections (unit axis, residual-stream
@@ -240,10 +243,10 @@ class ProjectionCalibration:
     n_rollouts: int | None
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> ProjectionCalibration | None:
-        """The calibration a bundle's manifest records, or None when it has none (imported
+    def from_manifest(cls, manifest: dict[str, Any]) -> ProjectionPercentiles | None:
+        """The percentiles a bundle's manifest records, or None when it has none (imported
         axes) or a malformed one."""
-        data = manifest.get("calibration")
+        data = manifest.get(PERCENTILES_KEY)
         if not isinstance(data, dict):
             return None
         try:
@@ -263,7 +266,7 @@ class ProjectionCalibration:
 
     def levels_at(self, kind: str, layer: int) -> dict[float, float] | None:
         """``{percentile: value}`` of ``kind``'s projections at ``layer``; None when the
-        calibration holds no such table or layer."""
+        manifest holds no such table or layer."""
         table = self.by_kind.get(kind)
         if table is None or not 0 <= layer < len(table):
             return None

@@ -17,7 +17,7 @@ Units: :func:`export_control_vector` writes ``direction.L = M · n̄_L · â_L``
 residual norm, ``â_L`` the unit axis, ``M`` the ``multiple``), so llama.cpp's ``SCALE = s`` adds
 ``s · M · n̄_L · â_L``: with ``M = 1``, SCALE is our steering multiple (``persona-axis chat
 --steer s``), positive toward the Assistant. Each exported layer adds its own vector, so
-steering a band of k layers pushes roughly k times as hard as one layer.
+steering a range of k layers pushes roughly k times as hard as one layer.
 
 :func:`bundle_from_control_vector` reads such a file (ours or another producer's) into a bundle.
 """

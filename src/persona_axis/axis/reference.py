@@ -150,7 +150,7 @@ def import_reference_capping(
     ``capdir/<reference vector name>`` [d] (unit, float32) and named in the setting's
     ``notes["direction_keys"]``. Without ``axis`` every direction is returned.
 
-    Settings are renamed to our convention where the id parses and its band matches the
+    Settings are renamed to our convention where the id parses and its layer range matches the
     interventions: ``layers_46:54-p0.25`` → ``layers_46:54-p75`` (a p-value ≤ 1 is a fraction
     along role − default, the reference's spelling). Other ids are kept verbatim.
 

@@ -64,7 +64,13 @@ def build(
         int | None,
         typer.Option(min=0, help="Read the axis at this layer (default: chosen by evidence)."),
     ] = None,
-    token_calibration_rollouts: OptInt = None,
+    token_percentile_rollouts: Annotated[
+        int | None,
+        typer.Option(min=0, help="Rollouts sampled for the per-token projection percentiles."),
+    ] = None,
+    token_calibration_rollouts: Annotated[
+        int | None, typer.Option(min=0, hidden=True, help="Old name of the option above.")
+    ] = None,
     engine: Annotated[
         str,
         typer.Option(
@@ -109,7 +115,11 @@ def build(
         judge=judge_config(judge, judge_url, judge_model, judge_key_env, judge_concurrency),
         min_role_rollouts=min_role_rollouts,
         target_layer=target_layer,
-        token_calibration_rollouts=token_calibration_rollouts,
+        token_percentile_rollouts=(
+            token_calibration_rollouts
+            if token_percentile_rollouts is None
+            else token_percentile_rollouts
+        ),
         engine=engine,
         progress=progress,
         workers=workers,

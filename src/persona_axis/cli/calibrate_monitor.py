@@ -1,4 +1,5 @@
-"""``persona-axis calibrate-monitor``: calibrate the drift monitor on benign multi-turn chats."""
+"""``persona-axis calibrate-monitor``: fit the drift monitor's benign profile on benign
+multi-turn chats."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from persona_axis.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from persona_axis.drift.calibration import MonitorCalibration
+    from persona_axis.drift.profile import BenignProfile
 
-RESULT_FILE = "monitor_calibration.json"
+RESULT_FILE = "benign_profile.json"
 DEFAULT_CONVERSATIONS = 24  # persona_axis.drift.calibrate_monitor.DEFAULT_CONVERSATIONS
 DEFAULT_TURNS = 4  # ... DEFAULT_TURNS
 DEFAULT_NEW_TOKENS = 128  # ... DEFAULT_NEW_TOKENS
@@ -31,8 +32,8 @@ DEFAULT_NEW_TOKENS = 128  # ... DEFAULT_NEW_TOKENS
 def calibrate_monitor(
     bundle: BundleOption,
     out: Annotated[
-        Path, typer.Option(help="Folder for the generated chats and the calibration summary.")
-    ] = Path("monitor-calibration"),
+        Path, typer.Option(help="Folder for the generated chats and the benign profile.")
+    ] = Path("benign-profile"),
     model: ModelOption = None,
     conversations: Annotated[
         int,
@@ -53,7 +54,7 @@ def calibrate_monitor(
         typer.Option(help="Your own benign conversation logs (any monitor format); repeatable."),
     ] = None,
     layer: Annotated[
-        int | None, typer.Option(help="Layer to calibrate; default: the bundle's target layer.")
+        int | None, typer.Option(help="Layer to profile; default: the bundle's target layer.")
     ] = None,
     window: Annotated[
         int | None, typer.Option(min=16, help="Context window (as for monitor).")
@@ -63,27 +64,27 @@ def calibrate_monitor(
     dtype: DtypeOption = "auto",
     allow_mismatch: AllowMismatchOption = False,
     write: Annotated[
-        bool, typer.Option(help="Store the calibration in the bundle (else only report it).")
+        bool, typer.Option(help="Store the benign profile in the bundle (else only report it).")
     ] = True,
     progress: ProgressOption = True,
 ) -> None:
-    """Fit the drift monitor's expected projection per turn (by code share, list share, length
-    and turn index) and its spread on benign multi-turn conversations, and store them in the
-    bundle with their provenance.
+    """Fit the drift monitor's benign profile (the expected projection per turn, by code share,
+    list share, length and turn index, and the spread around it) on benign multi-turn
+    conversations, and store it in the bundle with its provenance.
 
     The conversations are held by the model itself in its default persona across many topics
     (our package data; kill and re-run to continue from the last finished turn) and/or read
-    from --logs. `persona-axis monitor` then uses this calibration.
+    from --logs. `persona-axis monitor` then uses this benign profile.
     """
     from persona_axis.axis.bundle import AxisBundle, bundle_directory
-    from persona_axis.drift.calibrate_monitor import calibrate
+    from persona_axis.drift.calibrate_monitor import make_benign_profile
     from persona_axis.drift.context import ContextPolicy
     from persona_axis.files import write_json
     from persona_axis.inference.generation import Sampling
 
     axis_bundle = AxisBundle.load(bundle)
     lm = load_checked(axis_bundle, model, dtype, allow_mismatch)
-    calibration, failures = calibrate(
+    profile, failures = make_benign_profile(
         lm,
         axis_bundle,
         generated=conversations,
@@ -101,28 +102,28 @@ def calibrate_monitor(
             "batch; longer contexts make later turns slower), then reading them"
         ),
     )
-    write_json(out / RESULT_FILE, calibration.to_dict(), indent=1)
-    _print(calibration)
+    write_json(out / RESULT_FILE, profile.to_dict(), indent=1)
+    _print(profile)
     if failures:
         errors.print(f"[bold red]{len(failures)} input(s) could not be used:[/]")
         for failure in failures:
             errors.print(f"  {failure}", soft_wrap=True, markup=False)
     if write:
-        axis_bundle.set_monitor_calibration(calibration.to_dict())
+        axis_bundle.set_benign_profile(profile.to_dict())
         target = axis_bundle.save(bundle_directory(bundle))
-        console.print(f"stored the monitor calibration in {target}")
+        console.print(f"stored the benign profile in {target}")
     console.print(f"wrote {out / RESULT_FILE}")
 
 
-def _print(calibration: MonitorCalibration) -> None:
+def _print(profile: BenignProfile) -> None:
     from rich.table import Table
 
-    effects = calibration.effects
+    effects = profile.effects
     console.print(
-        f"layer {calibration.layer}: expected projection = "
-        f"{calibration.baseline.intercept:.4g} + "
-        + " + ".join(f"{c:.4g}·{n}" for n, c in calibration.baseline.coefficients.items())
-        + f"; scale {calibration.scale:.4g} ({effects['n_turns']} turns in "
+        f"layer {profile.layer}: expected projection = "
+        f"{profile.baseline.intercept:.4g} + "
+        + " + ".join(f"{c:.4g}·{n}" for n, c in profile.baseline.coefficients.items())
+        + f"; scale {profile.scale:.4g} ({effects['n_turns']} turns in "
         f"{effects['n_conversations']} conversations; between-conversation share of the "
         f"residual variance {effects['between_conversation_share']})",
         soft_wrap=True,

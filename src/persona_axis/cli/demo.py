@@ -34,8 +34,8 @@ TABLE_ROLES, TABLE_QUESTIONS, TABLE_TOKENS, STEER = 6, 2, 40, 1.0
 
 
 def candidate_caps(bundle: AxisBundle) -> list[str]:
-    """The cap settings the demo compares: the recommended setting's band at p50, p75 and p99,
-    and p75 on the band that starts at the middle layer (those stored)."""
+    """The cap settings the demo compares: the recommended setting's layers at p50, p75 and p99,
+    and p75 on the layer range that starts at the middle layer (those stored)."""
     from persona_axis.axis.calibrate import setting_name
 
     recommended = bundle.cap(bundle.resolve_cap("recommended") or "")

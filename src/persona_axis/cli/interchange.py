@@ -42,7 +42,7 @@ def export(
     layers: Annotated[
         str | None,
         typer.Option(
-            help="gguf: layers to steer, a band like 14:18 (half-open) or a list like 14,16; "
+            help="gguf: layers to steer, a range like 14:18 (half-open) or a list like 14,16; "
             "default: the target layer. Layer 0 cannot be exported."
         ),
     ] = None,

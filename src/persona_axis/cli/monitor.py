@@ -39,7 +39,7 @@ def monitor(
             help="Conversation files: OpenAI messages, ShareGPT or transcript JSON/JSONL."
         ),
     ],
-    bundle: Annotated[Path, typer.Option(help="AxisBundle directory (axis and calibration).")],
+    bundle: Annotated[Path, typer.Option(help="AxisBundle directory (axis, caps and drift rule).")],
     out: Annotated[
         Path,
         typer.Option(help="Folder for monitor.jsonl (as results finish), monitor.json and plots."),
@@ -48,8 +48,8 @@ def monitor(
     layers: Annotated[
         str | None,
         typer.Option(
-            help="Band to report besides the target, e.g. 12:16, or '' for none; "
-            "default: the recommended cap's band."
+            help="Layers to report besides the target, e.g. 12:16 or 12,14, or '' for none; "
+            "default: the recommended cap's layers."
         ),
     ] = None,
     threshold: Annotated[
@@ -65,7 +65,7 @@ def monitor(
         float | None,
         typer.Option(
             help="Use the build's default-reply levels with this percentile as the "
-            "flag threshold instead of the monitor calibration."
+            "flag threshold instead of the benign profile."
         ),
     ] = None,
     cusum_k: Annotated[
@@ -127,10 +127,10 @@ def monitor(
     Bad files or records are reported at the end (exit status 2) while the rest is monitored.
     """
     from persona_axis.axis.bundle import AxisBundle
-    from persona_axis.drift.calibration import drift_rule
     from persona_axis.drift.context import ContextPolicy
     from persona_axis.drift.journal import Journal
     from persona_axis.drift.monitor import Monitor, parse_layers
+    from persona_axis.drift.profile import drift_rule
 
     axis_bundle = AxisBundle.load(bundle)
     rule = drift_rule(axis_bundle, percentile=threshold_percentile, k=cusum_k, h=cusum_h)
@@ -141,12 +141,12 @@ def monitor(
         watch=watch_limit,
         warning=warning_limit,
     )
-    band = None if layers is None else parse_layers(layers, axis_bundle.shape[0])
+    extra_layers = None if layers is None else parse_layers(layers, axis_bundle.shape[0])
     lm = load_checked(axis_bundle, model, dtype, allow_mismatch)
     runner = Monitor.create(
         lm,
         axis_bundle,
-        band=band,
+        extra_layers=extra_layers,
         rule=rule,
         policy=ContextPolicy(window, keep, chunk_tokens),
         batch_size=batch_size,
@@ -212,7 +212,7 @@ def _run(runner, records, journal, total: int | None, progress: bool, turns: boo
             journal.write(item)
             if not isinstance(item, ReadFailure):
                 done += 1
-                _print_reading(console, item, runner.rule.layer, runner.band, turns)
+                _print_reading(console, item, runner.rule.layer, runner.extra_layers, turns)
             elapsed = time.perf_counter() - started
             bar.update(task, advance=1, rate=f"{done / elapsed:.2f}" if elapsed else "-")
     return time.perf_counter() - started, done
@@ -290,7 +290,7 @@ LEVEL_STYLE = {"alarm": "red", "warning": "dark_orange", "watch": "yellow", "non
 
 
 def _print_reading(
-    console: Console, reading: ConversationReading, layer: int, band: list[int], turns: bool
+    console: Console, reading: ConversationReading, layer: int, extra: list[int], turns: bool
 ) -> None:
     from rich.table import Table
 
@@ -312,7 +312,7 @@ def _print_reading(
         return
     console.print(header, soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False)
-    band_label = f"band {band[0]}-{band[-1]} mean" if band else "band mean"
+    extra_label = f"layers {extra[0]}-{extra[-1]} mean" if extra else "extra layers mean"
     columns = (
         "turn",
         "tokens",
@@ -320,7 +320,7 @@ def _print_reading(
         f"layer {layer}",
         "expected",
         "z",
-        band_label,
+        extra_label,
         "CUSUM",
         "level",
         "context",
@@ -339,7 +339,7 @@ def _print_reading(
             _fmt(turn.projection),
             _fmt(turn.expected),
             _fmt(turn.z, ".2f"),
-            _fmt(turn.band_mean),
+            _fmt(turn.extra_layers_mean),
             _fmt(turn.cusum, ".2f"),
             f"[{LEVEL_STYLE[turn.level]}]{turn.level}[/]" if turn.level != "none" else "",
             seen,

@@ -1,9 +1,10 @@
-"""Calibrate the drift monitor on benign multi-turn conversations.
+"""Fit the drift monitor's benign profile on benign multi-turn conversations
+(``persona-axis calibrate-monitor``).
 
 The build's reference levels come from the model's short single-question replies; long,
 code-heavy or list-heavy Assistant answers project at other levels and read as drift. So the
-monitor is calibrated on whole benign conversations instead: ones the model holds itself in its
-default persona across many topics (:mod:`persona_axis.drift.calibration_chats`) and/or the
+monitor is fitted on whole benign conversations instead: ones the model holds itself in its
+default persona across many topics (:mod:`persona_axis.drift.benign_chats`) and/or the
 user's own logs. Every assistant turn is read exactly as the monitor reads it (same layer,
 context policy and pooling), then
 
@@ -14,11 +15,11 @@ context policy and pooling), then
    deviation of the residuals), ``change_scale`` that of the change of the residual since
    the conversation's first turn (what the alarm watches; it needs no absolute level, so it
    holds for text of other assistants too);
-3. the alert limits (:data:`~persona_axis.drift.calibration.CHANGE_LIMITS`, in multiples of
+3. the alert limits (:data:`~persona_axis.drift.profile.CHANGE_LIMITS`, in multiples of
    ``scale``) are stored beside them.
 
-The result (:class:`~persona_axis.drift.calibration.MonitorCalibration`) goes into the bundle
-with its provenance; :func:`~persona_axis.drift.calibration.drift_rule` then prefers it.
+The result (:class:`~persona_axis.drift.profile.BenignProfile`) goes into the bundle
+with its provenance; :func:`~persona_axis.drift.profile.drift_rule` then prefers it.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from persona_axis.drift.calibration import CHANGE_LIMITS, MonitorCalibration, robust_spread
-from persona_axis.drift.calibration_chats import GENERATED
+from persona_axis.drift.benign_chats import GENERATED
 from persona_axis.drift.conversations import Conversation, ReadFailure
 from persona_axis.drift.features import FEATURES, Baseline, TurnFeatures
 from persona_axis.drift.monitor import Monitor
+from persona_axis.drift.profile import CHANGE_LIMITS, BenignProfile, robust_spread
 from persona_axis.drift.rule import DriftRule
 from persona_axis.errors import PersonaAxisError
 
@@ -45,11 +46,11 @@ if TYPE_CHECKING:
     from persona_axis.inference.generation import Sampling
     from persona_axis.models.loading import LoadedModel
 
-CHATS_FILE = "calibration_chats.jsonl"
-CHECKPOINT_FILE = "calibration_chats.partial.json"
+CHATS_FILE = "benign_chats.jsonl"
+CHECKPOINT_FILE = "benign_chats.partial.json"
 MIN_TURNS = 12
 # Default size of the model's own benign chats: sized to finish within 10 minutes on 2 CPU
-# cores with SmolLM2 (docs/monitoring.md, "Calibrated out of the box"): 24 conversations (one
+# cores with SmolLM2 (docs/monitoring.md, "A benign profile out of the box"): 24 conversations (one
 # opener of each domain, then the next) of 4 turns of at most 128 new tokens.
 DEFAULT_CONVERSATIONS = 24
 DEFAULT_TURNS = 4
@@ -57,8 +58,8 @@ DEFAULT_NEW_TOKENS = 128
 
 
 @dataclass(frozen=True)
-class CalibrationTurn:
-    """One benign assistant turn: its projection at the calibrated layer, its features and
+class BenignTurn:
+    """One benign assistant turn: its projection at the profiled layer, its features and
     the conversation it belongs to."""
 
     projection: float
@@ -75,14 +76,14 @@ def benign_turns(
     layer: int | None = None,
     policy: ContextPolicy | None = None,
     batch_size: int = 8,
-) -> tuple[list[CalibrationTurn], list[ReadFailure]]:
+) -> tuple[list[BenignTurn], list[ReadFailure]]:
     """Every assistant turn with content of ``conversations``, read as the monitor reads it
     (same layer, context policy and pooling), and the inputs that could not be read."""
     layer = bundle.target_layer if layer is None else layer
     runner = Monitor.create(
         lm,
         bundle,
-        band=[],
+        extra_layers=[],
         rule=DriftRule(layer, None, None),
         policy=policy,
         batch_size=batch_size,
@@ -95,18 +96,18 @@ def benign_turns(
         key, source = item.conversation.label, item.conversation.source
         for turn in item.turns:
             if turn.projection is not None and turn.features is not None:
-                turns.append(CalibrationTurn(turn.projection, turn.features, key, source))
+                turns.append(BenignTurn(turn.projection, turn.features, key, source))
     return turns, failures
 
 
-def fit_calibration(
-    turns: Sequence[CalibrationTurn],
+def fit_benign_profile(
+    turns: Sequence[BenignTurn],
     layer: int,
     *,
     features: Sequence[str] = FEATURES,
     limits: Mapping[str, float | None] | None = None,
     provenance: Mapping[str, Any] | None = None,
-) -> MonitorCalibration:
+) -> BenignProfile:
     """Fit the baseline and the spreads on benign ``turns`` (module doc).
 
     When the turns mix the model's own conversations and the user's logs, the two get their
@@ -119,7 +120,7 @@ def fit_calibration(
 
     if len(turns) < MIN_TURNS:
         raise PersonaAxisError(
-            f"Calibrating the monitor needs at least {MIN_TURNS} benign assistant turns with "
+            f"Fitting the benign profile needs at least {MIN_TURNS} benign assistant turns with "
             f"content, not {len(turns)}; give more conversations or longer logs."
         )
     names = list(features)
@@ -147,10 +148,10 @@ def fit_calibration(
     if not (scale > 0 and change_scale > 0):
         raise PersonaAxisError(
             "The benign turns' projections do not vary around the baseline or within their "
-            "conversations, so no spread can be calibrated; give more varied conversations "
+            "conversations, so no spread can be fitted; give more varied conversations "
             "(at least some with two or more assistant turns)."
         )
-    return MonitorCalibration(
+    return BenignProfile(
         layer,
         baseline,
         scale,
@@ -161,7 +162,7 @@ def fit_calibration(
     )
 
 
-def _changes(turns: Sequence[CalibrationTurn], residuals: Sequence[float]) -> list[float]:
+def _changes(turns: Sequence[BenignTurn], residuals: Sequence[float]) -> list[float]:
     """Per later turn of each conversation, its residual's fall since the first turn's."""
     anchors: dict[str, float] = {}
     out = []
@@ -174,7 +175,7 @@ def _changes(turns: Sequence[CalibrationTurn], residuals: Sequence[float]) -> li
 
 
 def effects(
-    turns: Sequence[CalibrationTurn],
+    turns: Sequence[BenignTurn],
     residuals: Sequence[float],
     expected: Sequence[float],
     scale: float,
@@ -216,7 +217,7 @@ def effects(
     }
 
 
-def calibrate(
+def make_benign_profile(
     lm: LoadedModel,
     bundle: AxisBundle,
     *,
@@ -230,15 +231,14 @@ def calibrate(
     out: Path | None = None,
     progress: bool = False,
     announce: Callable[[float], None] | None = None,
-) -> tuple[MonitorCalibration, list[ReadFailure]]:
+) -> tuple[BenignProfile, list[ReadFailure]]:
     """The whole job (module doc): let ``lm`` hold ``generated`` benign conversations of
-    ``turns`` turns (written to ``out/calibration_chats.jsonl``, checkpointed per turn), add
-    the ``logs``, read every turn as the monitor does, fit. Returns the calibration (with its
+    ``turns`` turns (written to ``out/benign_chats.jsonl``, checkpointed per turn), add
+    the ``logs``, read every turn as the monitor does, fit. Returns the benign profile (with its
     provenance) and the inputs that could not be used. ``announce`` gets the estimated seconds
     of the generation before it starts
-    (:func:`~persona_axis.drift.calibration_chats.estimate_seconds`)."""
-    from persona_axis.drift.calibration import stamp
-    from persona_axis.drift.calibration_chats import (
+    (:func:`~persona_axis.drift.benign_chats.estimate_seconds`)."""
+    from persona_axis.drift.benign_chats import (
         chat_data_digest,
         estimate_seconds,
         hold_chats,
@@ -246,10 +246,13 @@ def calibrate(
     )
     from persona_axis.drift.context import ContextPolicy
     from persona_axis.drift.conversations import iter_conversations, write_jsonl
+    from persona_axis.drift.profile import stamp
     from persona_axis.inference.generation import Sampling
 
     if generated == 0 and not logs:
-        raise PersonaAxisError("Nothing to calibrate on: give --conversations N and/or --logs.")
+        raise PersonaAxisError(
+            "Nothing to fit the benign profile on: give --conversations N and/or --logs."
+        )
     sampling = sampling or Sampling(max_new_tokens=DEFAULT_NEW_TOKENS, temperature=0.7, top_p=0.9)
     policy = (policy or ContextPolicy()).for_model(lm)
     layer = bundle.target_layer if layer is None else layer
@@ -291,4 +294,4 @@ def calibrate(
             source["conversations"] = len(keys)
     dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
     provenance = stamp(sources, model=lm.name, dtype=dtype, context=policy.to_dict())
-    return fit_calibration(found, layer, provenance=provenance), failures
+    return fit_benign_profile(found, layer, provenance=provenance), failures

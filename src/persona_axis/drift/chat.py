@@ -76,7 +76,7 @@ class DriftChat:
     ) -> DriftChat:
         """A session on ``lm`` with ``bundle`` (checked against the weights); ``cap`` a cap
         setting, ``"recommended"``, ``"none"`` or ``"on-drift"``."""
-        from persona_axis.drift.calibration import drift_rule
+        from persona_axis.drift.profile import drift_rule
 
         name = None if cap in (None, "none") else cap
         chosen: str | None = "recommended" if name in (None, ON_DRIFT) else name

@@ -15,7 +15,7 @@ the turn index. :class:`TurnFeatures` describes a turn by
   turn's level at all (:mod:`persona_axis.drift.rule`),
 
 and a :class:`Baseline` is a linear model of the projection on these features, fitted on
-benign conversations (:mod:`persona_axis.drift.calibration`): ``expected = intercept +
+benign conversations (:mod:`persona_axis.drift.profile`): ``expected = intercept +
 Σ coefficient · feature``, in residual-stream units at one layer.
 """
 

@@ -1,7 +1,7 @@
 """The monitor's results file, written as results finish so that a killed run resumes.
 
 ``monitor.jsonl``: the first line is ``{"format": ..., "settings": {...}}`` (model, bundle,
-layer, band, rule, context policy); every later line is one finished conversation (a
+layer, extra layers, rule, context policy); every later line is one finished conversation (a
 ``monitor.json`` conversation entry with ``"type": "conversation"``) or one input that could not
 be monitored (``"type": "failure"``, with its file and position). Lines are flushed as written.
 

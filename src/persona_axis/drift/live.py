@@ -7,7 +7,7 @@ content pooling and features; one pass per context window stopped at the rule's 
 intervention), and :meth:`LiveDrift.with_reply` adds the new reply with the projection its
 generation pass measured (content-token mean at the rule's layer, ``before`` any intervention
 there). :meth:`LiveDrift.verdicts` then runs the one rule
-(:func:`persona_axis.drift.calibration.drift_rule`) over all of them, so the level reported for a
+(:func:`persona_axis.drift.profile.drift_rule`) over all of them, so the level reported for a
 reply is the level ``monitor`` reports for that turn of the logged conversation (up to float
 rounding, and up to the cap's effect on the reply's own projection when it was generated
 capped: ``monitor`` reads the text uncapped).
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from persona_axis.drift.conversations import Conversation, ReadFailure
-from persona_axis.drift.features import TurnFeatures
+from persona_axis.drift.features import TurnFeatures, performed_replies
 from persona_axis.drift.rule import DriftRule, Level, TurnVerdict
 
 if TYPE_CHECKING:
@@ -48,6 +48,10 @@ class LiveDrift:
     rule: DriftRule
     projections: tuple[float | None, ...] = ()
     features: tuple[TurnFeatures | None, ...] = ()
+    performed_next: bool = False
+    """Whether the reply to the request's trailing user message is one the user asked to be
+    performed (:func:`persona_axis.drift.features.performed_replies`), as ``monitor`` will
+    read it once it is logged."""
 
     @classmethod
     def read(
@@ -61,23 +65,27 @@ class LiveDrift:
     ) -> LiveDrift:
         """The assistant turns of ``messages`` (a trailing user message is ignored) read as the
         monitor reads them, under ``rule`` (default: the bundle's one rule)."""
-        from persona_axis.drift.calibration import drift_rule
         from persona_axis.drift.monitor import Monitor
+        from persona_axis.drift.profile import drift_rule
 
         rule = rule or drift_rule(bundle)
         history = list(messages)
+        asks = bool(history) and history[-1]["role"] == "user"
+        reply: Message = {"role": "assistant", "content": ""}
+        performed_next = asks and performed_replies([*history, reply])[-1]
         while history and history[-1]["role"] != "assistant":
             history.pop()
         if rule.scale is None or not history:
-            return cls(rule)
-        runner = Monitor.create(lm, bundle, band=[], rule=rule, policy=policy, batch_size=1)
+            return cls(rule, performed_next=performed_next)
+        runner = Monitor.create(lm, bundle, extra_layers=[], rule=rule, policy=policy, batch_size=1)
         found = next(iter(runner.run([Conversation(tuple(map(dict, history)))])))
         if isinstance(found, ReadFailure):
-            return cls(rule)
+            return cls(rule, performed_next=performed_next)
         return cls(
             rule,
             tuple(turn.projection for turn in found.turns),
             tuple(turn.features for turn in found.turns),
+            performed_next,
         )
 
     @property
@@ -88,7 +96,11 @@ class LiveDrift:
         """These turns and the reply ``text`` with ``n_tokens`` content tokens, whose projection
         at the rule's layer is ``projection`` (None: no content)."""
         turn = self.n_turns + 1
-        features = TurnFeatures.of(reply_text(text), n_tokens, turn) if n_tokens else None
+        features = (
+            TurnFeatures.of(reply_text(text), n_tokens, turn, performed=self.performed_next)
+            if n_tokens
+            else None
+        )
         return LiveDrift(self.rule, (*self.projections, projection), (*self.features, features))
 
     def verdicts(self) -> list[TurnVerdict]:

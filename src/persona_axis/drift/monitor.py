@@ -1,12 +1,12 @@
 """Drift monitoring: per-turn projections of logged conversations, alert levels and alarms.
 
-Every assistant turn is projected on the Assistant Axis at the rule's layer (and a band of
+Every assistant turn is projected on the Assistant Axis at the rule's layer (and at extra
 layers for display) under the context policy (:mod:`persona_axis.drift.context`: at most a
 window of context per turn, KV cache reused from turn to turn, batched when short;
 :mod:`persona_axis.drift.projections`). Each turn records the context it was read with; a
 conversation where context was cut carries one warning. The rule
 (:mod:`persona_axis.drift.rule`) turns the projections into alert levels (watch / warning /
-alarm); :func:`persona_axis.drift.calibration.drift_rule` picks it from the bundle.
+alarm); :func:`persona_axis.drift.profile.drift_rule` picks it from the bundle.
 
 :func:`iter_monitor` streams: it takes conversations (and read failures) one by one, runs them
 in small buffers and yields each result as soon as its buffer is done, in input order, so huge
@@ -46,8 +46,8 @@ if TYPE_CHECKING:
     from persona_axis.models.loading import LoadedModel
 
 RESULT_FORMAT = "persona-axis monitor"
-RESULT_VERSION = 2
-BAND_HALF_WIDTH = 2
+RESULT_VERSION = 3  # 3: "band" and "band_mean" renamed "extra_layers" and "extra_layers_mean"
+EXTRA_LAYERS_HALF_WIDTH = 2
 NO_CONTENT = "no assistant message with content; nothing to monitor."
 
 __all__ = [
@@ -56,7 +56,7 @@ __all__ = [
     "MonitorResult",
     "TurnReading",
     "cusum_lower",
-    "default_band",
+    "default_extra_layers",
     "iter_monitor",
     "monitor",
     "parse_layers",
@@ -65,19 +65,19 @@ __all__ = [
 ]
 
 
-def default_band(bundle: AxisBundle) -> list[int]:
-    """Layers to report beside the target: the recommended cap's band
+def default_extra_layers(bundle: AxisBundle) -> list[int]:
+    """Extra layers to report beside the target: the recommended cap's layers
     (:attr:`~persona_axis.axis.bundle.AxisBundle.recommended_cap`), else the target ± 2
     (clipped to the model and to the layers where the axis is defined)."""
     name = bundle.recommended_cap
     if name is not None:
         return sorted(bundle.caps[name].layers)
     target = bundle.target_layer
-    return [layer for layer in bundle.axis_layers if abs(layer - target) <= BAND_HALF_WIDTH]
+    return [layer for layer in bundle.axis_layers if abs(layer - target) <= EXTRA_LAYERS_HALF_WIDTH]
 
 
 def parse_layers(text: str, n_layers: int) -> list[int]:
-    """``"12:16"`` (half-open band), ``"12,14,15"`` or ``""`` (none) → layer list, checked
+    """``"12:16"`` (half-open range), ``"12,14,15"`` or ``""`` (none) → layer list, checked
     against the model."""
     if not text.strip():
         return []
@@ -89,7 +89,7 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
             layers = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
         raise PersonaAxisError(
-            f"Layers {text!r} must be a band like 12:16 (layers 12-15) or a list like 12,14."
+            f"Layers {text!r} must be a range like 12:16 (layers 12-15) or a list like 12,14."
         ) from exc
     if not layers or not all(0 <= layer < n_layers for layer in layers):
         raise PersonaAxisError(
@@ -108,7 +108,7 @@ def _rounded(value: float | None, digits: int = 6) -> float | None:
 @dataclass(frozen=True)
 class TurnReading:
     """One assistant turn: ``turn`` (1-based), its message index (0-based), content tokens,
-    content features, projection at the rule's layer and per band layer (None without content),
+    content features, projection at the rule's layer and per extra layer (None without content),
     the rule's verdict (expected projection, shortfall and change in scales, the alarm
     statistics' input ``z``, EWMA, CUSUM, flag, level) and the context it was read with."""
 
@@ -116,7 +116,7 @@ class TurnReading:
     message_index: int
     n_tokens: int
     projection: float | None
-    band: dict[int, float | None]
+    extra_layers: dict[int, float | None]
     below_threshold: bool | None
     cusum: float | None
     level: Level = "none"
@@ -137,8 +137,8 @@ class TurnReading:
         return None if self.cusum is None else self.level == "alarm"
 
     @property
-    def band_mean(self) -> float | None:
-        values = [v for v in self.band.values() if v is not None]
+    def extra_layers_mean(self) -> float | None:
+        values = [v for v in self.extra_layers.values() if v is not None]
         return sum(values) / len(values) if values else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,8 +149,10 @@ class TurnReading:
             "kind": self.kind,
             "performed": self.features is not None and self.features.performed,
             "projection": _rounded(self.projection),
-            "band": {str(layer): _rounded(value) for layer, value in self.band.items()},
-            "band_mean": _rounded(self.band_mean),
+            "extra_layers": {
+                str(layer): _rounded(value) for layer, value in self.extra_layers.items()
+            },
+            "extra_layers_mean": _rounded(self.extra_layers_mean),
             "expected": _rounded(self.expected),
             "shortfall": _rounded(self.shortfall, 4),
             "change": _rounded(self.change, 4),
@@ -228,7 +230,7 @@ class MonitorResult:
     model: str
     bundle: str
     rule: DriftRule
-    band: list[int]
+    extra_layers: list[int]
     policy: ContextPolicy = field(default_factory=ContextPolicy)
     readings: list[ConversationReading] = field(default_factory=list)
     failures: list[ReadFailure] = field(default_factory=list)
@@ -246,7 +248,7 @@ class MonitorResult:
             "model": self.model,
             "bundle": self.bundle,
             "layer": self.rule.layer,
-            "band": self.band,
+            "extra_layers": self.extra_layers,
             "rule": self.rule.to_dict(),
             "context": self.policy.to_dict(),
         }
@@ -280,7 +282,7 @@ class Monitor:
     lm: LoadedModel
     bundle: AxisBundle
     rule: DriftRule
-    band: list[int]
+    extra_layers: list[int]
     policy: ContextPolicy
     batch_size: int = 8
 
@@ -290,12 +292,12 @@ class Monitor:
         lm: LoadedModel,
         bundle: AxisBundle,
         *,
-        band: Sequence[int] | None = None,
+        extra_layers: Sequence[int] | None = None,
         rule: DriftRule | None = None,
         policy: ContextPolicy | None = None,
         batch_size: int = 8,
     ) -> Monitor:
-        from persona_axis.drift.calibration import drift_rule
+        from persona_axis.drift.profile import drift_rule
 
         if batch_size < 1:
             raise PersonaAxisError(f"batch_size must be at least 1, not {batch_size}.")
@@ -303,17 +305,17 @@ class Monitor:
             lm,
             bundle,
             rule or drift_rule(bundle),
-            sorted(set(default_band(bundle) if band is None else band)),
+            sorted(set(default_extra_layers(bundle) if extra_layers is None else extra_layers)),
             (policy or ContextPolicy()).for_model(lm),
             batch_size,
         )
 
     @property
     def layers(self) -> list[int]:
-        return sorted({self.rule.layer, *self.band})
+        return sorted({self.rule.layer, *self.extra_layers})
 
     def result(self, bundle_label: str = "") -> MonitorResult:
-        return MonitorResult(self.lm.name, bundle_label, self.rule, self.band, self.policy)
+        return MonitorResult(self.lm.name, bundle_label, self.rule, self.extra_layers, self.policy)
 
     def run(
         self, items: Iterable[Conversation | ReadFailure]
@@ -386,7 +388,9 @@ class Monitor:
                 message_index=context.message_index,
                 n_tokens=plan.n_turn_tokens[number],
                 projection=target[number],
-                band={layer: rows[number][layers.index(layer)] for layer in self.band},
+                extra_layers={
+                    layer: rows[number][layers.index(layer)] for layer in self.extra_layers
+                },
                 below_threshold=verdict.below_threshold,
                 cusum=verdict.cusum,
                 level=verdict.level,
@@ -425,14 +429,16 @@ def iter_monitor(
     bundle: AxisBundle,
     conversations: Iterable[Conversation | ReadFailure | Sequence[Message]],
     *,
-    band: Sequence[int] | None = None,
+    extra_layers: Sequence[int] | None = None,
     rule: DriftRule | None = None,
     policy: ContextPolicy | None = None,
     batch_size: int = 8,
 ) -> Iterator[ConversationReading | ReadFailure]:
     """Stream :class:`ConversationReading` results (and :class:`ReadFailure` for records that
     cannot be monitored) in input order (module doc)."""
-    runner = Monitor.create(lm, bundle, band=band, rule=rule, policy=policy, batch_size=batch_size)
+    runner = Monitor.create(
+        lm, bundle, extra_layers=extra_layers, rule=rule, policy=policy, batch_size=batch_size
+    )
     return runner.run(as_records(conversations))
 
 
@@ -441,21 +447,23 @@ def monitor(
     bundle: AxisBundle,
     conversations: Iterable[Conversation | ReadFailure | Sequence[Message]],
     *,
-    band: Sequence[int] | None = None,
+    extra_layers: Sequence[int] | None = None,
     rule: DriftRule | None = None,
     policy: ContextPolicy | None = None,
     batch_size: int = 8,
     bundle_label: str = "",
 ) -> MonitorResult:
     """Monitor ``conversations`` (module doc): readings at ``rule.layer`` (default: the rule of
-    :func:`~persona_axis.drift.calibration.drift_rule`) and ``band`` (default
-    :func:`default_band`), every turn read under the context ``policy``.
+    :func:`~persona_axis.drift.profile.drift_rule`) and ``extra_layers`` (default
+    :func:`default_extra_layers`), every turn read under the context ``policy``.
 
     ``conversations`` are :class:`Conversation` records (from the readers) or plain message
     lists. A conversation the chat template refuses, or one with no assistant content, becomes a
     :class:`ReadFailure` naming its file and position; the others are still monitored.
     """
-    runner = Monitor.create(lm, bundle, band=band, rule=rule, policy=policy, batch_size=batch_size)
+    runner = Monitor.create(
+        lm, bundle, extra_layers=extra_layers, rule=rule, policy=policy, batch_size=batch_size
+    )
     result = runner.result(bundle_label)
     started = time.perf_counter()
     for item in runner.run(as_records(conversations)):

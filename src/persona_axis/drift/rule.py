@@ -15,8 +15,8 @@ standardised readings per turn:
   written by another assistant (which projects at its own level) does not read as drift, only
   a fall within the conversation does.
 
-The alarm statistics run on ``z_t`` = the change (``relative`` rules, the calibrated default) or
-the shortfall (rules without a monitor calibration). Three alert levels, each a standard
+The alarm statistics run on ``z_t`` = the change (``relative`` rules, the default of a fitted
+benign profile) or the shortfall (rules without one). Three alert levels, each a standard
 control-chart statistic:
 
 - **watch**: one turn with shortfall ``u_t ≥ watch`` (unusually low on its own; this is the
@@ -24,8 +24,8 @@ control-chart statistic:
 - **warning**: the exponentially weighted mean ``E_t = λ z_t + (1 − λ) E_{t−1}``, ``E_0 = 0``,
   reaches ``warning`` (a drop that has lasted a few turns);
 - **alarm**: the one-sided CUSUM ``S_t = max(0, S_{t−1} + z_t − k)``, ``S_0 = 0``, reaches ``h``
-  (a sustained fall; with ``k = 0.5, h = 8`` a conversation sitting 1.5 units low alarms at its
-  8th turn, one at its level never does, one very low turn with ``z ≥ h + k`` alarms at once).
+  (a sustained fall; with ``k = 1.5, h = 2`` one turn with ``z ≥ 3.5`` alarms at once, two
+  successive turns with ``z ≥ 2.5`` do, a conversation at its level never does).
 
 Turns without content tokens, and the anchor itself, are skipped (every statistic unchanged).
 So are **performed** turns (:func:`persona_axis.drift.features.performed_replies`): replies the
@@ -34,10 +34,14 @@ user set up and has not stepped out of. Their level says what the content is, no
 speaking, so they are reported but neither flagged nor counted; the turns where the user
 steps out, or asks who it is talking to, are judged as usual, against the same anchor.
 The anchor's residual is the mean over the conversation's first ``anchor_turns`` turns with
-content (default 2: one turn alone is a noisy reference, and benign conversations often open
-higher than they go on).
+content that are not performed (default 2: one turn alone is a noisy reference, and benign
+conversations often open higher than they go on; a performed turn is not the Assistant's voice,
+so it is no reference for it), and it is never taken lower than ``−anchor_floor · scale``
+(default 2): a conversation that opens already far below a benign turn like it, a role-play
+that turned into another character before the user stepped out, is judged against the bottom
+of the benign range instead of against its own low start, so its fall is not hidden.
 Where the numbers come from: :meth:`DriftRule.from_bundle`,
-:func:`persona_axis.drift.calibration.drift_rule` and docs/monitoring.md.
+:func:`persona_axis.drift.profile.drift_rule` and docs/monitoring.md.
 """
 
 from __future__ import annotations
@@ -58,18 +62,21 @@ Level = Literal["none", "watch", "warning", "alarm"]
 LEVELS: tuple[Level, ...] = ("none", "watch", "warning", "alarm")
 NORMAL_IQR = 1.349  # (p75 - p25) of a standard normal distribution
 # The one default of each limit, in the units of the statistic it bounds (module doc); every
-# rule starts from these. k, h and the warning limit were chosen on the dev split of
-# evaldata/monitor (docs/monitoring.md); watch is one turn below the Assistant's 1st
-# percentile under a normal approximation. A fitted calibration that alarms on the change
-# since the first turns stores its own k and h (drift/calibration.py CHANGE_LIMITS): the
+# rule starts from these. k and h were chosen for the shortfall from the build's default
+# replies (the benign profile every build ships) as the pair with the most detections at <= 5%
+# false alarms on the dev split of evaldata/monitor (docs/monitoring.md; they were 0.5 and 8
+# before); the warning limit on the same split; watch is one turn below the Assistant's 1st
+# percentile under a normal approximation. A fitted benign profile that alarms on the change
+# since the first turns stores its own k and h (drift/profile.py CHANGE_LIMITS): the
 # change is another statistic, with limits chosen for it on the same dev split.
-DEFAULT_K = 0.5
-DEFAULT_H = 8.0
+DEFAULT_K = 1.5
+DEFAULT_H = 2.0
 DEFAULT_LAMBDA = 0.3
 DEFAULT_WARNING = 2.0
 DEFAULT_WATCH = 2.326
 DEFAULT_PERCENTILE = 1.0
 DEFAULT_ANCHOR_TURNS = 2  # chosen on the dev split of evaldata/monitor (docs/monitoring.md)
+DEFAULT_ANCHOR_FLOOR = 2.0  # lowest anchor residual (units of scale), chosen on the same dev split
 
 
 def cusum_lower(
@@ -162,6 +169,7 @@ class DriftRule:
     change_scale: float | None = None
     source: str = ""
     anchor_turns: int = DEFAULT_ANCHOR_TURNS
+    anchor_floor: float | None = DEFAULT_ANCHOR_FLOOR
 
     def __post_init__(self) -> None:
         if (self.reference is None) != (self.scale is None):
@@ -178,6 +186,8 @@ class DriftRule:
             raise PersonaAxisError(f"The change scale must be positive, not {self.change_scale}.")
         if self.anchor_turns < 1:
             raise PersonaAxisError(f"anchor_turns must be at least 1, not {self.anchor_turns}.")
+        if self.anchor_floor is not None and not self.anchor_floor >= 0:
+            raise PersonaAxisError(f"anchor_floor must be >= 0 or None, not {self.anchor_floor}.")
 
     @property
     def has_cusum(self) -> bool:
@@ -202,25 +212,25 @@ class DriftRule:
         k: float | None = None,
         h: float | None = None,
     ) -> DriftRule:
-        """The rule from ``bundle``'s build calibration at ``layer`` (default: its target
+        """The rule from ``bundle``'s build percentiles at ``layer`` (default: its target
         layer), from, in order:
 
-        1. its calibration of default replies: reference = their median, scale =
+        1. its projection percentiles of default replies: reference = their median, scale =
            ``(p75 − p25) / 1.349``, flag threshold = their ``percentile`` (default p1);
         2. its default vector: reference = its projection, flag threshold halfway to the mean
            role (``reference − ‖a_L‖ / 2``; the axis is default − mean role), scale ``‖a_L‖/4``;
         3. nothing: no rule, projections are still reported.
 
-        The monitor prefers a stored monitor calibration
-        (:func:`persona_axis.drift.calibration.drift_rule`).
+        The monitor prefers a stored benign profile
+        (:func:`persona_axis.drift.profile.drift_rule`).
         """
         layer = bundle.target_layer if layer is None else layer
         k = DEFAULT_K if k is None else k
         h = DEFAULT_H if h is None else h
         percentile = DEFAULT_PERCENTILE if percentile is None else percentile
-        calibration = bundle.calibration
-        row = None if calibration is None else calibration.levels_at("default", layer)
-        if calibration is not None and row is not None:
+        percentiles = bundle.projection_percentiles
+        row = None if percentiles is None else percentiles.levels_at("default", layer)
+        if percentiles is not None and row is not None:
             if float(percentile) not in row:
                 raise PersonaAxisError(
                     f"The bundle stores default-reply percentiles {list(row)}, not "
@@ -242,9 +252,9 @@ class DriftRule:
                     watch=(reference - threshold) / scale,
                     k=k,
                     h=h,
-                    source=f"bundle calibration: default replies' p{percentile:g} (threshold), "
-                    f"median (reference), IQR/1.349 (scale); {calibration.n_rollouts} rollouts "
-                    "in the build; no monitor calibration (persona-axis calibrate-monitor)",
+                    source=f"bundle percentiles: default replies' p{percentile:g} (threshold), "
+                    f"median (reference), IQR/1.349 (scale); {percentiles.n_rollouts} rollouts "
+                    "in the build; no benign profile (persona-axis calibrate-monitor)",
                 )
         if "default" in bundle.vectors:
             from persona_axis.axis.vectors import project
@@ -258,10 +268,10 @@ class DriftRule:
                 watch=2.0,  # halfway to the mean role (a data-derived threshold)
                 k=k,
                 h=h,
-                source="bundle without calibration: default vector's projection (reference), "
+                source="bundle without percentiles: default vector's projection (reference), "
                 "halfway to the mean role (threshold), |axis|/4 (scale)",
             )
-        return cls(layer, None, None, k=k, h=h, source="no calibration and no default vector")
+        return cls(layer, None, None, k=k, h=h, source="no percentiles and no default vector")
 
     def with_overrides(
         self,
@@ -291,7 +301,7 @@ class DriftRule:
         if threshold is not None:
             if rule.reference is None or rule.scale is None:
                 raise PersonaAxisError(
-                    "This bundle has no calibration to set a threshold against; give "
+                    "This bundle has no projection percentiles to set a threshold against; give "
                     "--reference and --scale too (or run persona-axis calibrate-monitor)."
                 )
             rule = replace(rule, watch=(rule.reference - threshold) / rule.scale)
@@ -321,7 +331,7 @@ class DriftRule:
         ]
         shortfalls = [None if r is None else -r / self.scale for r in residuals]
         performed = [f is not None and f.performed for f in features]
-        changes = self._changes(residuals)
+        changes = self._changes(residuals, performed)
         inputs = [
             None if acted else z
             for z, acted in zip(changes if self.relative else shortfalls, performed, strict=True)
@@ -343,19 +353,26 @@ class DriftRule:
             verdicts.append(TurnVerdict(None if r is None else e, u, c, z, m, s, flag, level))
         return verdicts
 
-    def _changes(self, residuals: Sequence[float | None]) -> list[float | None]:
-        """``(r_a − r_t) / change_scale`` after the anchor ``a`` (the first turn with a value;
-        ``r_a`` the mean of the first :attr:`anchor_turns` values)."""
+    def _changes(
+        self, residuals: Sequence[float | None], performed: Sequence[bool]
+    ) -> list[float | None]:
+        """``(r_a − r_t) / change_scale`` after the anchor ``a``: the first turn with a value
+        that is not performed; ``r_a`` = the mean of the first :attr:`anchor_turns` such values,
+        at least ``−anchor_floor · scale`` (module doc). Turns before ``a`` and ``a`` itself
+        get None."""
         assert self.scale is not None
         unit = self.change_scale or self.scale * math.sqrt(2)
-        known = [r for r in residuals if r is not None][: self.anchor_turns]
+        own = [r for r, acted in zip(residuals, performed, strict=True) if not acted]
+        known = [r for r in own if r is not None][: self.anchor_turns]
         anchor = sum(known) / len(known) if known else None
+        if anchor is not None and self.anchor_floor is not None:
+            anchor = max(anchor, -self.anchor_floor * self.scale)
         out: list[float | None] = []
         seen = False
-        for r in residuals:
+        for r, acted in zip(residuals, performed, strict=True):
             if r is None or anchor is None or not seen:
                 out.append(None)
-                seen = seen or r is not None
+                seen = seen or (r is not None and not acted)
                 continue
             out.append((anchor - r) / unit)
         return out
@@ -375,5 +392,6 @@ class DriftRule:
             "relative": self.relative,
             "change_scale": self.change_scale,
             "anchor_turns": self.anchor_turns,
+            "anchor_floor": self.anchor_floor,
             "source": self.source,
         }

@@ -22,7 +22,7 @@ drift gate is armed (:mod:`persona_axis.drift.gate`), decided before each turn f
 conversation's history exactly as the server decides it
 (:class:`~persona_axis.drift.live.LiveDrift`).
 At the end every conversation is read once more by the one drift rule
-(:func:`~persona_axis.drift.calibration.drift_rule`, as ``persona-axis monitor`` reads it), so
+(:func:`~persona_axis.drift.profile.drift_rule`, as ``persona-axis monitor`` reads it), so
 each turn carries the level ``monitor`` gives it.
 
 Per-turn values are averaged across the conversations of a domain; turn positions reached by
@@ -290,8 +290,8 @@ def simulate(
     """Run the simulation (module doc); with ``cap`` (a setting of ``bundle``, or
     ``"on-drift"``: the recommended cap behind the drift gate) also the capped arm. The user
     backend may wrap the target model itself."""
-    from persona_axis.drift.calibration import drift_rule
     from persona_axis.drift.gate import ON_DRIFT
+    from persona_axis.drift.profile import drift_rule
     from persona_axis.inference.interventions import InterventionSpec
 
     settings = settings or SimulationSettings()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from persona_axis.pipeline.config import PRESETS, BuildConfig, default_cap_bands, preset
+from persona_axis.pipeline.config import PRESETS, BuildConfig, default_cap_layer_ranges, preset
 from persona_axis.pipeline.stages import BuildResult, build
 
 __all__ = [
@@ -10,6 +10,6 @@ __all__ = [
     "BuildConfig",
     "BuildResult",
     "build",
-    "default_cap_bands",
+    "default_cap_layer_ranges",
     "preset",
 ]

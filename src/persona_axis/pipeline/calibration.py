@@ -1,6 +1,7 @@
-"""The build's calibration pass: cap settings from per-response projections of every rollout
-(:func:`persona_axis.axis.calibrate.calibrate_grid`), and percentile tables of per-response and
-per-token projections (unit axis, residual-stream units) for the manifest.
+"""The build's cap calibration: cap settings from per-response projections of every rollout
+(:func:`persona_axis.axis.calibrate.calibrate_grid`), and the projection percentiles (tables of
+per-response and per-token projections, unit axis, residual-stream units) for the manifest's
+``projection_percentiles``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from persona_axis.axis.vectors import project
 from persona_axis.inference.token_projections import token_projections
 from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
-from persona_axis.pipeline.config import BuildConfig, default_cap_bands
+from persona_axis.pipeline.config import BuildConfig, default_cap_layer_ranges
 from persona_axis.pipeline.plan import RolloutSpec
 from persona_axis.pipeline.store import BuildStore, token_lists
 
@@ -37,7 +38,7 @@ def calibrate(
     projections: list[Tensor] = []
     kinds: list[str] = []
     sample: list[tuple[list[Message], list[int]]] = []
-    stride = max(1, sum(map(len, batches)) // max(1, config.token_calibration_rollouts))
+    stride = max(1, sum(map(len, batches)) // max(1, config.token_percentile_rollouts))
     for _, records, tensors in store.iter_batches(len(batches)):
         replies = token_lists(tensors)
         rows = [row for row, record in enumerate(records) if record["n_tokens"] > 0]
@@ -45,17 +46,17 @@ def calibrate(
         kinds += [records[row]["kind"] for row in rows]
         for row in rows:
             record = records[row]
-            if record["id"] % stride == 0 and len(sample) < config.token_calibration_rollouts:
+            if record["id"] % stride == 0 and len(sample) < config.token_percentile_rollouts:
                 spec = RolloutSpec(**{k: record[k] for k in RolloutSpec.__dataclass_fields__})
                 sample.append((spec.messages(), replies[row]))
     per_response = torch.cat(projections)  # [n_rollouts, n_layers]
     per_token = token_projections(lm, axis, sample, config.batch_size, config.progress)
-    bands = config.cap_bands or default_cap_bands(lm.shape.n_layers)
+    layer_ranges = config.cap_layer_ranges or default_cap_layer_ranges(lm.shape.n_layers)
     described = (
         f"per-response projections of all {per_response.shape[0]} rollouts "
         "(roles at every score, traits both ways, default)"
     )
-    caps = calibrate_grid(per_response, bands, config.cap_percentiles, described)
+    caps = calibrate_grid(per_response, layer_ranges, config.cap_percentiles, described)
     token_table = percentile_table(per_token, config.cap_percentiles)
     for setting in caps.values():
         pct_index = list(config.cap_percentiles).index(float(setting.percentile or 0))
@@ -63,7 +64,7 @@ def calibrate(
             round(token_table[t.layer][pct_index], 5) for t in setting.thresholds
         ]
         setting.notes["per_token_rollouts"] = len(sample)
-    calibration = {
+    percentiles = {
         "percentiles": list(config.percentiles),
         "per_response": percentile_table(per_response, config.percentiles),
         "per_response_by_kind": {
@@ -77,9 +78,9 @@ def calibrate(
         "n_rollouts": int(per_response.shape[0]),
         "n_token_rollouts": len(sample),
         "n_tokens": int(per_token.shape[0]),
-        "bands": [list(b) for b in bands],
+        "cap_layer_ranges": [list(r) for r in layer_ranges],
     }
-    return caps, calibration
+    return caps, percentiles
 
 
 def percentile_table(values: Tensor, percentiles: tuple[float, ...]) -> list[list[float]]:

@@ -15,6 +15,11 @@ from persona_axis.models.dtypes import DtypeChoice, choose_dtype
 
 RUNTIME_FIELDS = frozenset({"progress", "workers", "ray_address", "gpus_per_worker"})
 """Fields that change how a build runs but never what it computes (not stored, not checked)."""
+RENAMED_FIELDS = {
+    "cap_bands": "cap_layer_ranges",
+    "token_calibration_rollouts": "token_percentile_rollouts",
+}
+"""Result fields older versions stored under other names: old name → today's."""
 
 
 @dataclass(frozen=True)
@@ -24,15 +29,15 @@ class BuildConfig:
     Sampling follows docs/method.md (temperature 0.7, top_p 0.9, 512 new tokens, thinking off).
     ``activation_dtype`` is how per-rollout activations are stored (float32 or bfloat16: half
     the disk, n_layers × d × 2 bytes per rollout; sums are always taken in float32).
-    ``engine`` generates the rollouts: "hf" (``generate`` with pooling) or "vllm" (the vLLM
+    ``engine`` generates the rollouts: "hf" (our continuous batch, pooling) or "vllm" (the vLLM
     engine, pooling in the same pass; its sampler differs from HF's, so it is a result field).
     ``dtype`` is the model's dtype; "auto" means bfloat16 where the host multiplies it
     natively (AMX, AVX-512-BF16, CUDA) and float32 elsewhere (:meth:`dtype_choice`); a build
     stores and records the dtype it resolved to.
     ``role_scores`` are the judge scores whose rollouts make a role vector (docs/method.md: 3 only).
     ``batch_size`` fixes how rollouts are grouped and seeded (batch k uses seed ``seed + k``),
-    so it is part of the result. ``cap_bands`` are half-open ``(first, stop)`` layer windows;
-    None derives upper-middle windows from the depth (:func:`default_cap_bands`).
+    so it is part of the result. ``cap_layer_ranges`` are half-open ``(first, stop)`` layer
+    ranges; None derives upper-middle ranges from the depth (:func:`default_cap_layer_ranges`).
 
     ``workers``, ``ray_address`` and ``gpus_per_worker`` only say how generation runs
     (:mod:`persona_axis.pipeline.sharding`): workers > 1 or an address shards the batches over
@@ -60,9 +65,9 @@ class BuildConfig:
     role_scores: tuple[int, ...] = (3,)
     percentiles: tuple[float, ...] = (1.0, 25.0, 50.0, 75.0)
     cap_percentiles: tuple[float, ...] = (25.0, 50.0, 75.0, 99.0)
-    cap_bands: tuple[tuple[int, int], ...] | None = None
+    cap_layer_ranges: tuple[tuple[int, int], ...] | None = None
     target_layer: int | None = None
-    token_calibration_rollouts: int = 2000
+    token_percentile_rollouts: int = 2000
     activation_dtype: str = "float32"
     engine: str = "hf"
     progress: bool = True
@@ -108,7 +113,8 @@ class BuildConfig:
         data["percentiles"] = list(self.percentiles)
         data["cap_percentiles"] = list(self.cap_percentiles)
         data["role_scores"] = list(self.role_scores)
-        data["cap_bands"] = None if self.cap_bands is None else [list(b) for b in self.cap_bands]
+        ranges = self.cap_layer_ranges
+        data["cap_layer_ranges"] = None if ranges is None else [list(r) for r in ranges]
         if self.target_layer is None:  # unset: stored as before the field existed (resumable)
             data.pop("target_layer")
         if self.engine == "hf":  # likewise; a vLLM build's rollouts differ, so it is stored
@@ -125,6 +131,7 @@ class BuildConfig:
     def from_result_fields(cls, data: dict[str, Any]) -> BuildConfig:
         """The settings a build directory stored (:meth:`result_fields`), back as a config."""
         known = {f.name for f in fields(cls)} - RUNTIME_FIELDS
+        data = upgrade_result_fields(data)
         unknown = set(data) - known
         if unknown:
             raise PersonaAxisError(
@@ -135,8 +142,8 @@ class BuildConfig:
         for name in ("percentiles", "cap_percentiles", "role_scores"):
             if name in values:
                 values[name] = tuple(values[name])
-        if values.get("cap_bands") is not None:
-            values["cap_bands"] = tuple(tuple(b) for b in values["cap_bands"])
+        if values.get("cap_layer_ranges") is not None:
+            values["cap_layer_ranges"] = tuple(tuple(r) for r in values["cap_layer_ranges"])
         return cls(**values, progress=False)
 
     def with_overrides(self, **overrides: Any) -> BuildConfig:
@@ -151,10 +158,10 @@ class BuildConfig:
 
 
 # A documented subset sized to finish in under three minutes on 2 CPU cores with the default
-# model (166 s on the project's AVX2 host, docs/axis-quality.md): 12 roles (3 per category) ×
-# 2 prompts × 6 questions, the 5 default prompts × 6 questions, 4 traits × 1 pair × 2
-# polarities × 3 questions; 32 new tokens in batches of 32; 100 rollouts for the per-token
-# calibration. dtype "auto": float32 on CPUs without native bfloat16 (there bfloat16 generated
+# model (150 s on the project's AVX2 host on 2026-12-07, docs/axis-quality.md): 12 roles (3
+# per category) × 2 prompts × 6 questions, the 5 default prompts × 6 questions, 4 traits × 1
+# pair × 2 polarities × 3 questions; 32 new tokens in batches of 32; 100 rollouts for the per-token
+# percentiles. dtype "auto": float32 on CPUs without native bfloat16 (there bfloat16 generated
 # at half the speed of float32), bfloat16 with AMX or AVX-512-BF16 (models/dtypes.py).
 # A 135M model rarely plays a role fully (the offline judge gives most replies a 1), so the
 # quick role vectors keep every non-refusal reply (scores 1-3) instead of score 3 only.
@@ -169,7 +176,7 @@ _QUICK = BuildConfig(
     max_new_tokens=32,
     min_role_rollouts=2,
     role_scores=(1, 2, 3),
-    token_calibration_rollouts=100,
+    token_percentile_rollouts=100,
 )
 
 PRESETS: dict[str, BuildConfig] = {
@@ -183,7 +190,7 @@ PRESETS: dict[str, BuildConfig] = {
     "standard": replace(
         _QUICK,
         batch_size=16,
-        token_calibration_rollouts=200,
+        token_percentile_rollouts=200,
         n_roles=48,
         prompts_per_role=1,
         n_questions=24,
@@ -197,25 +204,31 @@ PRESETS: dict[str, BuildConfig] = {
 }
 
 
+def upgrade_result_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of stored result fields with older names (:data:`RENAMED_FIELDS`) renamed to
+    today's, so a build directory written by an older version resumes and is read as before."""
+    return {RENAMED_FIELDS.get(name, name): value for name, value in data.items()}
+
+
 def preset(name: str) -> BuildConfig:
     if name not in PRESETS:
         raise PersonaAxisError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
     return PRESETS[name]
 
 
-def default_cap_bands(n_layers: int) -> tuple[tuple[int, int], ...]:
-    """Upper-middle layer windows to calibrate caps on, as half-open ``(first, stop)``.
+def default_cap_layer_ranges(n_layers: int) -> tuple[tuple[int, int], ...]:
+    """Upper-middle layer ranges to calibrate caps on, as half-open ``(first, stop)``.
 
     The paper caps 12-20% of the depth in the upper middle (Qwen3 32B: 46-53 of 64; Llama 3.3
-    70B: 56-71 of 80). Windows of 12.5% and 20% of the depth start at the middle layer, at 62.5%
-    and at 70% of the depth; duplicates are removed and windows are clipped to the model.
+    70B: 56-71 of 80). Ranges of 12.5% and 20% of the depth start at the middle layer, at 62.5%
+    and at 70% of the depth; duplicates are removed and ranges are clipped to the model.
     """
-    bands: list[tuple[int, int]] = []
+    ranges: list[tuple[int, int]] = []
     for width_fraction in (0.125, 0.2):
         width = max(1, math.ceil(width_fraction * n_layers))
         for start_fraction in (0.5, 0.625, 0.7):
             first = min(int(start_fraction * n_layers), n_layers - width)
-            band = (first, first + width)
-            if band not in bands:
-                bands.append(band)
-    return tuple(bands)
+            layer_range = (first, first + width)
+            if layer_range not in ranges:
+                ranges.append(layer_range)
+    return tuple(ranges)

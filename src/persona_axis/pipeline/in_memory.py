@@ -26,7 +26,7 @@ from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling, generate_replies
 from persona_axis.models.fingerprint import try_weight_fingerprint
 from persona_axis.models.loading import LoadedModel
-from persona_axis.pipeline.config import default_cap_bands
+from persona_axis.pipeline.config import default_cap_layer_ranges
 from persona_axis.pipeline.plan import make_batches, make_plan
 
 CAP_PERCENTILES = (25.0, 50.0, 75.0, 99.0)
@@ -89,7 +89,7 @@ def compute_axis(
     everything = torch.stack([a for acts in by_group.values() for a in acts])
     caps = calibrate_grid(
         project(everything, axis),
-        default_cap_bands(lm.shape.n_layers),
+        default_cap_layer_ranges(lm.shape.n_layers),
         CAP_PERCENTILES,
         f"per-response projections of all {everything.shape[0]} replies (compute_axis)",
     )

@@ -1,11 +1,11 @@
 """The build's sample for the drift monitor: its default replies' projections, by prompt.
 
 Every build answers each question under each of the model's default system prompts (no role).
-Those replies are the model as the Assistant, so they give the drift monitor its calibration at
+Those replies are the model as the Assistant, so they give the drift monitor its benign profile at
 no extra cost: their level, their spread, and how much two replies under the same prompt differ
 (the change a benign conversation shows from turn to turn). This module only reads the numbers
-from the build store; :meth:`persona_axis.drift.calibration.MonitorCalibration.from_build`
-turns them into the monitor calibration the bundle ships with.
+from the build store; :meth:`persona_axis.drift.profile.BenignProfile.from_build`
+turns them into the benign profile the bundle ships with.
 
 The sample is stored in the manifest as ``monitor_sample``: the layer, and per default prompt
 the content-token-mean projections (unit axis, residual-stream units, float32) and content

@@ -6,7 +6,7 @@ the rest is redone with the same seeds, and the bundle equals an uninterrupted r
 
 Generation pools every reply's response activation (all layers, float32) and its mean token
 norm in the generation pass itself; nothing runs a second forward over the rollouts except the
-per-token calibration sample (projections of single tokens cannot be recovered from means).
+per-token percentile sample (projections of single tokens cannot be recovered from means).
 
 This module runs the stages in order; :mod:`~persona_axis.pipeline.aggregate` sums the store
 into vectors and quality metrics, :mod:`~persona_axis.pipeline.calibration` calibrates caps and
@@ -138,7 +138,7 @@ def build(
     with _timed(timings, "space"):
         space = describe_space(vectors, axis, target)
     with _timed(timings, "calibrate"):
-        caps, calibration = calibrate(lm, store, batches, axis, config)
+        caps, percentiles = calibrate(lm, store, batches, axis, config)
     bundle = AxisBundle.create(
         {
             "axis": axis,
@@ -170,7 +170,7 @@ def build(
             "space": space,
             "rankings": rankings(vectors, axis, target),
             "quality": quality,
-            "calibration": calibration,
+            "projection_percentiles": percentiles,
             SAMPLE_KEY: default_reply_sample(store, len(batches), axis, target),
             "recommended_cap": default_recommendation(list(caps.values()), lm.shape.n_layers),
             "timings": {k: round(v, 2) for k, v in timings.items()},
@@ -193,7 +193,7 @@ def model_dtype(lm: LoadedModel, choice: DtypeChoice) -> DtypeChoice:
 
 @dataclass
 class Analysis:
-    """What the build derives from a finished store before calibration."""
+    """What the build derives from a finished store before the cap calibration."""
 
     groups: Groups
     vectors: dict[str, Tensor]

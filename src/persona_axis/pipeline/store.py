@@ -32,6 +32,7 @@ from torch import Tensor
 
 from persona_axis import files
 from persona_axis.errors import PersonaAxisError
+from persona_axis.pipeline.config import upgrade_result_fields
 
 HEADER = "header.json"
 
@@ -61,6 +62,8 @@ class BuildStore:
         stored_path = store.root / HEADER
         if stored_path.is_file():
             stored = read_json(stored_path)
+            if isinstance(stored.get("settings"), dict):  # older field names read as today's
+                stored["settings"] = upgrade_result_fields(stored["settings"])
             if stored != header:
                 change = _difference(stored, header)
                 raise PersonaAxisError(

@@ -4,7 +4,7 @@ Sections: the model and key figures; the axis quality metrics (stability, held-o
 persona-space structure, each with its bootstrap 95% interval, and the warnings); the persona
 space (PC1/PC2 scatter of roles with the
 default marked) and its explained variance; roles along the axis; trait cosines with the axis
-at both ends; cos(axis, PC1) per layer; cap thresholds per layer over the calibration
+at both ends; cos(axis, PC1) per layer; cap thresholds per layer over the projection
 percentiles; drift trajectories from ``persona-axis monitor`` and ``persona-axis simulate``
 results. Missing parts of a bundle (imported axes have no persona space) are stated, not
 invented. All projections are on the unit axis at the target layer unless said otherwise.
@@ -289,13 +289,11 @@ def _caps_section(bundle: AxisBundle) -> str:
     settings = {
         name: [(t.layer, t.threshold) for t in bundle.caps[name].thresholds] for name in chosen
     }
-    calibration = manifest.get("calibration") or {}
+    found = bundle.projection_percentiles
     lines: dict[str, list[float]] = {}
-    percentiles = calibration.get("percentiles") or []
-    table = calibration.get("per_response")
-    if table:
-        for index, pct in enumerate(percentiles):
-            lines[f"all replies p{pct:g}"] = [row[index] for row in table]
+    if found is not None:
+        for index, pct in enumerate(found.percentiles):
+            lines[f"all replies p{pct:g}"] = [row[index] for row in found.all_rollouts]
     png = plots.caps_png(settings, lines, bundle.shape[0], highlight=recommended)
     rows = []
     for name, setting in sorted(bundle.caps.items()):
@@ -330,7 +328,7 @@ def _load_result(path: str | Path, kind: str) -> dict[str, Any]:
 
 def _charted_caps(bundle: AxisBundle, recommended: str | None, limit: int = 8) -> list[str]:
     """Cap settings worth a line: all when few, else those sharing the recommended
-    percentile (one per band), the recommended one included."""
+    percentile (one per layer range), the recommended one included."""
     names = sorted(bundle.caps)
     if len(names) <= limit:
         return names

@@ -61,7 +61,7 @@ class Trajectory:
     values: list[float | None]
     flagged: list[int] = field(default_factory=list)  # turns below the threshold
     alarm_turn: int | None = None
-    band: tuple[list[float], list[float]] | None = None  # lower and upper edge per turn
+    interval: tuple[list[float], list[float]] | None = None  # lower and upper edge per turn
 
 
 def trajectories_png(
@@ -108,8 +108,8 @@ def _draw_trajectories(
             color=color,
             label=label,
         )
-        if line.band is not None:
-            low, high = line.band
+        if line.interval is not None:
+            low, high = line.interval
             ax.fill_between(line.turns, low, high, color=color, alpha=0.15, linewidth=0)
         flagged = [(t, y) for t, y in zip(line.turns, ys, strict=True) if t in set(line.flagged)]
         if flagged:
@@ -167,7 +167,7 @@ def simulation_png(data: Mapping[str, Any]) -> bytes:
                     label=arm,
                     turns=[row["turn"] for row in rows],
                     values=[row["mean"] for row in rows],
-                    band=(
+                    interval=(
                         [row["mean"] - row["sem"] for row in rows],
                         [row["mean"] + row["sem"] for row in rows],
                     ),
@@ -329,7 +329,7 @@ def caps_png(
     highlight: str | None = None,
 ) -> bytes:
     """Cap floors per layer (one line per setting, ``highlight`` drawn thick) over the
-    calibration percentiles per layer; the view spans layer 0 to just past the deepest cap."""
+    projection percentiles per layer; the view spans layer 0 to just past the deepest cap."""
     figure = new_figure(7.5, 4.2)
     ax = figure.add_subplot()
     _style(ax)

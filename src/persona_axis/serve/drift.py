@@ -1,13 +1,14 @@
 """Drift telemetry and the on-drift cap of a served request, decided from the request alone.
 
 The server keeps no conversation state: a request carries the earlier turns, so the drift rule
-(:func:`persona_axis.drift.calibration.drift_rule`, the one rule ``monitor``, ``simulate`` and
+(:func:`persona_axis.drift.profile.drift_rule`, the one rule ``monitor``, ``simulate`` and
 ``chat`` use) is run over them (:class:`~persona_axis.drift.live.LiveDrift`: one pass over the
 prompt up to the rule's layer, ahead of generation, when there is an earlier assistant turn)
 and then over the new reply, whose projection comes from its generation pass. The response's
 ``persona_axis.drift_reading`` object holds the reply's level (none / watch / warning / alarm)
 and the rule's statistics; ``persona_axis.drift`` is True when the level is ``alarm`` (None
-when the bundle has no rule: no calibration and no default vector).
+when the bundle has no rule: no benign profile, no projection percentiles and no default
+vector).
 
 With ``cap: "on-drift"`` the gate (:mod:`persona_axis.drift.gate`) is read from the same
 history: the reply is capped with the bundle's recommended cap when the gate is armed, and
@@ -75,7 +76,7 @@ def describe_rule(rule: DriftRule) -> dict[str, Any]:
     """The rule as a client sees it: layer, limits and where the numbers came from."""
     return {
         "layer": rule.layer,
-        "calibrated": rule.has_cusum,
+        "has_levels": rule.has_cusum,
         "relative": rule.relative,
         "watch": rule.watch,
         "warning": rule.warning,

@@ -37,7 +37,7 @@ class Metrics:
         )
         self.drift = Counter(
             "persona_axis_drift_replies",
-            "Replies flagged as drifted (projection before capping below the calibrated p1).",
+            "Replies flagged as drifted (projection before capping below the build's p1).",
             ["cap"],
             registry=registry,
         )

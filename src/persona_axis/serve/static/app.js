@@ -67,9 +67,9 @@ async function loadInfo() {
   select.disabled = names.length === 0;
   updateCapNote();
   const rule = info.rule;
-  $("rule-desc").textContent = rule && rule.calibrated
+  $("rule-desc").textContent = rule && rule.has_levels
     ? `watch ≥ ${fmt(rule.watch)}, warning ≥ ${fmt(rule.warning)}, alarm CUSUM ≥ ${fmt(rule.h)}; ${rule.source}`
-    : "this bundle has no drift calibration: no levels";
+    : "this bundle has no drift reference (benign profile or build percentiles): no levels";
   drawChart();
 }
 
@@ -88,11 +88,11 @@ function updateCapNote() {
   }
   const cap = info.caps[$("cap-setting").value];
   const layers = cap ? cap.layers : [];
-  const band = layers.length ? `layers ${layers[0]}–${layers[layers.length - 1]}` : "";
+  const span = layers.length ? `layers ${layers[0]}–${layers[layers.length - 1]}` : "";
   const upstream = layers.length && !layers.includes(info.target_layer)
     ? ` The meter's layer ${info.target_layer} is ${layers[0] > info.target_layer ? "upstream of" : "downstream of"} the capped layers.`
     : "";
-  $("cap-note").textContent = on ? `Floors on ${band}.${upstream}` : "No cap: the model runs unchanged.";
+  $("cap-note").textContent = on ? `Floors on ${span}.${upstream}` : "No cap: the model runs unchanged.";
 }
 
 function capValue() {
@@ -184,7 +184,7 @@ function drawChart() {
   const n = Math.max(state.turns.length, 1);
   const x = (i) => 12 + ((width - 24) * (n === 1 ? 0.5 : i / (n - 1)));
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none" });
-  state.turns.forEach((t, i) => {  // one band per turn, coloured by the rule's level
+  state.turns.forEach((t, i) => {  // one stripe per turn, coloured by the rule's level
     const half = (width - 24) / (2 * n);
     root.append(svg("rect", { x: Math.max(0, x(i) - half), width: 2 * half, y: 0, height, fill: LEVEL_COLOURS[level(t)], opacity: 0.5 }));
   });

@@ -1,10 +1,10 @@
-"""The monitor calibration stored in a bundle, and the rule the monitor takes from a bundle.
+"""The benign profile stored in a bundle, and the rule the monitor takes from a bundle.
 
 ``persona-axis calibrate-monitor`` (:mod:`persona_axis.drift.calibrate_monitor`) fits, on
 benign multi-turn conversations, the projection an Assistant turn is expected to have given its
 content and turn index (a :class:`~persona_axis.drift.features.Baseline`), the spread of benign
 turns around it (``scale``), and stores both with the alert limits and their provenance in the
-bundle's manifest (``monitor_calibration``). :func:`drift_rule` prefers it over the build's
+bundle's manifest (``benign_profile``). :func:`drift_rule` prefers it over the build's
 single-reply levels (:meth:`persona_axis.drift.rule.DriftRule.from_bundle`).
 """
 
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from persona_axis._version import __version__
 from persona_axis.drift.features import Baseline
 from persona_axis.drift.rule import (
+    DEFAULT_ANCHOR_FLOOR,
     DEFAULT_H,
     DEFAULT_K,
     DEFAULT_LAMBDA,
@@ -40,18 +41,21 @@ DEFAULT_LIMITS: dict[str, float | None] = {  # the rule's one set of defaults (d
     "ewma_lambda": DEFAULT_LAMBDA,
     "k": DEFAULT_K,
     "h": DEFAULT_H,
+    "anchor_floor": DEFAULT_ANCHOR_FLOOR,
 }
 CHANGE_LIMITS: dict[str, float | None] = {**DEFAULT_LIMITS, "k": 2.0, "h": 2.0}
 """The limits ``calibrate-monitor`` stores with the rule it fits, which alarms on the change
 since the conversation's first turns (``relative``): k and h chosen together on the dev split
 of evaldata/monitor (performed turns skipped, a two-turn anchor) as the pair with the most dev
-detections at dev false alarms <= 5% (docs/monitoring.md). A calibration shipped by the build
-alarms on the shortfall and keeps :data:`DEFAULT_LIMITS`."""
+detections at dev false alarms <= 5%, the anchor floor then in the middle of the range of
+floors that detected every dev drift at that rate (docs/monitoring.md). A benign profile shipped
+by the build alarms on the shortfall and keeps :data:`DEFAULT_LIMITS` (k and h chosen for the
+shortfall on the same dev split; the anchor floor does not enter a rule on the shortfall)."""
 
 
 @dataclass(frozen=True)
-class MonitorCalibration:
-    """The stored monitor calibration (module doc) at ``layer``: ``baseline``, the spread of
+class BenignProfile:
+    """The drift monitor's benign profile (module doc) at ``layer``: ``baseline``, the spread of
     benign turns around it (``scale``) and of their change since their conversation's first
     turn (``change_scale``), alert ``limits`` in those units, where the turns came from
     (``provenance``), how the benign projection moved with content and turn index
@@ -68,7 +72,7 @@ class MonitorCalibration:
     relative: bool = True
 
     def rule(self, *, k: float | None = None, h: float | None = None) -> DriftRule:
-        """The drift rule this calibration defines (``k``/``h`` override the stored ones)."""
+        """The drift rule this profile defines (``k``/``h`` override the stored ones)."""
         limits = {**DEFAULT_LIMITS, **self.limits}
         reference = self.effects.get("median_expected", self.baseline.intercept)
         sources = ", ".join(
@@ -83,10 +87,11 @@ class MonitorCalibration:
             h=float(limits["h"] if h is None else h),  # type: ignore[arg-type]
             ewma_lambda=float(limits["ewma_lambda"]),  # type: ignore[arg-type]
             warning=limits["warning"],
+            anchor_floor=limits.get("anchor_floor", DEFAULT_ANCHOR_FLOOR),
             baseline=self.baseline,
             relative=self.relative,
             change_scale=self.change_scale,
-            source=f"monitor calibration from {sources}: expected projection "
+            source=f"benign profile from {sources}: expected projection "
             + (
                 "from code share, list share, length and turn index"
                 if self.baseline.coefficients
@@ -109,12 +114,12 @@ class MonitorCalibration:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> MonitorCalibration:
+    def from_dict(cls, data: Mapping[str, Any]) -> BenignProfile:
         try:
             version = data["format_version"]
             if version != FORMAT_VERSION:
                 raise PersonaAxisError(
-                    f"Monitor calibration format {version} is not {FORMAT_VERSION}; run "
+                    f"Benign profile format {version} is not {FORMAT_VERSION}; run "
                     "persona-axis calibrate-monitor again."
                 )
             scale = float(data["scale"])
@@ -123,12 +128,12 @@ class MonitorCalibration:
             layer = int(data["layer"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PersonaAxisError(
-                f"The bundle's monitor calibration is malformed ({exc!r}); run persona-axis "
+                f"The bundle's benign profile is malformed ({exc!r}); run persona-axis "
                 "calibrate-monitor again."
             ) from exc
         if not (scale > 0 and change_scale > 0):
             raise PersonaAxisError(
-                f"The monitor calibration's scales must be positive ({scale}, {change_scale})."
+                f"The benign profile's scales must be positive ({scale}, {change_scale})."
             )
         return cls(
             layer,
@@ -142,14 +147,14 @@ class MonitorCalibration:
         )
 
     @classmethod
-    def from_bundle(cls, bundle: AxisBundle) -> MonitorCalibration | None:
-        """The calibration stored by ``persona-axis calibrate-monitor`` (None: none stored)."""
-        data = bundle.monitor_calibration
+    def from_bundle(cls, bundle: AxisBundle) -> BenignProfile | None:
+        """The profile stored by ``persona-axis calibrate-monitor`` (None: none stored)."""
+        data = bundle.benign_profile
         return None if data is None else cls.from_dict(data)
 
     @classmethod
-    def from_build(cls, bundle: AxisBundle) -> MonitorCalibration | None:
-        """The calibration every build ships with, from its default replies
+    def from_build(cls, bundle: AxisBundle) -> BenignProfile | None:
+        """The profile every build ships with, from its default replies
         (:mod:`persona_axis.pipeline.monitor_sample`; None for bundles without the sample).
 
         The replies are single-turn and of one length, so the baseline is a constant (their
@@ -160,7 +165,7 @@ class MonitorCalibration:
         since the first turn, in units of the spread of differences between two replies under
         the same default prompt (``change_scale``, stored too), alarmed on none of either:
         single replies to different questions differ far more than turns of one conversation
-        (docs/monitoring.md, "Calibrated out of the box").
+        (docs/monitoring.md, "A benign profile out of the box").
         """
         sample: Any = bundle.manifest.get(SAMPLE_KEY)
         try:
@@ -207,17 +212,17 @@ def drift_rule(
     """The drift rule for ``bundle`` at ``layer`` (default: its target layer): the one function
     ``monitor``, ``simulate``, the server, the web page and the Python API take it from.
 
-    In order, when no build ``percentile`` is asked for: the monitor calibration stored by
+    In order, when no build ``percentile`` is asked for: the benign profile stored by
     ``persona-axis calibrate-monitor`` for that layer; the one every build ships with (from its
-    default replies, :meth:`MonitorCalibration.from_build`); else
+    default replies, :meth:`BenignProfile.from_build`); else
     :meth:`DriftRule.from_bundle` (the build's default-reply percentiles, or its default
     vector). Limits not given (``k``, ``h``) take the one default of
     :mod:`persona_axis.drift.rule`."""
     layer = bundle.target_layer if layer is None else layer
     if percentile is None:
         stored, shipped = (
-            MonitorCalibration.from_bundle(bundle),
-            MonitorCalibration.from_build(bundle),
+            BenignProfile.from_bundle(bundle),
+            BenignProfile.from_build(bundle),
         )
         for found in (stored, shipped):
             if found is not None and found.layer == layer:

@@ -1,6 +1,7 @@
-"""Benign multi-turn conversations held by the model itself, to calibrate the drift monitor.
+"""Benign multi-turn conversations held by the model itself, to fit the drift monitor's
+benign profile (``persona-axis calibrate-monitor``).
 
-Our package data (``drift/data/calibration_chats.json``) lists openers in many domains (coding,
+Our package data (``drift/data/benign_chats.json``) lists openers in many domains (coding,
 writing, everyday help, cooking, travel, science, history, maths, work, health, money, tech
 help, light personal support) and follow-ups that ask for code, lists, long prose or short
 answers; each domain names the kinds of follow-up its conversations get, in order. The model
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
     from persona_axis.inference.generation import Sampling
     from persona_axis.models.loading import LoadedModel
 
-DATA_FILE = "calibration_chats.json"
-CHECKPOINT_FORMAT = "persona-axis calibration chats"
+DATA_FILE = "benign_chats.json"
+CHECKPOINT_FORMAT = "persona-axis benign chats"
 GENERATED = "generated"  # the source name of these conversations
 
 
@@ -54,7 +55,7 @@ def chat_data_digest() -> str:
 
 @dataclass(frozen=True)
 class ChatScript:
-    """The user side of one calibration conversation: its domain, opener and follow-ups, and
+    """The user side of one benign conversation: its domain, opener and follow-ups, and
     the kind of each user message (``opener``, ``code``, ``list``, ``prose``, ``short``)."""
 
     domain: str
@@ -107,7 +108,7 @@ class ChatRun:
                 tuple(messages),
                 source=GENERATED,
                 position=f"index {index}",
-                id=f"calibration-{index:03d}",
+                id=f"benign-{index:03d}",
                 meta={"domain": script.domain, "kinds": list(script.kinds)},
             )
             for index, (script, messages) in enumerate(
@@ -133,7 +134,7 @@ class ChatRun:
             return cls(scripts, settings, [[] for _ in scripts])
         data = files.read_json(path, fix="delete the checkpoint to start the chats again")
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-            raise PersonaAxisError(f"{path} is not a calibration-chat checkpoint; delete it.")
+            raise PersonaAxisError(f"{path} is not a benign-chat checkpoint; delete it.")
         if data.get("settings") != settings:
             raise PersonaAxisError(
                 f"{path} was made with other settings ({data.get('settings')}); delete it or "
@@ -164,7 +165,7 @@ def hold_chats(
     with tqdm(
         total=turns,
         initial=run.turns_done,
-        desc="calibration chats",
+        desc="benign chats",
         unit="turn",
         disable=not progress,
     ) as bar:
