@@ -1,11 +1,8 @@
-"""Serving, side by side in one run: the static scheduler vs continuous batching, on uniform and
-on mixed traffic.
+"""Serving throughput and latency of continuous batching on uniform and on mixed traffic.
 
-Two real servers (uvicorn in background threads of this process, one model shared under its
-generation lock; only one phase runs at a time): ``--scheduler static`` (per-setting
-micro-batches, the earlier behaviour) and ``--scheduler continuous``. Each phase lets
-``--clients`` closed-loop client threads send greedy, streaming chat completions back to back
-for ``--seconds``; requests in flight at the deadline finish and count. Traffic:
+A real server (uvicorn in a background thread of this process). Each phase lets ``--clients``
+closed-loop client threads send greedy, streaming chat completions back to back for
+``--seconds``; requests in flight at the deadline finish and count. Traffic:
 
 - **uniform**: every request with the bundle's recommended cap and ``max_tokens`` 72;
 - **mixed**: requests cycle over no cap, three cap settings and steering (+1.0), and over
@@ -13,13 +10,15 @@ for ``--seconds``; requests in flight at the deadline finish and count. Traffic:
 
 Per phase: aggregate tokens/s (content tokens of finished replies / wall time from the start
 to the last reply), time to first token (request sent → first content delta), latency p50/p95
-(request sent → last byte). Rounds alternate the order of the four phases; tokens/s is the
-median over rounds, times are pooled over rounds.
+(request sent → last byte). Rounds alternate the order of the phases; tokens/s is the median
+over rounds, times are pooled over rounds.
 
-    cpu exclusive .venv/bin/python benchmarks/bench_serve.py --bundle /tmp/serve-bundle/bundle
+    PYTHONPATH=src:benchmarks flock /tmp/torch.lock .venv/bin/python benchmarks/bench_serve.py \
+        --bundle /tmp/serve-bundle/bundle
 
-Targets (issue 13): mixed ≥ 0.8× uniform and ≥ 3× the static scheduler's mixed throughput,
-lower p95 latency, and ≥ 0.95× the static scheduler on uniform traffic.
+Until the static scheduler was removed (issue 18), this script ran it side by side with the
+continuous one; that A/B is ``git show 955d015:benchmarks/bench_serve.py``, its last figures
+are in docs/benchmarks.md and benchmarks/results/. Target (issue 13): mixed ≥ 0.8× uniform.
 """
 
 from __future__ import annotations
@@ -242,7 +241,6 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=45.0, help="sending time per phase")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch-wait-ms", type=float, default=100.0, help="static scheduler")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -251,15 +249,14 @@ def main() -> None:
     bundle = AxisBundle.load(args.bundle)
     mix = settings(bundle)
     common = server_options(args.clients)
-    static = create_app(lm, bundle, scheduler="static", batch_wait_ms=args.batch_wait_ms, **common)
-    continuous = create_app(lm, bundle, scheduler="continuous", **common)
+    continuous = create_app(lm, bundle, **common)
     print(machine())
     print(
         f"{lm.name} {args.dtype}, greedy, streaming, {args.clients} closed-loop clients, "
         f"{args.seconds:g} s per phase, {args.rounds} rounds; mixed settings {mix}"
     )
-    with background_server(static) as static_url, background_server(continuous) as cont_url:
-        urls = {"static": static_url, "continuous": cont_url}
+    with background_server(continuous) as cont_url:
+        urls = {"continuous": cont_url}
         results = alternate_phases(urls, mix, args.clients, args.seconds, args.rounds)
 
     print(
@@ -283,12 +280,8 @@ def main() -> None:
         )
     print()
     for name, table in (("tokens/s", rate), ("in the window", steady)):
-        for scheduler in ("static", "continuous"):
-            ratio = table[(scheduler, "mixed")] / table[(scheduler, "uniform")]
-            print(f"{name}: {scheduler}: mixed / uniform = {ratio:.2f}×")
-        for traffic in ("uniform", "mixed"):
-            ratio = table[("continuous", traffic)] / table[("static", traffic)]
-            print(f"{name}: {traffic}: continuous / static = {ratio:.2f}×")
+        ratio = table[("continuous", "mixed")] / table[("continuous", "uniform")]
+        print(f"{name}: continuous: mixed / uniform = {ratio:.2f}×")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ order every round; tokens/s is the median over rounds.
 
 Build: the same rollouts (the build's prompts for ``--rollouts`` role/question pairs, sampled at
 temperature 0.7, top-p 0.9, ``--build-tokens`` new tokens, every layer pooled) generated in
-batches of ``--batch`` by :func:`~persona_axis.inference.generation.generate_replies` (the HF
-build) and by the vLLM engine (:func:`~persona_axis.pipeline.rollouts.vllm_replies`), A/B
-alternated, median seconds per variant.
+batches of ``--batch`` by :func:`~persona_axis.inference.generation.generate_replies`, as the
+build does (:func:`~persona_axis.pipeline.rollouts.generate_batch`): on a fresh HF continuous
+batch, and on the process's vLLM engine (:func:`~persona_axis.pipeline.rollouts.build_engine`),
+A/B alternated, median seconds per variant.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from persona_axis.axis.bundle import AxisBundle
 from persona_axis.catalog import load_catalog
 from persona_axis.inference.generation import Sampling, generate_replies
 from persona_axis.models import load_model
+from persona_axis.pipeline.config import BuildConfig
 from persona_axis.pipeline.plan import make_plan
-from persona_axis.pipeline.rollouts import vllm_replies
+from persona_axis.pipeline.rollouts import build_engine
 from persona_axis.serve.app import create_app
 from persona_axis.serve.runner import background_server
 
@@ -74,16 +76,22 @@ def build_rollouts(lm, args: argparse.Namespace) -> None:
     def sampling(k: int) -> Sampling:
         return Sampling(max_new_tokens=args.build_tokens, temperature=0.7, top_p=0.9, seed=k)
 
-    def hf() -> None:
+    engine = build_engine(lm, BuildConfig(engine="vllm", batch_size=args.batch))
+
+    def run(on_vllm: bool) -> None:
         for k, batch in enumerate(batches):
             messages = [spec.messages() for spec in batch]
-            generate_replies(lm, messages, sampling(k), pool_layers=layers)
+            chosen = engine if on_vllm else None
+            generate_replies(lm, messages, sampling(k), pool_layers=layers, engine=chosen)
+
+    def hf() -> None:
+        run(False)
 
     def vllm() -> None:
-        for k, batch in enumerate(batches):
-            vllm_replies(lm, batch, sampling(k), args.batch)
+        run(True)
 
-    vllm_replies(lm, batches[0][:2], sampling(0), args.batch)  # start the engine, warm up
+    warm = [spec.messages() for spec in batches[0][:2]]
+    generate_replies(lm, warm, sampling(0), pool_layers=layers, engine=engine)  # warm up
     seconds = alternate({"hf": hf, "vllm": vllm}, args.rounds)
     for name, value in seconds.items():
         print(f"build {name}: {len(specs) / value:.2f} rollouts/s ({value:.1f} s median)")

@@ -1,8 +1,9 @@
 """Continuous batching: every row of a mixed, changing batch equals the request run alone.
 
-"Alone" is the independent path: Hugging Face ``generate`` on a batch of one under
-:func:`~persona_axis.inference.interventions.intervene`, read by
-:func:`~persona_axis.inference.telemetry.generate_with_telemetry`. Rows join at different
+"Alone" is the request on its own through the library
+(:func:`~persona_axis.inference.telemetry.generate_with_telemetry`, a batch of one on the same
+engine); tests/test_generation.py checks the engine against Hugging Face ``generate`` under
+:func:`~persona_axis.inference.interventions.intervene`. Rows join at different
 steps, stop at different lengths and carry every kind of intervention (cap floor and ceiling,
 steering, ablation, prompt- and generated-only positions) or none.
 """

@@ -8,12 +8,13 @@ What a CPU-only machine can test:
    sit beside accelerate's and read/replace block outputs wherever it put them.
 2. Every hook creates its tensors on the hidden state's own device: driven with hidden states
    on the ``meta`` device (shape-only tensors; mixing them with CPU tensors raises), the
-   intervention hook, the position mask, the generation pooler's sums and the span pooler's
-   plan all follow the hidden state.
+   intervention hook, the position mask, the generation engine's pooled states and the span
+   pooler's plan all follow the hidden state.
 
 What stays untested without GPUs: a real split across two CUDA devices (layers on cuda:0 and
-cuda:1, where each hooked block's output lives on its own device and pooled sums are moved to
-the CPU at the end), and speed. The code paths involved are the ones exercised in (2).
+cuda:1, where each hooked block's output lives on its own device and pooled states are moved
+to the CPU after each decoding step), and speed. The code paths involved are the ones
+exercised in (2).
 """
 
 from __future__ import annotations
@@ -24,12 +25,7 @@ import pytest
 import torch
 from accelerate import dispatch_model
 
-from persona_axis.inference.capture import (
-    GenerationPooler,
-    PoolingPlan,
-    SpanPooler,
-    response_activations,
-)
+from persona_axis.inference.capture import PoolingPlan, SpanPooler, response_activations
 from persona_axis.inference.generation import Sampling, generate_replies
 from persona_axis.inference.hooks import PositionTracker
 from persona_axis.inference.interventions import (
@@ -38,6 +34,7 @@ from persona_axis.inference.interventions import (
     _LayerHook,
     intervene,
 )
+from persona_axis.inference.rows import PoolSums, RowPlan
 from persona_axis.inference.telemetry import record_projections
 from persona_axis.models import LoadedModel, load_model
 from support.tiny_models import N_LAYERS, build_tiny, styled_tokenizer
@@ -134,16 +131,14 @@ def test_intervention_hook_follows_the_hidden_state_device() -> None:
         assert tracker.generated_mask(5, META).device == META
 
 
-def test_generation_pooler_sums_on_the_hidden_state_device(model_dir: Path) -> None:
+def test_engine_pooling_reads_on_the_hidden_state_device(model_dir: Path) -> None:
     lm = load_model(model_dir, dtype="float32")
-    pooler = GenerationPooler(lm, [0, 2], stop_ids=[2])
-    with pooler.hooked(batch_size=2):
-        pooler._step = 1  # past the prompt call
-        for slot in range(2):
-            pooler._hook(slot)(torch.nn.Identity(), (), (torch.empty(2, 1, 64, device=META),))
-        pooler(torch.tensor([[5, 6], [7, 2]]), torch.zeros(2, 10))
-    assert all(t is not None and t.device == META for t in pooler._sums + pooler._norm_sums)
-    assert pooler.counts.tolist() == [1, 0]
+    plan = RowPlan(lm, [None, None], pools=[PoolSums.start(lm, [2, 0]), None])
+    assert plan.pooled == [0, 2] and plan.layers == [0, 2]
+    for layer in plan.pooled:
+        hidden = torch.empty(2, 1, 64, device=META)
+        plan._hook(layer, "generated")(torch.nn.Identity(), (), (hidden,))
+    assert [t.device for t in plan._pooling.values()] == [META, META]
 
 
 def test_span_pooler_plan_follows_the_hidden_state_device(model_dir: Path) -> None:

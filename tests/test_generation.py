@@ -11,7 +11,7 @@ import torch
 
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.capture import pool_spans
-from persona_axis.inference.generation import Sampling, generate_replies
+from persona_axis.inference.generation import Sampling, generate_replies, stop_ids
 from persona_axis.models import LoadedModel
 from support.tiny_models import ARCHITECTURES, tiny_lm
 
@@ -101,3 +101,28 @@ def test_bad_layers_and_sampling_are_refused() -> None:
         generate_replies(tiny_lm("llama"), PROMPTS, Sampling(max_new_tokens=2), pool_layers=[99])
     with pytest.raises(PersonaAxisError, match="max_new_tokens"):
         Sampling(max_new_tokens=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_engine_replies_equal_hf_generate_under_intervene(arch: str) -> None:
+    """The generation engine against the independent reference: Hugging Face ``generate`` on
+    each conversation alone under :func:`~persona_axis.inference.interventions.intervene` (a
+    cap and a generated-only addition), greedy, same tokens."""
+    from persona_axis.inference.interventions import Intervention, InterventionSpec, intervene
+
+    lm = tiny_lm(arch)
+    shape = (lm.shape.n_layers, lm.shape.hidden_size)
+    axis = torch.randn(*shape, generator=torch.Generator().manual_seed(4))
+    spec = InterventionSpec.floor_cap(axis, [(1, 0.5), (2, 0.5)]) + InterventionSpec(
+        (Intervention(2, "add", axis[2], coefficient=3.0, positions="generated"),)
+    )
+    sampling = Sampling(max_new_tokens=6)
+    ours = generate_replies(lm, PROMPTS, sampling, spec=spec)
+    for messages, reply in zip(PROMPTS, ours, strict=True):
+        ids = torch.tensor([lm.chat.render(messages, add_generation_prompt=True).input_ids])
+        with intervene(lm, spec), torch.no_grad():
+            out = lm.model.generate(ids, generation_config=sampling.config(lm))
+        new = out[0, ids.shape[1] :].tolist()
+        stop = next((i for i, token in enumerate(new) if token in set(stop_ids(lm))), len(new))
+        assert reply.token_ids == new[:stop]
+        assert reply.finished == (stop < len(new))

@@ -73,7 +73,6 @@ def url(lm: LoadedModel, bundle: AxisBundle) -> Iterator[str]:
         max_input_tokens=120,
         max_body_bytes=20_000,
         max_batch=8,
-        batch_wait_ms=20,
     )
     with background_server(app) as base:
         yield base
@@ -185,6 +184,42 @@ def test_server_telemetry_equals_a_chat_session(url: str, lm, bundle) -> None:
     assert telemetry["projection_before"] == pytest.approx(turn.before, abs=1e-5)
     assert telemetry["projection_after"] == pytest.approx(turn.after, abs=1e-5)
     assert telemetry["cap_touched_fraction"] == pytest.approx(turn.touched, abs=1e-6)
+
+
+def test_the_library_and_the_server_share_one_generation_core(url: str, lm, bundle) -> None:
+    """``pa.generate`` and the server run the same engine: each chat of a sampled, capped and
+    steered library call gives the tokens and telemetry of one server request with its row's
+    seed (:func:`~persona_axis.inference.engine.row_seed`). Projections within 1e-4 (the
+    library runs the three chats in one left-padded batch, the server each alone)."""
+    import persona_axis as pa
+    from persona_axis.inference.engine import row_seed
+
+    chats = [user(p) for p in PROMPTS[:3]]
+    sampling = Sampling(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=5)
+    with lm.extra[LOCK_KEY]:  # the server's worker may not generate meanwhile
+        turns = pa.generate(lm, bundle, chats, cap=CAP, steer=1.0, sampling=sampling)
+    for index, (chat, turn) in enumerate(zip(chats, turns, strict=True)):
+        body = {
+            "messages": chat,
+            "max_tokens": 8,
+            "temperature": 0.9,
+            "top_p": 0.9,
+            "seed": row_seed(5, index),
+            "persona_axis": {"cap": CAP, "steer": 1.0},
+        }
+        served = ask(url, body).json()
+        assert served["choices"][0]["message"]["content"] == turn.reply.text
+        assert served["usage"]["completion_tokens"] == len(turn.reply.token_ids)
+        telemetry = served["persona_axis"]
+        assert telemetry["projection_before"] == pytest.approx(turn.before, abs=1e-4)
+        assert telemetry["projection_after"] == pytest.approx(turn.after, abs=1e-4)
+        assert telemetry["cap_touched_fraction"] == pytest.approx(turn.touched, abs=1e-6)
+        assert telemetry["cap_touched_tokens"] == turn.touched_tokens
+        assert turn.cap_layers is not None
+        got = {c["layer"]: (c["before"], c["after"]) for c in telemetry["cap_layers"]}
+        assert got.keys() == turn.cap_layers.keys()
+        for layer, pair in turn.cap_layers.items():
+            assert got[layer] == pytest.approx(pair, abs=1e-4)
 
 
 # -- bad input --------------------------------------------------------------------------------
@@ -307,7 +342,7 @@ def test_api_key_is_required_when_set(lm, bundle) -> None:
 
 
 def test_a_full_queue_answers_429_and_recovers(lm, bundle) -> None:
-    app = create_app(lm, bundle, max_queue=1, max_batch=1, batch_wait_ms=0)
+    app = create_app(lm, bundle, max_queue=1, max_batch=1)
     lock = lm.extra[LOCK_KEY]
     with background_server(app) as base, ThreadPoolExecutor(4) as pool:
         lock.acquire()  # the worker blocks inside its first batch
@@ -373,15 +408,12 @@ def test_mixed_settings_under_concurrency_match_requests_run_alone(url: str) -> 
     assert rows / steps > 2  # requests of every setting shared decoding steps
 
 
-def test_the_static_scheduler_still_isolates_settings(lm, bundle, url: str) -> None:
-    app = create_app(lm, bundle, default_cap="none", scheduler="static", batch_wait_ms=20)
-    cases = [(p, i) for p in PROMPTS[:4] for i in range(len(SETTINGS))]
-    alone = {case: _request(url, case[0], SETTINGS[case[1]], False) for case in cases}
-    with background_server(app) as base, ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(lambda c: _request(base, c[0], SETTINGS[c[1]], c[1] % 2 == 0), cases))
-        batches, requests = _batches(base)
-    assert got == [alone[case] for case in cases]
-    assert requests == len(cases) and batches < requests  # same settings shared batches
+def test_the_static_scheduler_is_refused_with_the_reason(lm, bundle) -> None:
+    with pytest.raises(PersonaAxisError, match="static scheduler was removed"):
+        create_app(lm, bundle, scheduler="static")  # type: ignore[arg-type]
+    result = CliRunner().invoke(cli_app, ["serve", "--bundle", "x", "--scheduler", "static"])
+    assert isinstance(result.exception, PersonaAxisError), result.output
+    assert "static scheduler was removed" in str(result.exception)
 
 
 def _batches(url: str) -> tuple[float, float]:

@@ -174,12 +174,10 @@ def test_pooled_activations_match_hf(smollm, engine) -> None:
     conversations = [[{"role": "user", "content": text}] for text in TEXTS[:3]]
     layers = list(range(smollm.shape.n_layers))
     hf = generate_replies(smollm, conversations, Sampling(max_new_tokens=12), pool_layers=layers)
-    for index, conversation in enumerate(conversations):
-        prompt = smollm.chat.render(conversation, add_generation_prompt=True).input_ids
-        engine.add(RowRequest(("pool", index), prompt, Sampling(max_new_tokens=12)), pool=True)
-    done = run_to_end(engine, [])
-    for index, reply in enumerate(hf):
-        ours = done[("pool", index)].reply
+    ours_all = generate_replies(
+        smollm, conversations, Sampling(max_new_tokens=12), pool_layers=layers, engine=engine
+    )
+    for ours, reply in zip(ours_all, hf, strict=True):
         if ours.token_ids != reply.token_ids:
             continue
         assert ours.activations is not None and reply.activations is not None

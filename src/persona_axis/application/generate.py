@@ -19,9 +19,9 @@ from persona_axis.application.session import Turn, generate_turns
 from persona_axis.axis.bundle import RECOMMENDED, AxisBundle
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference import telemetry
-from persona_axis.inference.generation import Reply, Sampling
+from persona_axis.inference.engine import GenerationEngine, Reply, Sampling
 from persona_axis.inference.interventions import InterventionSpec
-from persona_axis.inference.telemetry import ReplyTelemetry
+from persona_axis.inference.rows import ReplyTelemetry
 from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
 
@@ -35,6 +35,7 @@ def generate(
     steer: float | None = None,
     sampling: Sampling | None = None,
     allow_mismatch: bool = False,
+    engine: GenerationEngine | None = None,
 ) -> list[Turn]:
     """The next reply of each chat, generated in one batch under ``bundle``'s cap ``cap``
     (``"recommended"``, a stored setting name, or None/``"none"``) and steering ``steer``
@@ -42,10 +43,12 @@ def generate(
 
     Raises :class:`PersonaAxisError` when the bundle was not built for ``lm``'s weights, unless
     ``allow_mismatch`` (then it warns). Each turn carries the reply and its target-layer
-    projections before and after the intervention, and how much the cap raised.
+    projections before and after the intervention, and how much the cap raised. ``engine``:
+    the generation engine to run on (default a fresh HF continuous batch; e.g. a
+    :class:`~persona_axis.inference.vllm.engine.VllmBatch`).
     """
     spec = bundle.checked_intervention(lm, cap, steer, allow_mismatch=allow_mismatch)
-    return generate_turns(lm, chats, spec, sampling, bundle)
+    return generate_turns(lm, chats, spec, sampling, bundle, engine=engine)
 
 
 def generate_with_telemetry(
@@ -56,6 +59,7 @@ def generate_with_telemetry(
     *,
     spec: InterventionSpec | None = None,
     sampling: Sampling | None = None,
+    engine: GenerationEngine | None = None,
 ) -> list[tuple[Reply, ReplyTelemetry | None]]:
     """:func:`persona_axis.inference.telemetry.generate_with_telemetry`, where ``axis`` may also
     be an :class:`AxisBundle` (its axis is read, and ``layers`` defaults to its target layer).
@@ -68,5 +72,5 @@ def generate_with_telemetry(
     if layers is None:
         raise PersonaAxisError("Give the layers to read (or pass an AxisBundle as the axis).")
     return telemetry.generate_with_telemetry(
-        lm, conversations, axis, layers, spec=spec, sampling=sampling
+        lm, conversations, axis, layers, spec=spec, sampling=sampling, engine=engine
     )

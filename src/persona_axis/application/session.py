@@ -5,7 +5,9 @@ bundle's target layer L, read in the generation pass itself: ``before`` at the b
 ahead of any intervention at L, ``after`` once the intervention at L has run (equal when L is
 not intervened on; upstream interventions affect both). ``touched`` is the fraction of
 (token, capped layer) pairs whose projection was below the floor and got raised.
-:func:`generate_turns` does the same for a batch of conversations (the server's micro-batches).
+:func:`generate_turns` does the same for a batch of conversations. Both generate through the
+generation engine (:mod:`persona_axis.inference.engine`; our HF continuous batch unless an
+engine is passed), as the server does.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from dataclasses import dataclass, field
 
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.errors import PersonaAxisError
-from persona_axis.inference.generation import Reply, Sampling, generate_replies
-from persona_axis.inference.interventions import InterventionSpec, intervene
-from persona_axis.inference.telemetry import ReplyTelemetry, generate_with_telemetry
+from persona_axis.inference.engine import GenerationEngine, Reply, Sampling
+from persona_axis.inference.generation import generate_replies
+from persona_axis.inference.interventions import InterventionSpec
+from persona_axis.inference.rows import ReplyTelemetry
+from persona_axis.inference.telemetry import generate_with_telemetry
 from persona_axis.models.chat import Message
 from persona_axis.models.loading import LoadedModel
 
@@ -63,32 +67,33 @@ def generate_turns(
     spec: InterventionSpec | None = None,
     sampling: Sampling | None = None,
     bundle: AxisBundle | None = None,
+    *,
+    engine: GenerationEngine | None = None,
 ) -> list[Turn]:
-    """The next reply of each conversation, generated in one batch under ``spec``.
+    """The next reply of each conversation, generated together under ``spec`` (on ``engine``,
+    default a fresh HF continuous batch).
 
     With a ``bundle``, each reply's projections are read in the generation pass itself (see the
-    module docstring); rows are left padded, so row r's content tokens are the first
-    ``len(reply.token_ids)`` generated positions of that row. ``generate`` runs one step past
-    the last kept token (``pool_layers``), so every content token, also of a reply cut by the
-    length limit, has been fed back: the means equal a teacher-forced monitor pass.
+    module docstring); the engine feeds the last content token once more, so every content
+    token, also of a reply cut by the length limit, has been read: the means equal a
+    teacher-forced monitor pass.
     """
-    spec = InterventionSpec() if spec is None else spec
     if not conversations:
         return []
     if bundle is None:
-        with intervene(lm, spec):
-            replies = generate_replies(lm, conversations, sampling)
+        replies = generate_replies(lm, conversations, sampling, spec=spec, engine=engine)
         return [Turn(reply, None, None, None) for reply in replies]
     target = bundle.target_layer
     results = generate_with_telemetry(
-        lm, conversations, bundle.axis, [target], spec=spec, sampling=sampling
+        lm, conversations, bundle.axis, [target], spec=spec, sampling=sampling, engine=engine
     )
     return [Turn.read(reply, telemetry, target) for reply, telemetry in results]
 
 
 @dataclass
 class ChatSession:
-    """Keeps the history; :meth:`send` generates the next reply under ``spec``."""
+    """Keeps the history; :meth:`send` generates the next reply under ``spec`` (on ``engine``,
+    default a fresh HF continuous batch per reply)."""
 
     lm: LoadedModel
     bundle: AxisBundle | None = None
@@ -96,6 +101,7 @@ class ChatSession:
     sampling: Sampling = field(default_factory=Sampling)
     system: str | None = None
     history: list[dict[str, str]] = field(default_factory=list)
+    engine: GenerationEngine | None = None
 
     def __post_init__(self) -> None:
         if self.system:
@@ -112,6 +118,7 @@ class ChatSession:
         sampling: Sampling | None = None,
         system: str | None = None,
         allow_mismatch: bool = False,
+        engine: GenerationEngine | None = None,
     ) -> ChatSession:
         """A session on ``lm``; with a ``bundle`` (checked against the weights), replies are
         capped with setting ``cap`` and steered by ``steer`` (see
@@ -121,12 +128,14 @@ class ChatSession:
             spec = bundle.checked_intervention(lm, cap, steer, allow_mismatch=allow_mismatch)
         elif cap not in (None, "none") or steer is not None:
             raise PersonaAxisError("Capping and steering need an AxisBundle.")
-        return cls(lm, bundle, spec, sampling or Sampling(), system)
+        return cls(lm, bundle, spec, sampling or Sampling(), system, engine=engine)
 
     def send(self, text: str) -> Turn:
         if not text.strip():
             raise PersonaAxisError("Empty message; type something to send.")
         conversation = [*self.history, {"role": "user", "content": text}]
-        turn = generate_turns(self.lm, [conversation], self.spec, self.sampling, self.bundle)[0]
+        turn = generate_turns(
+            self.lm, [conversation], self.spec, self.sampling, self.bundle, engine=self.engine
+        )[0]
         self.history = [*conversation, {"role": "assistant", "content": turn.reply.text}]
         return turn

@@ -42,7 +42,7 @@ def demo(
     from persona_axis.pipeline import build, preset
 
     config = preset("quick")
-    lm = load(None, config.dtype)
+    lm = load(None, config.dtype_choice().dtype)
     facts = Table(show_header=False, title=lm.name)
     for key, value in model_facts(lm).items():
         facts.add_row(key, value)

@@ -97,24 +97,21 @@ def serve(
     scheduler: Annotated[
         str,
         typer.Option(
-            help="'continuous': every setting in one batch, requests join and leave at each "
-            "step; 'static': per-setting micro-batches (the earlier scheduler)."
+            help="'continuous' (the only one): every setting in one batch, requests join and "
+            "leave at each step. The static scheduler was removed (docs/benchmarks.md)."
         ),
     ] = "continuous",
     engine: Annotated[
         str,
         typer.Option(
-            help="'hf': our Hugging Face engine; 'vllm': the vLLM engine (continuous scheduler; "
-            "run from the vLLM environment, `make install-vllm`)."
+            help="'hf': our Hugging Face engine; 'vllm': the vLLM engine (run from the vLLM "
+            "environment, `make install-vllm`)."
         ),
     ] = "hf",
     max_queue: Annotated[
         int, typer.Option(min=1, help="Requests waiting at most; more get 429.")
     ] = 64,
     max_batch: Annotated[int, typer.Option(min=1, help="Requests generated together.")] = 16,
-    batch_wait_ms: Annotated[
-        float, typer.Option(min=0.0, help="Static scheduler: micro-batching window.")
-    ] = 100.0,
     max_tokens: Annotated[
         int, typer.Option(min=1, help="Largest max_tokens a request may ask for.")
     ] = 512,
@@ -179,11 +176,11 @@ def serve(
 ) -> None:
     """Serve the model over an OpenAI-compatible API with caps, drift telemetry and a chat page."""
     from persona_axis.serve.config import build_app
+    from persona_axis.serve.continuous import check_scheduler
     from persona_axis.serve.replicas import deploy
     from persona_axis.serve.runner import is_loopback, serve_forever, wait_forever
 
-    if scheduler not in ("continuous", "static"):
-        raise PersonaAxisError(f"--scheduler {scheduler!r}: use 'continuous' or 'static'.")
+    check_scheduler(scheduler)
     if engine not in ("hf", "vllm"):
         raise PersonaAxisError(f"--engine {engine!r}: use 'hf' or 'vllm'.")
     if default_max_tokens > max_tokens:
@@ -202,7 +199,6 @@ def serve(
         "backend": engine,
         "max_queue": max_queue,
         "max_batch": max_batch,
-        "batch_wait_ms": batch_wait_ms,
         "max_tokens_limit": max_tokens,
         "default_max_tokens": default_max_tokens,
         "max_input_tokens": max_input_tokens,

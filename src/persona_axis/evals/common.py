@@ -103,11 +103,9 @@ def generate_texts(
     from dataclasses import replace
 
     from persona_axis.inference.generation import generate_replies
-    from persona_axis.inference.interventions import InterventionSpec, intervene
 
     if batch_size < 1:
         raise PersonaAxisError(f"batch_size must be at least 1, not {batch_size}.")
-    spec = condition.spec or InterventionSpec()
     starts = list(range(0, len(conversations), batch_size))
     texts: list[str] = []
     iterator: Any = enumerate(starts)
@@ -115,9 +113,9 @@ def generate_texts(
         from rich.progress import track
 
         iterator = track(iterator, total=len(starts), description=f"generate [{condition.name}]")
-    with intervene(lm, spec):
-        for index, start in iterator:
-            batch = conversations[start : start + batch_size]
-            seeded = replace(sampling, seed=sampling.seed + index)
-            texts.extend(reply.text for reply in generate_replies(lm, batch, seeded))
+    for index, start in iterator:
+        batch = conversations[start : start + batch_size]
+        seeded = replace(sampling, seed=sampling.seed + index)
+        replies = generate_replies(lm, batch, seeded, spec=condition.spec)
+        texts.extend(reply.text for reply in replies)
     return texts

@@ -21,12 +21,12 @@ The loop (:class:`ContinuousBatch`), one :meth:`~ContinuousBatch.step` at a time
   the last position; then both caches are left padded to the same width and concatenated along
   the batch. A step is a prefill (when someone waits and a row is free) or a decoding step.
 - **Leave when done.** A row ends when it samples an end-of-turn token (not kept), or when it
-  has ``max_new_tokens`` tokens; with telemetry, a row at its limit is fed once more so every
-  content token has been read (its extra sample is dropped), as
-  :func:`~persona_axis.inference.generation.generate_replies` does when pooling. Finished and
+  has ``max_new_tokens`` tokens; with telemetry or pooling, a row at its limit is fed once more
+  so every content token has been read (nothing is sampled from that feed). Finished and
   cancelled rows are dropped from the cache (batch index select), and columns that are
   padding for every remaining row are cut from the left.
-- **Per-row everything.** Interventions and telemetry per row (:mod:`.rows`); sampling per row:
+- **Per-row everything.** Interventions, telemetry and pooling per row (:mod:`.rows`); sampling
+  per row:
   greedy, or temperature / top-p with the row's own seeded generator, so a sampled reply
   depends on its seed only, not on the batch around it.
 """
@@ -44,9 +44,15 @@ from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.cache_utils import DynamicLayer
 
 from persona_axis.errors import PersonaAxisError
-from persona_axis.inference.engine import Finished, RowRequest, StepResult, run_to_end
-from persona_axis.inference.generation import Reply, stop_ids
-from persona_axis.inference.rows import RowPlan, RowTelemetry
+from persona_axis.inference.engine import (
+    Finished,
+    Reply,
+    RowRequest,
+    StepResult,
+    run_to_end,
+    stop_ids,
+)
+from persona_axis.inference.rows import PoolSums, RowPlan, RowTelemetry
 from persona_axis.models.loading import LoadedModel
 
 
@@ -55,11 +61,17 @@ class _Row:
     request: RowRequest
     generator: torch.Generator | None
     telemetry: RowTelemetry | None
+    pool: PoolSums | None
     tokens: list[int] = field(default_factory=list)
     length: int = 0  # real tokens in the cache
     pending: int | None = None  # sampled, not fed yet
     ended: bool = False  # stop sampled or limit reached; fed once more if telemetry needs it
     stopped: bool = False  # ended by an end-of-turn token
+
+    @property
+    def reads(self) -> bool:
+        """Telemetry or pooling: every content token must be fed."""
+        return self.telemetry is not None or self.pool is not None
 
 
 class ContinuousBatch:
@@ -94,9 +106,10 @@ class ContinuousBatch:
         telemetry = None
         if request.probe is not None:
             telemetry = RowTelemetry.start(self.lm, request.spec, request.probe)
+        pool = None if request.pool is None else PoolSums.start(self.lm, request.pool)
         if request.spec is not None:
             RowPlan(self.lm, [request.spec])  # validate now, not when it joins
-        self.waiting.append(_Row(request, generator, telemetry))
+        self.waiting.append(_Row(request, generator, telemetry, pool))
 
     def cancel(self, key: Hashable) -> bool:
         """Drop request ``key`` (waiting or running); True if it was found."""
@@ -176,7 +189,10 @@ class ContinuousBatch:
         mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)
         if self._plan is None:
             self._plan = RowPlan(
-                self.lm, [row.request.spec for row in rows], [row.telemetry for row in rows]
+                self.lm,
+                [row.request.spec for row in rows],
+                [row.telemetry for row in rows],
+                [row.pool for row in rows],
             )
         with self._plan.hooked("generated"):
             logits = self._forward(ids, mask, positions, self._cache)
@@ -206,9 +222,16 @@ class ContinuousBatch:
             where = torch.tensor([index[id(row)] for row in greedy], device=logits.device)
             for row, token in zip(greedy, logits[where].argmax(-1).tolist(), strict=True):
                 picked[id(row)] = token
+        groups: dict[tuple[float, float], list[_Row]] = {}
         for row in chosen:
             if row.generator is not None:
-                picked[id(row)] = _sample_one(logits[index[id(row)]], row)
+                sampling = row.request.sampling
+                groups.setdefault((sampling.temperature, sampling.top_p), []).append(row)
+        for (temperature, top_p), rows in groups.items():
+            where = torch.tensor([index[id(row)] for row in rows], device=logits.device)
+            probs = _probabilities(logits[where], temperature, top_p)
+            for row, row_probs in zip(rows, probs, strict=True):
+                picked[id(row)] = int(torch.multinomial(row_probs, 1, generator=row.generator))
         for row in chosen:
             token = picked[id(row)]
             if token in self.stops:
@@ -224,7 +247,7 @@ class ContinuousBatch:
         """Finish rows that ended and need no further feed; drop them from the batch."""
         keep = []
         for row in self.rows:
-            fed_all = row.stopped or row.telemetry is None or row.pending is None
+            fed_all = row.stopped or not row.reads or row.pending is None
             done = row.ended and fed_all
             if done:
                 result.finished.append(self._finished(row))
@@ -234,11 +257,16 @@ class ContinuousBatch:
 
     def _finished(self, row: _Row) -> Finished:
         tokens = row.tokens
+        pooled = None if row.pool is None else row.pool.means()
+        if row.pool is not None and row.pool.count != len(tokens):  # an invariant
+            raise RuntimeError(f"pooled {row.pool.count} tokens, reply has {len(tokens)}")
         reply = Reply(
             text=str(self.lm.tokenizer.decode(tokens, skip_special_tokens=True)).strip(),
             token_ids=list(tokens),
             prompt_length=len(row.request.prompt),
             finished=row.stopped,
+            activations=None if pooled is None else pooled[0],
+            norms=None if pooled is None else pooled[1],
         )
         telemetry = None if row.telemetry is None else row.telemetry.result()
         return Finished(row.request.key, reply, telemetry)
@@ -285,7 +313,8 @@ def _kv_layers(cache: DynamicCache) -> list[tuple[DynamicLayer, Tensor, Tensor]]
         if not isinstance(layer, DynamicLayer) or layer.keys is None or layer.values is None:
             raise PersonaAxisError(
                 f"Continuous batching needs plain key/value caches, but this model uses "
-                f"{type(layer).__name__}; serve it with --scheduler static."
+                f"{type(layer).__name__} (not an attention-only decoder); persona-axis cannot "
+                "generate with it."
             )
         layers.append((layer, layer.keys, layer.values))
     return layers
@@ -303,16 +332,14 @@ def _pad_left(tensor: Tensor, width: int) -> Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=axis)
 
 
-def _sample_one(logits: Tensor, row: _Row) -> int:
-    """One token from ``logits`` ``[vocab]`` with the row's temperature, top-p and generator
-    (transformers' own warpers, as ``generate`` applies them)."""
-    sampling = row.request.sampling
-    scores = logits[None]
-    scores = TemperatureLogitsWarper(sampling.temperature)(None, scores)
-    if sampling.top_p < 1:
-        scores = TopPLogitsWarper(sampling.top_p)(None, scores)
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs[0], 1, generator=row.generator))
+def _probabilities(logits: Tensor, temperature: float, top_p: float) -> Tensor:
+    """Sampling probabilities ``[rows, vocab]`` from ``logits`` ``[rows, vocab]`` with
+    ``temperature`` and ``top_p`` (transformers' own warpers, as ``generate`` applies them);
+    each row then draws with its own generator."""
+    scores = TemperatureLogitsWarper(temperature)(None, logits)
+    if top_p < 1:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return torch.softmax(scores, dim=-1)
 
 
 def generate_rows(

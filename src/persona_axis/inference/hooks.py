@@ -9,7 +9,7 @@ covers, so an intervention can act on prompt tokens or generated tokens only, in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -96,22 +96,3 @@ def removing(handles: list[RemovableHandle]) -> Iterator[None]:
         for handle in handles:
             handle.remove()
         handles.clear()
-
-
-@contextmanager
-def feeding_tokens(
-    stack_module: nn.Module, callback: Callable[[list[int]], None]
-) -> Iterator[None]:
-    """Call ``callback(ids)`` with the token ids fed at every decoding step of generation
-    through ``stack_module`` (the decoder stack; one id per row), not for the prompt call.
-    These are the tokens sampled one step earlier (streaming reads them)."""
-
-    def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        past, ids = call_inputs(args, kwargs)
-        if past == 0 or ids is None or ids.ndim != 2:
-            return  # the prompt, or embeddings instead of ids: nothing to stream
-        callback(ids[:, -1].tolist())
-
-    handle = stack_module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    with removing([handle]):
-        yield

@@ -18,9 +18,12 @@ or ``"generated"`` applies only in calls of that kind.
 Telemetry (:class:`Probe`, one per row, optional): in decoding calls, each row's projections on
 the unit axis at its layers ``⟨h, â_L⟩`` before and after the interventions at L, and, at each
 layer the row caps, the projection on the cap direction before capping compared with the floor
-(the last floor per layer, as in
-:func:`~persona_axis.inference.telemetry.generate_with_telemetry`). Sums are kept per row and
-turned into a :class:`~persona_axis.inference.telemetry.ReplyTelemetry`.
+(the last floor per layer: the one place this rule lives, for both engines). Sums are kept per
+row (:class:`RowTelemetry`) and turned into a :class:`ReplyTelemetry`.
+
+Pooling (:class:`PoolSums`, one per row, optional): in decoding calls, each row's block output
+at its pooled layers after the interventions there, and its norm, added to float32 sums (the
+response activations of the build).
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ from persona_axis.inference.interventions import (
     apply_kind,
     by_layer_checked,
 )
-from persona_axis.inference.telemetry import ReplyTelemetry
 from persona_axis.models.loading import LoadedModel
 
 Phase = Literal["prompt", "generated"]
@@ -55,6 +57,101 @@ class Probe:
 
     axis: Tensor
     layers: tuple[int, ...]
+
+
+def unit_rows(axis: Tensor, layers: Sequence[int], n_layers: int) -> Tensor:
+    """``axis[layers]`` as float32 unit rows ``[len(layers), d]``; refuses layers outside
+    ``0..n_layers - 1``, none, or where the axis is zero."""
+    if not layers or not all(0 <= layer < n_layers for layer in layers):
+        raise PersonaAxisError(
+            f"Layers {list(layers)} must be within 0..{n_layers - 1} and not empty."
+        )
+    units = axis[list(layers)].float()
+    norms = units.norm(dim=-1, keepdim=True)
+    if not bool((norms > 0).all()):
+        flat = norms.flatten().tolist()
+        empty = [layer for layer, norm in zip(layers, flat, strict=True) if not norm > 0]
+        raise PersonaAxisError(
+            f"The axis is zero at layers {empty}, so nothing can be projected there; read it at "
+            "layers where it is defined (an imported control vector covers only its own layers)."
+        )
+    return units / norms
+
+
+@dataclass(frozen=True)
+class ReplyTelemetry:
+    """Projections of one generated reply on the unit axis, read in its own generation pass.
+
+    ``before[i]`` and ``after[i]`` are means over the reply's ``n_tokens`` content tokens of
+    ``⟨h, â_L⟩`` at decoder block ``layers[i]`` (float32 sums, residual-stream units): ``before``
+    reads the block output ahead of any intervention at that layer, ``after`` once it has run
+    (equal where the layer is not intervened on; upstream interventions move both). ``touched``
+    is the fraction of (token, capped layer) pairs whose projection on the cap direction was
+    below the floor before capping; None when the spec caps nothing. ``touched_tokens`` counts
+    the content tokens raised at one capped layer at least; ``cap_layers`` maps each capped
+    layer to the mean projection on its cap direction before and after the floor.
+    """
+
+    layers: tuple[int, ...]
+    before: tuple[float, ...]
+    after: tuple[float, ...]
+    n_tokens: int
+    touched: float | None = None
+    touched_tokens: int | None = None
+    cap_layers: dict[int, tuple[float, float]] | None = None
+
+    def at(self, layer: int) -> tuple[float, float]:
+        """``(before, after)`` at ``layer``."""
+        if layer not in self.layers:
+            raise PersonaAxisError(
+                f"Layer {layer} was not recorded; recorded layers: {list(self.layers)}."
+            )
+        index = self.layers.index(layer)
+        return self.before[index], self.after[index]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": list(self.layers),
+            "before": list(self.before),
+            "after": list(self.after),
+            "n_tokens": self.n_tokens,
+            "touched": self.touched,
+            "touched_tokens": self.touched_tokens,
+            "cap_layers": None
+            if self.cap_layers is None
+            else {str(layer): list(pair) for layer, pair in self.cap_layers.items()},
+        }
+
+
+@dataclass
+class PoolSums:
+    """A row's float32 sums over its content tokens at ``layers`` (decoder blocks, 0-based,
+    ascending): ``x_L`` ``sums`` ``[len(layers), d]`` and ``‖x_L‖`` ``norms``
+    ``[len(layers)]``, read after the row's interventions, and how many tokens were added."""
+
+    layers: tuple[int, ...]
+    sums: Tensor
+    norms: Tensor
+    count: int = 0
+
+    @classmethod
+    def start(cls, lm: LoadedModel, layers: Sequence[int]) -> PoolSums:
+        """Empty sums at ``layers`` of ``lm`` (refused when out of range)."""
+        chosen = tuple(sorted(set(layers)))
+        n_layers = lm.shape.n_layers
+        bad = [layer for layer in chosen if not 0 <= layer < n_layers]
+        if bad or not chosen:
+            raise PersonaAxisError(
+                f"Layers {bad or list(layers)} are out of range; this model has layers "
+                f"0..{n_layers - 1}."
+            )
+        return cls(chosen, torch.zeros(len(chosen), lm.shape.hidden_size), torch.zeros(len(chosen)))
+
+    def means(self) -> tuple[Tensor, Tensor] | None:
+        """``(activations [len(layers), d], norms [len(layers)])``, None without tokens."""
+        if self.count == 0:
+            return None
+        return self.sums / self.count, self.norms / self.count
 
 
 @dataclass
@@ -168,21 +265,16 @@ class RowTelemetry:
         """Empty sums for a row under ``spec`` read with ``probe`` (checked against ``lm``)."""
         n_layers, d = lm.shape.n_layers, lm.shape.hidden_size
         layers = sorted(set(probe.layers))
-        if not layers or not all(0 <= layer < n_layers for layer in layers):
-            raise PersonaAxisError(
-                f"Layers {list(probe.layers)} must be within 0..{n_layers - 1} and not empty."
-            )
         if probe.axis.ndim != 2 or tuple(probe.axis.shape) != (n_layers, d):
             raise PersonaAxisError(
                 f"The axis has shape {tuple(probe.axis.shape)}; this model needs [{n_layers}, {d}]."
             )
-        units = probe.axis[layers].float()
-        units = units / units.norm(dim=-1, keepdim=True)
+        units = unit_rows(probe.axis, layers, n_layers)
         caps = {
             item.layer: (item.direction, float(item.floor))
             for item in (spec.interventions if spec else ())
             if item.floor is not None
-        }  # the last floor per layer wins, as in generate_with_telemetry
+        }  # the last floor per layer wins
         return cls(dict(zip(layers, units, strict=True)), caps)
 
     def result(self) -> ReplyTelemetry | None:
@@ -211,8 +303,8 @@ class RowTelemetry:
 class RowPlan:
     """Per-layer batched operations and reads for one batch composition (see module doc).
 
-    ``telemetry[r]`` (or None) holds row r's reads and sums; it outlives the plan, so a row
-    keeps its sums when the batch around it changes.
+    ``telemetry[r]`` and ``pools[r]`` (or None) hold row r's reads and sums; they outlive the
+    plan, so a row keeps its sums when the batch around it changes.
     """
 
     def __init__(
@@ -220,12 +312,15 @@ class RowPlan:
         lm: LoadedModel,
         specs: Sequence[InterventionSpec | None],
         telemetry: Sequence[RowTelemetry | None] | None = None,
+        pools: Sequence[PoolSums | None] | None = None,
     ) -> None:
         batch = len(specs)
         self.telemetry = list(telemetry) if telemetry is not None else [None] * batch
-        if len(self.telemetry) != batch:
+        self.pools = list(pools) if pools is not None else [None] * batch
+        if len(self.telemetry) != batch or len(self.pools) != batch:
             raise PersonaAxisError(
-                f"Got {batch} specs but {len(self.telemetry)} telemetry rows; give one per row."
+                f"Got {batch} specs but {len(self.telemetry)} telemetry rows and "
+                f"{len(self.pools)} pools; give one per row."
             )
         self.lm = lm
         self.batch = batch
@@ -254,8 +349,15 @@ class RowPlan:
                 reads.cap_rows.append(index)
                 reads.cap[index] = direction
                 reads.floors[index] = floor
+        self.pooled = sorted({layer for pool in self.pools if pool for layer in pool.layers})
+        """Layers some row pools; row r's are ``pooled[i]`` for i in ``self._pool_index[r]``."""
+        self._pool_index = [
+            None if pool is None else torch.tensor([self.pooled.index(x) for x in pool.layers])
+            for pool in self.pools
+        ]
         self._on_device: dict[tuple[int, torch.device], tuple[list[RowOp], LayerReads | None]] = {}
         self._records: dict[int, tuple[Tensor | None, Tensor | None, Tensor | None]] = {}
+        self._pooling: dict[int, Tensor] = {}
 
     def _reads_at(self, layer: int) -> LayerReads:
         found = self.reads.get(layer)
@@ -268,8 +370,8 @@ class RowPlan:
 
     @property
     def layers(self) -> list[int]:
-        """Layers with an operation or a read."""
-        return sorted(set(self.ops) | set(self.reads))
+        """Layers with an operation, a read or pooling."""
+        return sorted(set(self.ops) | set(self.reads) | set(self.pooled))
 
     def at(self, layer: int, device: torch.device) -> tuple[list[RowOp], LayerReads | None]:
         """The operations and reads at ``layer`` with their tensors on ``device`` (cached)."""
@@ -286,6 +388,7 @@ class RowPlan:
 
     def _hook(self, layer: int, phase: Phase) -> Any:
         read = phase == "generated"
+        pool = read and layer in self.pooled
 
         def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
             h = block_output(output)
@@ -303,6 +406,8 @@ class RowPlan:
                 after = torch.matmul(h.float(), reads.axis[:, :, None]).squeeze(-1)
             if read and reads is not None:
                 self._records[layer] = (before, capped, after)
+            if pool:
+                self._pooling[layer] = h[:, -1].float()
             return with_block_output(output, h) if ops else None
 
         return hook
@@ -310,9 +415,10 @@ class RowPlan:
     @contextmanager
     def hooked(self, phase: Phase) -> Iterator[RowPlan]:
         """Hooks for forward calls of ``phase`` on a batch of this plan's rows; removed on
-        exit. In "generated" calls the reads of each row's last position are recorded; call
-        :meth:`commit` after the forward pass to add them to the rows' sums."""
+        exit. In "generated" calls the reads and pooled states of each row's last position are
+        recorded; call :meth:`commit` after the forward pass to add them to the rows' sums."""
         self._records.clear()
+        self._pooling.clear()
         handles = [
             self.lm.stack.layers[layer].register_forward_hook(self._hook(layer, phase))
             for layer in self.layers
@@ -322,6 +428,7 @@ class RowPlan:
 
     def commit(self) -> None:
         """Add the reads of the last decoding call (one fed token per row) to the row sums."""
+        self._commit_pooling()
         touched = [False] * self.batch
         for layer, (before, capped, after) in self._records.items():
             reads = self.reads[layer]
@@ -348,3 +455,15 @@ class RowPlan:
                 sums.n_tokens += 1
                 sums.touched_tokens += touched[row]
         self._records.clear()
+
+    def _commit_pooling(self) -> None:
+        if not self._pooling:
+            return
+        states = torch.stack([self._pooling[layer].cpu() for layer in self.pooled], 1)
+        norms = states.norm(dim=-1)  # states [batch, pooled layers, d], norms [batch, pooled]
+        for row, (pool, index) in enumerate(zip(self.pools, self._pool_index, strict=True)):
+            if pool is not None and index is not None:
+                pool.sums += states[row, index]
+                pool.norms += norms[row, index]
+                pool.count += 1
+        self._pooling.clear()

@@ -4,12 +4,10 @@ generation stage."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
-from persona_axis.inference.engine import RowRequest, run_to_end
-from persona_axis.inference.generation import Reply, Sampling, generate_replies
+from persona_axis.inference.engine import GenerationEngine
+from persona_axis.inference.generation import Sampling, generate_replies
 from persona_axis.models.loading import LoadedModel
 from persona_axis.pipeline.config import BuildConfig
 from persona_axis.pipeline.plan import RolloutSpec
@@ -19,7 +17,9 @@ from persona_axis.pipeline.store import BuildStore
 def generate_batch(
     lm: LoadedModel, store: BuildStore, k: int, specs: list[RolloutSpec], config: BuildConfig
 ) -> None:
-    """Generate batch ``k`` (seed ``config.seed + k``) with pooled activations; store it."""
+    """Generate batch ``k`` (seed ``config.seed + k``; rollout i of the batch samples with
+    :func:`~persona_axis.inference.engine.row_seed` ``(seed, i)``) with every layer pooled in
+    the same pass, on ``config.engine``; store it."""
     layers = list(range(lm.shape.n_layers))
     sampling = Sampling(
         max_new_tokens=config.max_new_tokens,
@@ -27,10 +27,10 @@ def generate_batch(
         top_p=config.top_p,
         seed=config.seed + k,
     )
-    if config.engine == "vllm":
-        replies = vllm_replies(lm, specs, sampling, config.batch_size)
-    else:
-        replies = generate_replies(lm, [s.messages() for s in specs], sampling, pool_layers=layers)
+    messages = [s.messages() for s in specs]
+    replies = generate_replies(
+        lm, messages, sampling, pool_layers=layers, engine=build_engine(lm, config)
+    )
     zeros = torch.zeros(len(layers), lm.shape.hidden_size)
     store.write_batch(
         k,
@@ -45,18 +45,11 @@ def generate_batch(
     )
 
 
-def vllm_replies(
-    lm: LoadedModel, specs: list[RolloutSpec], sampling: Sampling, max_rows: int
-) -> list[Reply]:
-    """The batch's replies from the process's vLLM engine, every layer pooled in the same pass.
-    Rollout i of the batch samples with seed ``sampling.seed * max_rows + i`` (vLLM seeds per
-    request; there is no batch-wide generator)."""
+def build_engine(lm: LoadedModel, config: BuildConfig) -> GenerationEngine | None:
+    """The engine the build generates on: None (a fresh HF continuous batch per batch) for
+    ``engine="hf"``; the process's vLLM engine for ``"vllm"`` (started once, then reused)."""
+    if config.engine != "vllm":
+        return None
     from persona_axis.inference.vllm.engine import shared_batch
 
-    batch = shared_batch(lm, max_rows=max_rows)
-    for index, spec in enumerate(specs):
-        prompt = lm.chat.render(spec.messages(), add_generation_prompt=True).input_ids
-        seeded = replace(sampling, seed=sampling.seed * max_rows + index)
-        batch.add(RowRequest(index, prompt, seeded), pool=True)
-    done = run_to_end(batch, [])
-    return [done[index].reply for index in range(len(specs))]
+    return shared_batch(lm, max_rows=config.batch_size)

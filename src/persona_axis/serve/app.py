@@ -18,8 +18,8 @@ exception text; the details go to the log under that id. The OpenAPI schema is a
 ``/openapi.json``.
 
 ``temperature`` defaults to 0 (greedy), not OpenAI's 1; ``max_tokens`` defaults to
-``default_max_tokens``. With the continuous scheduler (the default) requests of every bundle,
-setting, sampling and length share one batch; see :mod:`~persona_axis.serve.continuous` and
+``default_max_tokens``. Requests of every bundle, setting, sampling and length share one
+continuously batched engine; see :mod:`~persona_axis.serve.continuous` and
 :mod:`~persona_axis.serve.scheduler`.
 
 This module builds the app (:func:`create_app`: limits, engine, scheduler, error handlers and
@@ -37,7 +37,7 @@ import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -47,7 +47,11 @@ from persona_axis.axis.bundle import AxisBundle
 from persona_axis.errors import PersonaAxisError
 from persona_axis.models.loading import LoadedModel
 from persona_axis.serve.admin import add_admin_routes
-from persona_axis.serve.continuous import ContinuousScheduler, generation_factory
+from persona_axis.serve.continuous import (
+    ContinuousScheduler,
+    check_scheduler,
+    generation_factory,
+)
 from persona_axis.serve.engine import RECOMMENDED, Engine
 from persona_axis.serve.failures import internal_failure
 from persona_axis.serve.guard import (
@@ -62,11 +66,10 @@ from persona_axis.serve.metrics import Metrics
 from persona_axis.serve.openapi import schema as openapi_schema
 from persona_axis.serve.protocol import ApiError
 from persona_axis.serve.routes import add_routes
-from persona_axis.serve.scheduler import Scheduler, StaticScheduler
 from persona_axis.serve.service import Limits, Service
 
 DEFAULT_MAX_TOKENS = 128
-SchedulerKind = Literal["continuous", "static"]
+SchedulerKind = Literal["continuous"]
 Backend = Literal["hf", "vllm"]
 REPLICA = f"{socket.gethostname()}:{os.getpid()}"
 """This process (host:pid), as named in the ``X-Persona-Axis-Replica`` header of every response
@@ -83,7 +86,6 @@ def create_app(
     backend: Backend = "hf",
     max_queue: int = 64,
     max_batch: int = 8,
-    batch_wait_ms: float = 100.0,
     max_tokens_limit: int = 512,
     default_max_tokens: int | None = None,
     max_input_tokens: int = 4096,
@@ -102,12 +104,12 @@ def create_app(
 
     ``default_cap`` is used when a request names none: a setting in every bundle's caps,
     "none" or "recommended" (each bundle's recommended cap, else none). ``scheduler``:
-    "continuous" (every setting in one batch, requests join and leave at each step) or "static"
-    (the earlier per-setting micro-batches, with the ``batch_wait_ms`` window). ``max_queue``
-    pending requests at most (429 beyond); ``max_batch`` requests generated together. A body
+    "continuous", the one left (every setting in one batch, requests join and leave at each
+    step; :func:`check_scheduler`). ``max_queue`` pending requests at most (429 beyond);
+    ``max_batch`` requests generated together. A body
     over ``max_body_bytes`` gets 413, one not complete within ``body_timeout_s`` seconds 408.
-    ``backend``: "hf" (our Hugging Face continuous batch) or "vllm" (the vLLM engine, continuous
-    scheduler only; needs the vLLM environment, docs/vllm-backend.md).
+    ``backend``: "hf" (our Hugging Face continuous batch) or "vllm" (the vLLM engine; needs the
+    vLLM environment, docs/vllm-backend.md).
     ``max_tokens_limit`` caps a request's ``max_tokens``, ``max_input_tokens`` its rendered
     prompt; ``default_max_tokens`` (default ``min(128, max_tokens_limit)``) applies to
     requests without one.
@@ -126,31 +128,18 @@ def create_app(
             raise PersonaAxisError(f"Bundle root {root} is not a directory; give a folder.")
     if default_max_tokens is None:
         default_max_tokens = min(DEFAULT_MAX_TOKENS, max_tokens_limit)
-    if scheduler not in get_args(SchedulerKind):
-        raise PersonaAxisError(
-            f"Unknown scheduler {scheduler!r}; use one of {get_args(SchedulerKind)}."
-        )
+    check_scheduler(scheduler)
     limits = Limits(max_tokens_limit, default_max_tokens, max_input_tokens)
-    make_batch = generation_factory(lm, backend, scheduler, max_batch)
+    make_batch = generation_factory(lm, backend, max_batch)
     engine = Engine(lm, bundle, default_cap=default_cap, allow_mismatch=allow_mismatch)
     metrics = Metrics()
-    worker: Scheduler
-    if scheduler == "static":
-        worker = StaticScheduler(
-            engine,
-            max_queue=max_queue,
-            max_batch=max_batch,
-            batch_wait_s=batch_wait_ms / 1000,
-            on_batch=metrics.batch_size.observe,
-        )
-    else:
-        worker = ContinuousScheduler(
-            engine,
-            make_batch,
-            max_queue=max_queue,
-            max_batch=max_batch,
-            on_batch=metrics.batch_size.observe,
-        )
+    worker = ContinuousScheduler(
+        engine,
+        make_batch,
+        max_queue=max_queue,
+        max_batch=max_batch,
+        on_batch=metrics.batch_size.observe,
+    )
     metrics.queue_depth.set_function(lambda: worker.depth)
     service = Service(engine, worker, metrics, limits, served=model_name or lm.name)
 

@@ -132,8 +132,20 @@ class ContinuousScheduler(Scheduler):
             job.emit("done", job.outcome(self.engine, turn, running.started, size))
 
 
+def check_scheduler(scheduler: str) -> None:
+    """Refuse any scheduler but "continuous" (the static one was removed, docs/benchmarks.md)."""
+    if scheduler == "static":
+        raise PersonaAxisError(
+            "The static scheduler was removed: continuous batching matched or beat it on "
+            "uniform and mixed traffic (docs/benchmarks.md). Drop --scheduler static; every "
+            "request now joins the continuous batch."
+        )
+    if scheduler != "continuous":
+        raise PersonaAxisError(f"Unknown scheduler {scheduler!r}; use 'continuous'.")
+
+
 def generation_factory(
-    lm: LoadedModel, backend: str, scheduler: str, max_rows: int
+    lm: LoadedModel, backend: str, max_rows: int
 ) -> Callable[[], GenerationEngine] | None:
     """The continuous scheduler's engine factory for ``backend`` ("hf": None, the default
     :class:`~persona_axis.inference.continuous.ContinuousBatch`; "vllm": one vLLM engine for
@@ -143,8 +155,6 @@ def generation_factory(
         return None
     if backend != "vllm":
         raise PersonaAxisError(f"Unknown engine {backend!r}; use 'hf' or 'vllm'.")
-    if scheduler != "continuous":
-        raise PersonaAxisError("--engine vllm runs with --scheduler continuous only.")
     from persona_axis.inference.vllm.engine import VllmBatch, start_engine
 
     vllm_engine = start_engine(lm, max_rows=max_rows)

@@ -7,12 +7,10 @@ hooks, so no hook outlives its step. Request handlers only call :meth:`Engine.se
 and :meth:`Engine.unload`, which read or swap the bundle registry (a new dict each time; a
 request keeps the :class:`Served` bundle it was admitted with).
 
-Two ways to run requests: :meth:`Engine.row` turns one into a row of the continuous batch
-(:mod:`persona_axis.inference.continuous`: per-row interventions, every setting in one batch);
-:meth:`Engine.run` runs a static batch of requests with one setting through
-:func:`~persona_axis.application.session.generate_turns` (the earlier scheduler, kept for
-comparison). In a static batch a forward pre-hook on the decoder stack reads the token ids fed
-at each decoding step, so text streams one step behind the sampler.
+:meth:`Engine.row` turns a request into a row of the generation engine
+(:mod:`persona_axis.inference.engine`: per-row interventions, sampling and telemetry, every
+setting in one batch), the same rows the library's
+:func:`~persona_axis.inference.generation.run_conversations` makes.
 """
 
 from __future__ import annotations
@@ -21,21 +19,18 @@ import functools
 import math
 import re
 import threading
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
-from persona_axis.application.session import Turn, generate_turns
+from persona_axis.application.session import Turn
 from persona_axis.axis.bundle import NO_CAP, RECOMMENDED, AxisBundle
 from persona_axis.drift.profile import drift_rule
 from persona_axis.errors import Conflict, NotFound, PersonaAxisError
-from persona_axis.inference.continuous import RowRequest
-from persona_axis.inference.generation import Sampling, stop_ids
-from persona_axis.inference.hooks import feeding_tokens
+from persona_axis.inference.engine import RowRequest, Sampling, stop_ids
 from persona_axis.inference.interventions import InterventionSpec
 from persona_axis.inference.rows import Probe
 from persona_axis.models.chat import Message
@@ -74,18 +69,6 @@ class Setting:
     def label(self) -> str:
         """The cap name or ``"none"``, for metrics labels (steering is not in the label)."""
         return self.cap or NO_CAP
-
-
-@dataclass(frozen=True)
-class BatchKey:
-    """Requests with equal keys may share a static batch: same setting, same sampling."""
-
-    setting: Setting
-    sampling: Sampling
-
-
-class Cancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Raised from the token callback to abandon a batch whose requests were all cancelled."""
 
 
 class DeltaDecoder:
@@ -334,26 +317,6 @@ class Engine:
             for item in served.spec(setting).interventions
             if item.floor is not None
         }
-
-    @torch.no_grad()
-    def run(
-        self,
-        served: Served,
-        key: BatchKey,
-        conversations: Sequence[Sequence[Message]],
-        on_tokens: Callable[[list[int]], None] | None = None,
-    ) -> list[Turn]:
-        """Generate one reply per conversation in one static batch under ``key``'s setting.
-
-        ``on_tokens`` gets the fed token ids at each decoding step (see the module docstring);
-        raising :class:`Cancelled` from it abandons the batch (hooks are still removed).
-        """
-        with self.lock:
-            spec = served.spec(key.setting)
-            if on_tokens is None:
-                return generate_turns(self.lm, conversations, spec, key.sampling, served.bundle)
-            with feeding_tokens(self.lm.stack.module, on_tokens):
-                return generate_turns(self.lm, conversations, spec, key.sampling, served.bundle)
 
     def telemetry(
         self, served: Served, setting: Setting, turn: Turn, drift: RequestDrift | None = None

@@ -1,6 +1,6 @@
 """Failures as OpenAI-style answers: a user error by its type (404 not found, 409 conflict,
 400 the rest), anything else a 500 with an error id and no exception text (the details go to
-the log under that id), a cancelled request 499, a job the scheduler dropped 503."""
+the log under that id), a job the scheduler dropped 503."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import uuid
 
 from persona_axis.errors import Conflict, NotFound, PersonaAxisError
-from persona_axis.serve.engine import Cancelled
 from persona_axis.serve.protocol import ApiError
 from persona_axis.serve.scheduler import QueueFull
 
@@ -43,6 +42,4 @@ def as_api_error(exc: BaseException) -> ApiError:
         return typed_error(exc, param="persona_axis")
     if isinstance(exc, QueueFull):
         return ApiError(503, f"Not served: {exc}.", kind="server_error", code="unavailable")
-    if isinstance(exc, Cancelled):
-        return ApiError(499, "The request was cancelled.", code="cancelled")
     return internal_failure(exc, "generation")

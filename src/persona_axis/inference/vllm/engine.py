@@ -27,14 +27,13 @@ from typing import Any
 import torch
 
 from persona_axis.errors import PersonaAxisError
-from persona_axis.inference.engine import Finished, RowRequest, StepResult
-from persona_axis.inference.generation import Reply, stop_ids
+from persona_axis.inference.engine import Finished, Reply, RowRequest, StepResult, stop_ids
 from persona_axis.inference.interventions import by_layer_checked
-from persona_axis.inference.rows import RowTelemetry
+from persona_axis.inference.rows import PoolSums, RowTelemetry
 from persona_axis.inference.vllm import require_vllm
 from persona_axis.inference.vllm.residual import decoder_layers
 from persona_axis.inference.vllm.salt import cache_salt
-from persona_axis.inference.vllm.tokens import Live, PoolSums, TokenSteering
+from persona_axis.inference.vllm.tokens import Live, TokenSteering
 from persona_axis.models.loading import LoadedModel
 
 EXTRA_KEY = "persona_axis_row"
@@ -155,9 +154,9 @@ class VllmBatch:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def add(self, request: RowRequest, *, pool: bool = False) -> None:
-        """Queue ``request``; with ``pool``, its reply carries the content-token mean of every
-        layer (``Reply.activations`` ``[n_layers, d]``, ``Reply.norms``), as in the build."""
+    def add(self, request: RowRequest) -> None:
+        """Queue ``request``; with ``request.pool``, its reply carries the content-token mean of
+        those layers (``Reply.activations``, ``Reply.norms``), as in the build."""
         from vllm import SamplingParams
 
         if not request.prompt:
@@ -169,12 +168,9 @@ class VllmBatch:
         telemetry = None
         if request.probe is not None:
             telemetry = RowTelemetry.start(self.lm, request.spec, request.probe)
-        pool_sums = None
-        if pool:
-            n_layers, d = self.lm.shape.n_layers, self.lm.shape.hidden_size
-            pool_sums = PoolSums(torch.zeros(n_layers, d), torch.zeros(n_layers))
+        pool_sums = None if request.pool is None else PoolSums.start(self.lm, request.pool)
         sampling = request.sampling
-        extra = int(telemetry is not None or pool)
+        extra = int(telemetry is not None or pool_sums is not None)
         engine_id = f"pa-{next(_IDS)}"
         params = SamplingParams(
             max_tokens=sampling.max_new_tokens + extra,

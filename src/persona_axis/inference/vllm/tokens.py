@@ -33,25 +33,9 @@ from torch.utils.hooks import RemovableHandle
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.engine import RowRequest
 from persona_axis.inference.interventions import apply_kind
-from persona_axis.inference.rows import RowOp, RowPlan, RowTelemetry
+from persona_axis.inference.rows import PoolSums, RowOp, RowPlan, RowTelemetry
 from persona_axis.inference.vllm.residual import replaced, residual_pair, stream
 from persona_axis.models.loading import LoadedModel
-
-
-@dataclass
-class PoolSums:
-    """A row's float32 sums over its content tokens: ``x_L`` ``[n_layers, d]`` and ``‖x_L‖``
-    ``[n_layers]``, and how many tokens were added."""
-
-    sums: Tensor
-    norms: Tensor
-    count: int = 0
-
-    def means(self) -> tuple[Tensor, Tensor] | None:
-        """``(activations [n_layers, d], norms [n_layers])`` means, None without tokens."""
-        if self.count == 0:
-            return None
-        return self.sums / self.count, self.norms / self.count
 
 
 @dataclass
@@ -216,7 +200,10 @@ class TokenSteering:
 
     def _at_layer(self, step: StepMap, layer: int, output: Any) -> Any:
         ops, reads = step.plan.at(layer, step.slots.device)
-        pooling = any(step.rows[row].pool is not None for row in step.counted_rows)
+        pooling = any(
+            (pool := step.rows[row].pool) is not None and layer in pool.layers
+            for row in step.counted_rows
+        )
         if not ops and reads is None and not pooling:
             return None
         hidden, residual = residual_pair(output, layer)
@@ -242,9 +229,10 @@ class TokenSteering:
         norms = wide.norm(dim=-1).tolist()
         for position, row in enumerate(step.counted_rows):
             sums = step.rows[row].pool
-            if sums is not None:
-                sums.sums[layer] += wide[position]
-                sums.norms[layer] += norms[position]
+            if sums is not None and layer in sums.layers:
+                slot = sums.layers.index(layer)
+                sums.sums[slot] += wide[position]
+                sums.norms[slot] += norms[position]
 
     def commit(self, step: StepMap) -> None:
         """Add the step's reads to its rows' telemetry sums, one content token at a time."""
