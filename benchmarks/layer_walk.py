@@ -186,7 +186,7 @@ def main() -> None:
     def one_request(app_: Any, *args: Any, **kwargs: Any) -> None:
         from starlette.testclient import TestClient
 
-        with TestClient(app_) as client:
+        with TestClient(app_, base_url="http://localhost:8000") as client:
             body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
             answer = client.post("/v1/chat/completions", json=body)
             assert answer.status_code == 200, answer.text
