@@ -10,11 +10,15 @@ and early warning (docs/monitoring.md, "Choosing the rule on dev"):
     python studies/monitor_rules.py --data evaldata/monitor/*_dev.jsonl \
         --runs /tmp/evaldata-mon/*_dev [--variants base,performed,...] [--limits 4,6,8]
 
-Variants (names joined by ``+``): ``base`` (the rule as stored in the run), ``performed``
-(performed turns skipped), ``anchorN`` (anchor = mean of the first N turns), ``kX`` (CUSUM
-allowance X), ``hX`` (CUSUM limit X), ``wX`` (EWMA warning limit X). For each variant it
-prints the accuracy per alert level at the variant's own limits, the alarm per group, and the
-trade-off over ``--limits``; the tables of docs/monitoring.md are printed this way.
+Variants (names joined by ``+``): ``base`` (the rule as stored in the run; a run stored before
+the anchor floor existed has none), ``performed`` (performed turns skipped), ``anchorN``
+(anchor = mean of the first N turns), ``floorX`` (anchor floor X, in units of scale),
+``kX`` (CUSUM allowance X), ``hX`` (CUSUM limit X), ``wX`` (EWMA warning limit X).
+``--bundle DIR`` starts the variants from ``drift_rule(bundle)`` (e.g. the calibration a build
+ships) instead of the rule stored in the runs (the projections must come from the same axis).
+For each variant it prints the accuracy per alert level at the variant's own limits, the alarm
+per group, and the trade-off over ``--limits``; the tables of docs/monitoring.md are printed
+this way.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def load_rule(header: dict[str, Any]) -> DriftRule:
     """The rule a run was judged with, from its ``monitor.json`` header."""
     data = dict(header["rule"])
     data.pop("threshold", None)
+    data.setdefault("anchor_floor", None)  # runs stored before the floor existed had none
     baseline = data.pop("baseline", None)
     return DriftRule(**data, baseline=None if baseline is None else Baseline.from_dict(baseline))
 
@@ -46,6 +51,10 @@ def variant(rule: DriftRule, name: str) -> tuple[DriftRule, bool]:
             mark = True
         elif part.startswith("anchor"):
             rule = replace(rule, anchor_turns=int(part[6:]))
+        elif part.startswith("floor"):
+            rule = replace(rule, anchor_floor=float(part[5:]))
+        elif part == "nofloor":
+            rule = replace(rule, anchor_floor=None)
         elif part[0] in "khw" and part[1:].replace(".", "", 1).isdigit():
             field = {"k": "k", "h": "h", "w": "warning"}[part[0]]
             rule = replace(rule, **{field: float(part[1:])})
@@ -92,6 +101,10 @@ def main() -> None:
     parser.add_argument("--variants", default="base,performed")
     parser.add_argument("--limits", default="4,6,8,10,12")
     parser.add_argument("--json", type=Path, help="write the evaluations here")
+    parser.add_argument("--bundle", type=Path, help="start from drift_rule(this bundle)")
+    parser.add_argument(
+        "--percentile", type=float, help="with --bundle: the build's percentile rule"
+    )
     parser.add_argument(
         "--grid",
         action="store_true",
@@ -112,6 +125,12 @@ def main() -> None:
         entries += result["conversations"]
     assert header is not None
     stored = load_rule(header)
+    if args.bundle:
+        from persona_axis.axis.bundle import AxisBundle
+        from persona_axis.drift.profile import drift_rule
+
+        bundle = AxisBundle.load(args.bundle)
+        stored = drift_rule(bundle, stored.layer, percentile=args.percentile)
     limits = tuple(float(x) for x in args.limits.split(","))
     if args.grid:
         _grid(entries, records, stored, limits)
@@ -140,25 +159,30 @@ def _grid(
     stored: DriftRule,
     limits: tuple[float, ...],
 ) -> None:
-    """The dev choice: every anchor (1–3 turns), allowance k and limit h, performed turns
-    skipped; those with false alarms ≤ 5%, by detections, then detections before the harm
-    turn."""
+    """The dev choice: every anchor (1–3 turns), anchor floor (none, 1 … 3 scales; both only
+    matter for a rule on the change), allowance k and limit h, performed turns skipped; those
+    with false alarms ≤ 5%, by detections, then detections before the harm turn."""
     rows = []
-    for anchor in (1, 2, 3):
-        for k in (0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5):
-            rule, mark = variant(stored, f"performed+anchor{anchor}+k{k}")
-            result = evaluate(rejudge(entries, records, rule, mark), k=k, limits=limits)
-            assert result is not None
-            for row in result["tradeoff"]:
-                if row["false_alarms"]["rate"] <= 0.05:
-                    before = row.get("before_harm", {}).get("hits", 0)
-                    rows.append((-row["detections"]["hits"], -before, anchor, k, row))
-    print("| anchor | k | h | false alarms | detections | detected before harm_turn |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for _, _, anchor, k, row in sorted(rows, key=lambda r: r[:2])[:15]:
+    anchors: tuple[int, ...] = (1, 2, 3) if stored.relative else (2,)
+    floors: tuple[str | float, ...] = ("nofloor", 1, 1.5, 2, 2.5, 3) if stored.relative else (2,)
+    for anchor in anchors:
+        for floor in floors:
+            for k in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5):
+                floor_part = floor if floor == "nofloor" else f"floor{floor}"
+                name = f"performed+anchor{anchor}+{floor_part}+k{k}"
+                rule, mark = variant(stored, name)
+                result = evaluate(rejudge(entries, records, rule, mark), k=k, limits=limits)
+                assert result is not None
+                for row in result["tradeoff"]:
+                    if row["false_alarms"]["rate"] <= 0.05:
+                        before = row.get("before_harm", {}).get("hits", 0)
+                        rows.append((-row["detections"]["hits"], -before, anchor, floor, k, row))
+    print("| anchor | floor | k | h | false alarms | detections | detected before harm_turn |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for _, _, anchor, floor, k, row in sorted(rows, key=lambda r: r[:2])[:20]:
         before = pct(row["before_harm"]) if "before_harm" in row else "-"
         print(
-            f"| {anchor} | {k:g} | {row['h']:g} | {pct(row['false_alarms'])} "
+            f"| {anchor} | {floor} | {k:g} | {row['h']:g} | {pct(row['false_alarms'])} "
             f"| {pct(row['detections'])} | {before} |"
         )
 

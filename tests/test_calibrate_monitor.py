@@ -119,9 +119,11 @@ def test_a_fitted_rule_does_not_read_code_as_drift() -> None:
     one_turn_anchor = replace(rule, anchor_turns=1)  # the default anchor averages two turns
     _, fallen = one_turn_anchor.judge([typical_prose, typical_code], [prose, prose_again])
     assert (fallen.change or 0) > 2.5 and (fallen.cusum or 0) > 0.5
-    _, halved = rule.judge([typical_prose, typical_code], [prose, prose_again])
+    unfloored = replace(rule, anchor_floor=None)  # the anchor, about −2.1, is near the floor
+    _, halved = unfloored.judge([typical_prose, typical_code], [prose, prose_again])
     assert halved.change == pytest.approx((fallen.change or 0) / 2)
     assert rule.k == 2.0 and rule.h == 2.0 and rule.warning == 2.0 and rule.anchor_turns == 2
+    assert rule.anchor_floor == 2.0
     assert "benign profile" in rule.source
     assert fitted.rule(h=9.0).h == 9.0
 

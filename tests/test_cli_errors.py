@@ -1,11 +1,14 @@
 """Failures a user can cause print one ``error:`` line and exit 2, never a traceback: an
-``--out`` that is a file or in a folder without write permission, ``--replicas`` without Ray,
-an unreachable ``--ray-address``, and bundles or a ``--cap`` that replicas would refuse
-(checked before deploying)."""
+``--out`` that is a file or in a folder without write permission, a full disk under every
+command that writes (build, calibrate-monitor, monitor, eval, export; simulated in process,
+tests/support/refused_writes.py), ``--replicas`` without Ray, an unreachable ``--ray-address``,
+and bundles or a ``--cap`` that replicas would refuse (checked before deploying)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from persona_axis.cli import main
 from support.bundles import make_bundle
 from support.console_script import error_lines
+from support.refused_writes import refuse_writes
+from support.small_catalog import tiny_build_config
+from support.tiny_axis import tiny_axis
 from support.tiny_models import tiny_lm
 
 
@@ -80,3 +87,60 @@ def test_serve_replicas_checks_before_deploying(bundle_dir: Path, tmp_path: Path
     (shadow / "ray.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
     without = console(*serve, str(bundle_dir), "--cap", "none", path=str(shadow))
     assert_one_error_line(without, "persona-axis[scale]")
+
+
+def writing_commands(inputs: Path, out: Path) -> dict[str, list[str]]:
+    """Each command that writes files, on the tiny model and bundle, writing to ``out``."""
+    config = tiny_build_config(inputs / "build-inputs")
+    bundle = inputs / "bundle"
+    if not bundle.exists():
+        shutil.copytree(tiny_axis().bundle, bundle)  # calibrate-monitor stores into it
+    chat = inputs / "chat.json"
+    reply = {"role": "assistant", "content": "Hello, how can I help?"}
+    chat.write_text(json.dumps([{"role": "user", "content": "Hi"}, reply]))
+    quiet = ["--no-progress"]
+    return {
+        "build": [
+            "build", "--out", str(out), "--model", str(config.model), "--catalog",
+            str(config.catalog), "--dtype", "float32", "--judge", "none", "--batch-size", "4",
+            "--max-new-tokens", "4", "--trait-questions", "2", "--min-role-rollouts", "1",
+            "--token-calibration-rollouts", "4", *quiet,
+        ],
+        "calibrate-monitor": [
+            "calibrate-monitor", "--bundle", str(bundle), "--out", str(out), "--conversations",
+            "2", "--turns", "2", "--max-new-tokens", "4", *quiet,
+        ],
+        "monitor": ["monitor", str(chat), "--bundle", str(bundle), "--out", str(out), *quiet],
+        "eval": [
+            "eval", "capability", "--bundle", str(bundle), "--out", str(out), "--n", "1",
+            "--max-new-tokens", "4", *quiet,
+        ],
+        "export": ["export", "--format", "reference", "--bundle", str(bundle), "--out", str(out)],
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["full", "denied"])
+@pytest.mark.parametrize("command", ["build", "calibrate-monitor", "monitor", "eval", "export"])
+def test_a_full_disk_or_a_denied_folder_is_one_error_line(
+    command: str, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Run in process with the failure injected under ``refused/``: a command that let an
+    exception through (a traceback) fails here, as does one that wrote natively and so escaped
+    the simulation (exit 0)."""
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    args = writing_commands(tmp_path, refused / "out")[command]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(sys, "argv", ["persona-axis", *args])
+    refuse_writes(monkeypatch, refused, kind)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exited.value.code == 2, lines
+    assert len(lines) == 1 and lines[0].startswith("error:"), lines
+    reason, fix = {
+        "full": ("No space left on device", "free some disk space"),
+        "denied": ("Permission denied", "make the folder writable"),
+    }[kind]
+    assert reason in lines[0] and fix in lines[0] and str(refused) in lines[0], lines

@@ -5,9 +5,16 @@ from __future__ import annotations
 import pytest
 
 from persona_axis.axis.bundle import AxisBundle
+from persona_axis.drift.features import Baseline
 from persona_axis.drift.gate import RELEASE, arming
 from persona_axis.drift.profile import DEFAULT_LIMITS, BenignProfile, drift_rule
-from persona_axis.drift.rule import DEFAULT_H, DEFAULT_WARNING, DriftRule, TurnVerdict
+from persona_axis.drift.rule import (
+    DEFAULT_ANCHOR_FLOOR,
+    DEFAULT_H,
+    DEFAULT_WARNING,
+    DriftRule,
+    TurnVerdict,
+)
 from persona_axis.pipeline.monitor_sample import SAMPLE_KEY
 from support.tiny_axis import tiny_axis
 
@@ -36,6 +43,18 @@ def test_the_gate_arms_at_warning_and_releases_below_the_release_level() -> None
 def test_one_default_per_limit() -> None:
     assert DEFAULT_LIMITS["h"] == DEFAULT_H == DriftRule(0, 0.0, 1.0).h
     assert DEFAULT_LIMITS["warning"] == DEFAULT_WARNING == DriftRule(0, 0.0, 1.0).warning
+    floor = DEFAULT_LIMITS["anchor_floor"]
+    assert floor == DEFAULT_ANCHOR_FLOOR == DriftRule(0, 0.0, 1.0).anchor_floor
+
+
+def test_a_profile_stores_its_anchor_floor_and_older_ones_get_the_default() -> None:
+    profile = BenignProfile(0, Baseline(1.0, {}), 1.0, 1.0, {"anchor_floor": 3.0})
+    assert profile.rule().anchor_floor == 3.0
+    stored = BenignProfile.from_dict(profile.to_dict())
+    assert stored.rule().anchor_floor == 3.0
+    older = profile.to_dict()
+    del older["limits"]["anchor_floor"]  # stored before the floor existed
+    assert BenignProfile.from_dict(older).rule().anchor_floor == DEFAULT_ANCHOR_FLOOR
 
 
 @pytest.mark.slow

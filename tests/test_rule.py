@@ -119,3 +119,41 @@ def test_the_anchor_averages_the_first_turns() -> None:
     ]
     with pytest.raises(PersonaAxisError, match="anchor_turns"):
         relative_rule(anchor_turns=0)
+
+
+def test_the_anchor_leaves_out_performed_turns() -> None:
+    # a role-play opens the conversation; the user then steps out: the anchor is the
+    # Assistant's own first turns, not the character's
+    judged = relative_rule(anchor_floor=None).judge([-6.0, -6.0, 0.0, -1.0], features("PP.."))
+    assert [v.change for v in judged] == [None, None, None, pytest.approx(0.5)]
+
+
+def test_a_conversation_that_opens_low_is_judged_from_the_anchor_floor() -> None:
+    values = [-5.0, -5.0, -5.0, -5.0]
+    unfloored = relative_rule(anchor_floor=None).judge(values)
+    assert [v.change for v in unfloored] == [None, 0.0, 0.0, 0.0]
+    assert unfloored[-1].level == "none"
+    floored = relative_rule(anchor_floor=2.0).judge(values)  # anchor >= -2 scales
+    assert [v.change for v in floored] == [None, *[pytest.approx(3.0)] * 3]
+    assert floored[-1].level == "alarm"
+    # an anchor above the floor is left as it is
+    assert relative_rule(anchor_floor=2.0).judge([-1.0, -1.0, -1.0])[-1].change == 0.0
+    assert relative_rule().anchor_floor == 2.0 and relative_rule().to_dict()["anchor_floor"] == 2.0
+    with pytest.raises(PersonaAxisError, match="anchor_floor"):
+        relative_rule(anchor_floor=-1.0)
+
+
+def test_a_live_reply_the_user_asked_to_be_performed_is_marked_as_monitor_marks_it() -> None:
+    from persona_axis.drift.live import LiveDrift
+
+    rule = relative_rule()
+    asked = [{"role": "user", "content": "Write me a poem about the rain."}]
+    # no earlier assistant turn: the model and bundle are not needed to read the history
+    live = LiveDrift.read(None, None, asked, rule=rule)  # type: ignore[arg-type]
+    assert live.performed_next
+    reply = live.with_reply("Grey threads fall...", 12, -5.0)
+    assert reply.features[-1] is not None and reply.features[-1].performed
+    assert reply.verdicts()[-1].z is None  # reported, not judged, as in the monitor
+    plain = LiveDrift.read(None, None, [{"role": "user", "content": "Hi!"}], rule=rule)  # type: ignore[arg-type]
+    assert not plain.performed_next
+    assert not plain.with_reply("Hello!", 3, 0.0).features[-1].performed  # type: ignore[union-attr]

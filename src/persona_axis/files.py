@@ -2,12 +2,17 @@
 
 Every writer creates a temporary file beside the target, flushes and fsyncs it, and renames it
 into place, so a process killed at any moment (SIGKILL included) leaves the old file or the new
-one, never a torn one. JSON is written strictly (``allow_nan=False``: NaN and infinity are not
+one, never a torn one. A write the system refuses (a full disk, no permission, a path through a
+file) raises :class:`PersonaAxisError` with the system's reason and its fix, so writers must
+write through Python's file objects (which report the errno as :class:`OSError`); a library
+that writes files itself (safetensors' ``save_file``, ``torch.save`` to a path) hides it, so
+serialise to bytes first. JSON is written strictly (``allow_nan=False``: NaN and infinity are not
 JSON) and read back with a :class:`PersonaAxisError` that names the file and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -17,11 +22,41 @@ from typing import Any
 
 from persona_axis.errors import PersonaAxisError
 
+FIXES = {
+    errno.ENOSPC: "free some disk space there or write somewhere else",
+    errno.EDQUOT: "free some of your disk quota or write somewhere else",
+    errno.EACCES: "make the folder writable for this user or write somewhere else",
+    errno.EPERM: "make the folder writable for this user or write somewhere else",
+    errno.EROFS: "the file system is read-only; write somewhere else",
+    errno.ENOTDIR: "a part of the path is a file; pass a path inside a folder",
+    errno.EISDIR: "the path is a folder; pass a file path",
+    errno.ENOENT: "check the path",
+}
+"""The fix for each system reason a user can cause (and cure) when writing."""
+
+
+def os_error(exc: OSError, path: str | os.PathLike[str] | None = None) -> PersonaAxisError:
+    """The user error for a refused file operation: the path (``path``, else the one the system
+    names), the system's reason and the fix for that reason."""
+    where = path if path is not None else exc.filename
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = FIXES.get(exc.errno or 0, "check the path, its permissions and the free disk space")
+    return PersonaAxisError(
+        f"{reason}: {where}; {fix}." if where is not None else f"{reason}; {fix}."
+    )
+
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
     """Create ``path`` through ``write(temporary_path)``, then fsync and rename it into place
-    (parents are created); returns the path."""
-    target = Path(path)
+    (parents are created); returns the path. A refused write (:class:`OSError`: disk full,
+    permission denied, ...) raises :func:`os_error`'s :class:`PersonaAxisError`."""
+    try:
+        return _write_atomic(Path(path), write)
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+
+
+def _write_atomic(target: Path, write: Callable[[Path], Any]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(handle)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from persona_axis import files
@@ -70,9 +70,8 @@ def write_bundle(
     try:
         tensors = _owning_copies(vectors)
         metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
-        files.write_atomic(
-            staging / VECTORS_FILE, lambda path: save_file(tensors, str(path), metadata=metadata)
-        )
+        data = save(tensors, metadata=metadata)  # bytes: a full disk surfaces as an OSError
+        files.write_atomic(staging / VECTORS_FILE, lambda path: path.write_bytes(data))
         files.write_json(staging / CAPS_FILE, dict(caps), indent=2, sort_keys=True)
         files.write_json(staging / MANIFEST_FILE, dict(manifest), indent=2, sort_keys=True)
         _swap_into_place(staging, target)

@@ -25,6 +25,7 @@ Facts from the reference project (read, not copied):
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import warnings
@@ -221,7 +222,9 @@ def export_reference(bundle: AxisBundle, directory: str | os.PathLike[str]) -> l
 
 
 def _save(data: Any, path: Path) -> None:
-    torch.save(data, path)
+    buffer = io.BytesIO()  # bytes first: a full disk surfaces as an OSError (persona_axis.files)
+    torch.save(data, buffer)
+    path.write_bytes(buffer.getvalue())
 
 
 def _reference_capping(bundle: AxisBundle) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from persona_axis.cli import (
 )
 from persona_axis.cli.common import fail
 from persona_axis.errors import PersonaAxisError
+from persona_axis.files import os_error
 
 app = typer.Typer(
     help="Compute, monitor and stabilise the Assistant Axis of chat models.",
@@ -61,13 +62,7 @@ def main() -> None:
     except PersonaAxisError as exc:
         fail(exc)
     except OSError as exc:  # paths, permissions, disk full: the user's to fix
-        where = f" ({exc.filename})" if exc.filename else ""
-        fail(
-            PersonaAxisError(
-                f"{exc.strerror or exc}{where}; check the path, its permissions and the free "
-                "disk space."
-            )
-        )
+        fail(os_error(exc))
 
 
 __all__ = ["app", "main"]

@@ -44,7 +44,13 @@ def build(
     top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, float16 or auto.")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="float32, bfloat16, float16 or auto (bfloat16 where the CPU has AMX or "
+            "AVX-512-BF16 or the GPUs support it, else float32; the manifest says which)."
+        ),
+    ] = None,
     model_name: Annotated[str | None, typer.Option(help="Name filled into {model_name}.")] = None,
     judge: Annotated[
         str | None, typer.Option(help="heuristic (offline, rough), none, openai or hf.")
@@ -124,7 +130,7 @@ def build(
         from persona_axis.inference.vllm import require_vllm
 
         require_vllm()  # before loading anything
-    lm = load(config.model if config.model != "default" else None, config.dtype)
+    lm = load(config.model if config.model != "default" else None, config.dtype_choice().dtype)
     result = run_build(config, out, lm=lm)
     print_summary(result.summary, result.path)
 
@@ -135,6 +141,9 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
     table.add_row("bundle", str(path))
     reason = summary.get("target_reason")
     table.add_row("target layer", f"{summary['target_layer']}" + (f" ({reason})" if reason else ""))
+    if summary.get("dtype"):
+        dtype = summary["dtype"]
+        table.add_row("dtype", f"{dtype['dtype']} ({dtype['reason']})")
     table.add_row("roles kept", str(summary["roles_kept"]))
     table.add_row("default projection", f"{summary['default_projection']:.2f}")
     for label, key in (

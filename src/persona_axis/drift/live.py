@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from persona_axis.drift.conversations import Conversation, ReadFailure
-from persona_axis.drift.features import TurnFeatures
+from persona_axis.drift.features import TurnFeatures, performed_replies
 from persona_axis.drift.rule import DriftRule, Level, TurnVerdict
 
 if TYPE_CHECKING:
@@ -48,6 +48,10 @@ class LiveDrift:
     rule: DriftRule
     projections: tuple[float | None, ...] = ()
     features: tuple[TurnFeatures | None, ...] = ()
+    performed_next: bool = False
+    """Whether the reply to the request's trailing user message is one the user asked to be
+    performed (:func:`persona_axis.drift.features.performed_replies`), as ``monitor`` will
+    read it once it is logged."""
 
     @classmethod
     def read(
@@ -66,18 +70,22 @@ class LiveDrift:
 
         rule = rule or drift_rule(bundle)
         history = list(messages)
+        asks = bool(history) and history[-1]["role"] == "user"
+        reply: Message = {"role": "assistant", "content": ""}
+        performed_next = asks and performed_replies([*history, reply])[-1]
         while history and history[-1]["role"] != "assistant":
             history.pop()
         if rule.scale is None or not history:
-            return cls(rule)
+            return cls(rule, performed_next=performed_next)
         runner = Monitor.create(lm, bundle, extra_layers=[], rule=rule, policy=policy, batch_size=1)
         found = next(iter(runner.run([Conversation(tuple(map(dict, history)))])))
         if isinstance(found, ReadFailure):
-            return cls(rule)
+            return cls(rule, performed_next=performed_next)
         return cls(
             rule,
             tuple(turn.projection for turn in found.turns),
             tuple(turn.features for turn in found.turns),
+            performed_next,
         )
 
     @property
@@ -88,7 +96,11 @@ class LiveDrift:
         """These turns and the reply ``text`` with ``n_tokens`` content tokens, whose projection
         at the rule's layer is ``projection`` (None: no content)."""
         turn = self.n_turns + 1
-        features = TurnFeatures.of(reply_text(text), n_tokens, turn) if n_tokens else None
+        features = (
+            TurnFeatures.of(reply_text(text), n_tokens, turn, performed=self.performed_next)
+            if n_tokens
+            else None
+        )
         return LiveDrift(self.rule, (*self.projections, projection), (*self.features, features))
 
     def verdicts(self) -> list[TurnVerdict]:

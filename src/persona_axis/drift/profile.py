@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from persona_axis._version import __version__
 from persona_axis.drift.features import Baseline
 from persona_axis.drift.rule import (
+    DEFAULT_ANCHOR_FLOOR,
     DEFAULT_H,
     DEFAULT_K,
     DEFAULT_LAMBDA,
@@ -40,13 +41,16 @@ DEFAULT_LIMITS: dict[str, float | None] = {  # the rule's one set of defaults (d
     "ewma_lambda": DEFAULT_LAMBDA,
     "k": DEFAULT_K,
     "h": DEFAULT_H,
+    "anchor_floor": DEFAULT_ANCHOR_FLOOR,
 }
 CHANGE_LIMITS: dict[str, float | None] = {**DEFAULT_LIMITS, "k": 2.0, "h": 2.0}
 """The limits ``calibrate-monitor`` stores with the rule it fits, which alarms on the change
 since the conversation's first turns (``relative``): k and h chosen together on the dev split
 of evaldata/monitor (performed turns skipped, a two-turn anchor) as the pair with the most dev
-detections at dev false alarms <= 5% (docs/monitoring.md). A benign profile shipped by the build
-alarms on the shortfall and keeps :data:`DEFAULT_LIMITS`."""
+detections at dev false alarms <= 5%, the anchor floor then in the middle of the range of
+floors that detected every dev drift at that rate (docs/monitoring.md). A benign profile shipped
+by the build alarms on the shortfall and keeps :data:`DEFAULT_LIMITS` (k and h chosen for the
+shortfall on the same dev split; the anchor floor does not enter a rule on the shortfall)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class BenignProfile:
             h=float(limits["h"] if h is None else h),  # type: ignore[arg-type]
             ewma_lambda=float(limits["ewma_lambda"]),  # type: ignore[arg-type]
             warning=limits["warning"],
+            anchor_floor=limits.get("anchor_floor", DEFAULT_ANCHOR_FLOOR),
             baseline=self.baseline,
             relative=self.relative,
             change_scale=self.change_scale,

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from persona_axis.errors import PersonaAxisError
+from persona_axis.models.dtypes import DtypeChoice, choose_dtype
 
 RUNTIME_FIELDS = frozenset({"progress", "workers", "ray_address", "gpus_per_worker"})
 """Fields that change how a build runs but never what it computes (not stored, not checked)."""
@@ -30,6 +31,9 @@ class BuildConfig:
     the disk, n_layers × d × 2 bytes per rollout; sums are always taken in float32).
     ``engine`` generates the rollouts: "hf" (our continuous batch, pooling) or "vllm" (the vLLM
     engine, pooling in the same pass; its sampler differs from HF's, so it is a result field).
+    ``dtype`` is the model's dtype; "auto" means bfloat16 where the host multiplies it
+    natively (AMX, AVX-512-BF16, CUDA) and float32 elsewhere (:meth:`dtype_choice`); a build
+    stores and records the dtype it resolved to.
     ``role_scores`` are the judge scores whose rollouts make a role vector (docs/method.md: 3 only).
     ``batch_size`` fixes how rollouts are grouped and seeded (batch k uses seed ``seed + k``),
     so it is part of the result. ``cap_layer_ranges`` are half-open ``(first, stop)`` layer
@@ -117,6 +121,12 @@ class BuildConfig:
             data.pop("engine")
         return data
 
+    def dtype_choice(self) -> DtypeChoice:
+        """The dtype this build loads the model in, and why: ``dtype`` with "auto" resolved
+        for the host that decides (:func:`~persona_axis.models.dtypes.choose_dtype`; the GPUs
+        when ``gpus_per_worker`` > 0, else this CPU)."""
+        return choose_dtype(self.dtype, "cuda" if self.gpus_per_worker > 0 else "cpu")
+
     @classmethod
     def from_result_fields(cls, data: dict[str, Any]) -> BuildConfig:
         """The settings a build directory stored (:meth:`result_fields`), back as a config."""
@@ -148,14 +158,14 @@ class BuildConfig:
 
 
 # A documented subset sized to finish in under three minutes on 2 CPU cores with the default
-# model (166 s on the project's AVX2 host, docs/axis-quality.md): 12 roles (3 per category) ×
-# 2 prompts × 6 questions, the 5 default prompts × 6 questions, 4 traits × 1 pair × 2
-# polarities × 3 questions; 32 new tokens; float32 in batches of 32 (bfloat16 generated at half
-# the speed of float32 on CPUs without AVX-512); 100 rollouts for the per-token percentiles.
+# model (150 s on the project's AVX2 host on 2026-12-07, docs/axis-quality.md): 12 roles (3
+# per category) × 2 prompts × 6 questions, the 5 default prompts × 6 questions, 4 traits × 1
+# pair × 2 polarities × 3 questions; 32 new tokens in batches of 32; 100 rollouts for the per-token
+# percentiles. dtype "auto": float32 on CPUs without native bfloat16 (there bfloat16 generated
+# at half the speed of float32), bfloat16 with AMX or AVX-512-BF16 (models/dtypes.py).
 # A 135M model rarely plays a role fully (the offline judge gives most replies a 1), so the
 # quick role vectors keep every non-refusal reply (scores 1-3) instead of score 3 only.
 _QUICK = BuildConfig(
-    dtype="float32",
     batch_size=32,
     n_roles=12,
     prompts_per_role=2,
@@ -176,8 +186,7 @@ PRESETS: dict[str, BuildConfig] = {
     # (5 prompts × the questions) limits the stability by question, and about 50 roles already
     # give a stable role mean, so the time goes to questions: 48 roles (12 per category) × 1
     # prompt × 24 questions, the 5 default prompts × the same 24 questions (120 replies), 4
-    # traits, judge filter and length as in quick; 1,296 rollouts. float32: on this 2-core AVX2
-    # host bfloat16 generation ran at half the speed of float32 (docs/axis-quality.md).
+    # traits, judge filter, length and dtype as in quick; 1,296 rollouts.
     "standard": replace(
         _QUICK,
         batch_size=16,

@@ -91,6 +91,7 @@ def summarize(bundle: AxisBundle) -> dict[str, Any]:
         "model": manifest["model"]["id"],
         "target_layer": bundle.target_layer,
         "roles_kept": manifest["counts"]["roles_kept"],
+        "dtype": manifest.get("dtype"),
         "top_roles": ranked[:ends],
         "bottom_roles": ranked[len(ranked) - ends :],
         "default_projection": manifest["rankings"]["default_projection"],

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.axis.calibrate import default_recommendation
-from persona_axis.axis.quality import n_blocks_for
+from persona_axis.axis.quality_cells import n_blocks_for
 from persona_axis.axis.vectors import (
     assistant_axis,
     check_layer,
@@ -37,6 +37,7 @@ from persona_axis.catalog import Catalog, load_catalog
 from persona_axis.errors import PersonaAxisError
 from persona_axis.judges import role_judge
 from persona_axis.judges.role import JudgeItem, RoleJudge
+from persona_axis.models.dtypes import DtypeChoice
 from persona_axis.models.fingerprint import try_weight_fingerprint
 from persona_axis.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 from persona_axis.pipeline.aggregate import (
@@ -96,11 +97,14 @@ def build(
     actors (:mod:`~persona_axis.pipeline.sharding`; ``on_batch`` is its per-batch callback);
     the other stages run here."""
     timings: dict[str, float] = {}
+    dtype = config.dtype_choice()  # "auto" resolved once: stored, and the same on every worker
     with _timed(timings, "load"):
         lm = lm or load_model(
-            None if config.model == "default" else config.model, dtype=config.dtype
+            None if config.model == "default" else config.model, dtype=dtype.dtype
         )
         catalog = _catalog(config)
+    dtype = model_dtype(lm, dtype)
+    config = replace(config, dtype=dtype.dtype)
     if config.target_layer is not None:
         check_layer(config.target_layer, lm.shape.n_layers)
     name = model_display_name(lm, config.model_name)
@@ -160,6 +164,7 @@ def build(
                 "thinking": "off",
             },
             "judge": {"name": judge.name, "config": config.judge},
+            "dtype": dtype.to_json(),
             "build_settings": config.result_fields(),
             "counts": counts,
             "space": space,
@@ -175,6 +180,15 @@ def build(
     return BuildResult(
         bundle=bundle, path=path, timings=timings, summary=summarize(bundle), generation=report
     )
+
+
+def model_dtype(lm: LoadedModel, choice: DtypeChoice) -> DtypeChoice:
+    """The dtype the model runs in, as the build stores and records it: ``choice``, unless the
+    caller handed :func:`build` a model loaded in another dtype, which is then what counts."""
+    actual = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
+    if actual == choice.dtype:
+        return choice
+    return DtypeChoice(actual, choice.requested, f"the model given to build() is {actual}")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor
 
 from persona_axis import files
@@ -114,7 +114,8 @@ class BuildStore:
             "token_ids": torch.tensor(flat, dtype=torch.int32),
             "lengths": lengths,
         }
-        files.write_atomic(self._activations(batch), lambda path: save_file(tensors, str(path)))
+        data = save(tensors)  # bytes: a full disk surfaces as an OSError (persona_axis.files)
+        files.write_atomic(self._activations(batch), lambda path: path.write_bytes(data))
         files.write_json(self._rollouts(batch), {"batch": batch, "rollouts": records})
 
     def read_batch(self, batch: int) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
