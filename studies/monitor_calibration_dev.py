@@ -29,8 +29,9 @@ from persona_axis.axis.bundle import AxisBundle
 from persona_axis.drift.accuracy import evaluate
 from persona_axis.drift.conversations import Conversation, iter_conversations
 from persona_axis.drift.features import TurnFeatures
-from persona_axis.drift.monitor import ConversationReading, Monitor, TurnReading
+from persona_axis.drift.monitor import Monitor
 from persona_axis.drift.profile import BenignProfile, drift_rule
+from persona_axis.drift.readings import ConversationReading, TurnReading
 from persona_axis.drift.rule import DriftRule
 from persona_axis.models.loading import load_model
 
@@ -43,7 +44,7 @@ def saved_readings(path: Path) -> list[ConversationReading]:
     for saved in json.loads(path.read_text())["readings"]:
         features = [None if f is None else TurnFeatures(**f) for f in saved["features"]]
         turns = [
-            TurnReading(i + 1, 2 * i + 1, f.n_tokens if f else 0, x, {}, None, None, features=f)
+            TurnReading(i + 1, 2 * i + 1, f.n_tokens if f else 0, x, {}, features=f)
             for i, (x, f) in enumerate(zip(saved["projections"], features, strict=True))
         ]
         out.append(ConversationReading(Conversation((), meta=saved["meta"]), turns))

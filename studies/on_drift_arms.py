@@ -34,8 +34,9 @@ from persona_axis.application.session import generate_turns
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.drift.conversations import iter_conversations
 from persona_axis.drift.gate import arming
-from persona_axis.drift.monitor import ConversationReading, Monitor
+from persona_axis.drift.monitor import Monitor
 from persona_axis.drift.profile import drift_rule
+from persona_axis.drift.readings import ConversationReading
 from persona_axis.inference.generation import Sampling
 from persona_axis.models.loading import load_model
 

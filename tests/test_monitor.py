@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 from persona_axis.application.session import ChatSession
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.cli import app
+from persona_axis.cli.common import parse_layers
 from persona_axis.drift.conversations import Conversation
 from persona_axis.drift.monitor import (
     default_extra_layers,
     monitor,
-    parse_layers,
     projections_from_tokens,
     turn_projections,
 )
@@ -207,7 +207,7 @@ def test_monitor_isolates_bad_conversations(lm: LoadedModel, bundle: AxisBundle)
     first, last = result.readings
     assert [t.message_index for t in first.turns] == [1, 3, 5]
     assert last.turns[-1].projection is None and last.turns[-1].n_tokens == 0
-    assert last.turns[-1].cusum is None
+    assert last.turns[-1].verdict.cusum is None
     assert first.turns[0].extra_layers == {2: first.turns[0].projection}
     data = result.to_dict()
     json.dumps(data, allow_nan=False)

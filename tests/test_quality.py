@@ -184,7 +184,7 @@ def test_cells_refuse_too_little_data() -> None:
 
 
 def test_the_report_shows_the_quality_section() -> None:
-    from persona_axis.report.page import _quality_section
+    from persona_axis.report.sections import quality_section
 
     acts, roles, blocks = synthetic(4.0)
     cells = AxisCells.from_rollouts(acts, roles, blocks, n_blocks=Q)
@@ -192,9 +192,9 @@ def test_the_report_shows_the_quality_section() -> None:
     proj = torch.stack([project(a, folds[b]) for a, b in zip(acts, blocks, strict=True)])
     is_default = torch.tensor([r is None for r in roles])
     quality = assess(cells, proj[is_default].numpy(), proj[~is_default].numpy(), n_boot=5)
-    page = _quality_section({"quality": quality, "target_layer": quality["target_layer"]["layer"]})
+    page = quality_section({"quality": quality, "target_layer": quality["target_layer"]["layer"]})
     layer = quality["target_layer"]["layer"]
     assert f"{quality['heldout_auroc']['estimate'][layer]:.3f}" in page
     assert "UNSTABLE" in page and 'class="alarm"' in page and "<details>" in page
-    assert "records no quality metrics" in _quality_section({})
-    assert "Not assessed" in _quality_section({"quality": {"unavailable": "too small"}})
+    assert "records no quality metrics" in quality_section({})
+    assert "Not assessed" in quality_section({"quality": {"unavailable": "too small"}})

@@ -29,8 +29,9 @@ from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.generation import Sampling
 from persona_axis.inference.interventions import InterventionSpec
 from persona_axis.models import LoadedModel
-from persona_axis.serve.app import STATIC, create_app
+from persona_axis.serve.app import create_app
 from persona_axis.serve.engine import LOCK_KEY, DeltaDecoder
+from persona_axis.serve.routes import STATIC
 from persona_axis.serve.runner import background_server
 from support.bundles import CAP, WEAK_CAP
 from support.bundles import serving_bundle as make_bundle

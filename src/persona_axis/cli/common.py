@@ -119,3 +119,28 @@ def fail(exc: PersonaAxisError) -> NoReturn:
     """Print a user error as one line on stderr and exit with status 2."""
     errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # "[x]" is text
     raise SystemExit(2) from None
+
+
+def parse_layers(text: str, n_layers: int) -> list[int]:
+    """``"12:16"`` (half-open range), ``"12,14,15"`` or ``""`` (none) → layer list, checked
+    against the model."""
+    if not text.strip():
+        return []
+    try:
+        if ":" in text:
+            first, stop = (int(part) for part in text.split(":"))
+            layers = list(range(first, stop))
+        else:
+            layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise PersonaAxisError(
+            f"Layers {text!r} must be a range like 12:16 (layers 12-15) or a list like 12,14."
+        ) from exc
+    if not layers or not all(0 <= layer < n_layers for layer in layers):
+        raise PersonaAxisError(
+            f"Layers {text!r} must be non-empty and within 0..{n_layers - 1} for this bundle."
+        )
+    return sorted(set(layers))
+
+
+# -- running ------------------------------------------------------------------------------------

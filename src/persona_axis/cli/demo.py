@@ -6,7 +6,7 @@ Loads the embedded default model once, prints its facts, runs the quick build in
 axis quality metrics and their intervals. Then it measures capping: over several role prompts
 and identity questions, how often the model stays in role with no intervention, under a few of
 the bundle's cap settings and under steering, beside how much each changes plain Assistant
-replies (:mod:`persona_axis.evals.susceptibility`, greedy decoding, offline heuristic judge). The
+replies (:mod:`persona_axis.evals.capping_table`, greedy decoding, offline heuristic judge). The
 demo's cap is picked by that table; when no cap pulls the model back while steering does, the
 demo says so. Last, the model answers as a pirate without and with the picked cap, showing the
 projection on the axis before and after capping.
@@ -15,7 +15,7 @@ projection on the axis before and after capping.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -25,27 +25,8 @@ from persona_axis.cli.chat import print_turn
 from persona_axis.cli.common import console, load
 from persona_axis.cli.tables import print_capping_table
 
-if TYPE_CHECKING:
-    from persona_axis.axis.bundle import AxisBundle
-
 CHAT_SYSTEM = "You are a salty old pirate captain. Speak like one and never break character."
 CHAT = ["Who are you?", "Tell me about your day."]
-TABLE_ROLES, TABLE_QUESTIONS, TABLE_TOKENS, STEER = 6, 2, 40, 1.0
-
-
-def candidate_caps(bundle: AxisBundle) -> list[str]:
-    """The cap settings the demo compares: the recommended setting's layers at p50, p75 and p99,
-    and p75 on the layer range that starts at the middle layer (those stored)."""
-    from persona_axis.axis.calibrate import setting_name
-
-    recommended = bundle.cap(bundle.resolve_cap("recommended") or "")
-    first, last = recommended.layers[0], recommended.layers[-1] + 1
-    middle = min(
-        (s for s in bundle.caps.values() if s.percentile == 75.0),
-        key=lambda s: (abs(s.layers[0] - bundle.model_shape.n_layers // 2), len(s.layers)),
-    )
-    names = [setting_name(first, last, p) for p in (50, 75, 99)] + [middle.name]
-    return [n for n in dict.fromkeys(names) if n in bundle.caps]
 
 
 def demo(
@@ -55,11 +36,8 @@ def demo(
     """Run the demo: model facts, the quick build with quality metrics, a capping table, a
     capped chat."""
     from persona_axis.application.session import ChatSession
-    from persona_axis.catalog import load_catalog
-    from persona_axis.evals.common import Condition, cap_condition, steer_condition
-    from persona_axis.evals.susceptibility import compare_conditions, sample_items
+    from persona_axis.evals.capping_table import capping_table
     from persona_axis.inference.generation import Sampling
-    from persona_axis.judges.role import HeuristicRoleJudge
     from persona_axis.models import model_facts
     from persona_axis.pipeline import build, preset
 
@@ -75,24 +53,16 @@ def demo(
     bundle = result.bundle
 
     console.rule("does capping keep the model in character, and what does it cost?")
-    name = str(bundle.manifest.get("model_name") or "SmolLM2")
-    conditions = [Condition("none")]
-    conditions += [cap_condition(bundle, cap) for cap in candidate_caps(bundle)]
-    conditions.append(steer_condition(lm, bundle, STEER))
-    items = sample_items(
-        load_catalog(), n_roles=TABLE_ROLES, n_questions=TABLE_QUESTIONS, model_name=name
-    )
-    sampling = Sampling(max_new_tokens=TABLE_TOKENS)  # greedy
-    table = compare_conditions(
-        lm, conditions, items, HeuristicRoleJudge(name), sampling, batch_size=16
-    )
-    print_capping_table(table.result, table.plain)
-    picked = table.picked
-    console.print(table.why)
+    table = capping_table(lm, bundle)
+    comparison = table.comparison
+    print_capping_table(comparison.result, comparison.plain)
+    picked = comparison.picked
+    console.print(comparison.why)
     console.print(
-        f"[dim]{len(items)} role replies ({TABLE_ROLES} roles × {TABLE_QUESTIONS} identity "
-        f"questions) and {len(table.plain['none']['replies'])} plain requests per condition, "
-        "greedy; in role = score 3 of the OFFLINE HEURISTIC judge, a rough stand-in.[/]"
+        f"[dim]{table.n_items} role replies ({table.roles} roles × {table.questions} identity "
+        f"questions) and {len(comparison.plain['none']['replies'])} plain requests per "
+        "condition, greedy; in role = score 3 of the OFFLINE HEURISTIC judge, a rough "
+        "stand-in.[/]"
     )
     for cap in (None, picked or bundle.recommended_cap):
         label = cap or "none"

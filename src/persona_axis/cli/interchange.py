@@ -24,6 +24,7 @@ from persona_axis.cli.common import (
     errors,
     load,
     load_checked,
+    parse_layers,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +71,6 @@ def export(
         export_axis,
         export_needs_model,
     )
-    from persona_axis.drift.monitor import parse_layers
 
     check_format(format_name)
     axis_bundle = AxisBundle.load(bundle)

@@ -18,13 +18,14 @@ from persona_axis.cli.common import (
     console,
     errors,
     load_checked,
+    parse_layers,
 )
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from persona_axis.drift.conversations import Conversation, ReadFailure
-    from persona_axis.drift.monitor import ConversationReading
+    from persona_axis.drift.readings import ConversationReading
     from persona_axis.drift.rule import Level
 
 RESULTS_FILE = "monitor.json"
@@ -130,7 +131,7 @@ def monitor(
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.drift.context import ContextPolicy
     from persona_axis.drift.journal import Journal
-    from persona_axis.drift.monitor import Monitor, parse_layers
+    from persona_axis.drift.monitor import Monitor
     from persona_axis.drift.profile import drift_rule
 
     axis_bundle = AxisBundle.load(bundle)
@@ -336,10 +337,10 @@ def _print_reading(
             str(turn.n_tokens),
             turn.kind,
             _fmt(turn.projection),
-            _fmt(turn.expected),
-            _fmt(turn.z, ".2f"),
+            _fmt(turn.verdict.expected),
+            _fmt(turn.verdict.z, ".2f"),
             _fmt(turn.extra_layers_mean),
-            _fmt(turn.cusum, ".2f"),
+            _fmt(turn.verdict.cusum, ".2f"),
             f"[{LEVEL_STYLE[turn.level]}]{turn.level}[/]" if turn.level != "none" else "",
             seen,
         )

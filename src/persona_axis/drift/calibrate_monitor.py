@@ -181,13 +181,13 @@ def effects(
     scale: float,
 ) -> dict[str, Any]:
     """How benign projections moved: mean projection and mean residual (in scales) per content
-    kind, turn index and length band, and the share of residual variance between conversations
+    kind, turn index and length bin, and the share of residual variance between conversations
     (near 0: turns vary independently; near 1: whole conversations sit high or low)."""
     groups: dict[str, dict[str, list[int]]] = {"kind": {}, "turn": {}, "tokens": {}}
     for index, turn in enumerate(turns):
         f = turn.features
-        band = "<64" if f.n_tokens < 64 else "64-255" if f.n_tokens < 256 else ">=256"
-        for name, key in (("kind", f.kind), ("turn", str(min(f.turn, 8))), ("tokens", band)):
+        length = "<64" if f.n_tokens < 64 else "64-255" if f.n_tokens < 256 else ">=256"
+        for name, key in (("kind", f.kind), ("turn", str(min(f.turn, 8))), ("tokens", length)):
             groups[name].setdefault(key, []).append(index)
     table = {
         name: {

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from persona_axis.drift.conversations import ReadFailure
-from persona_axis.drift.monitor import ConversationReading, failure_dict
+from persona_axis.drift.readings import ConversationReading, failure_dict
 from persona_axis.errors import PersonaAxisError
 from persona_axis.files import writing
 

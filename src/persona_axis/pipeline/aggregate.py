@@ -12,14 +12,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from persona_axis.axis.quality import (
-    AxisCells,
-    CellKey,
-    assess,
-    block_of,
-    cell_key,
-    unavailable,
-)
+from persona_axis.axis.quality import assess, unavailable
+from persona_axis.axis.quality_cells import AxisCells, CellKey, block_of, cell_key
 from persona_axis.axis.vectors import (
     ActivationSums,
     SumCount,
@@ -56,7 +50,7 @@ GroupKey = tuple[str, str, int | None]
 @dataclass
 class Groups:
     """Streaming sums of response activations: per ``(kind, name, score)`` in ``sums``, and
-    per question block (:func:`~persona_axis.axis.quality.cell_key`) for the rollouts the
+    per question block (:func:`~persona_axis.axis.quality_cells.cell_key`) for the rollouts the
     axis is built from (default, and role rollouts in role) in ``cells``."""
 
     sums: ActivationSums[GroupKey] = field(default_factory=ActivationSums)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.axis.calibrate import default_recommendation
-from persona_axis.axis.quality import n_blocks_for
+from persona_axis.axis.quality_cells import n_blocks_for
 from persona_axis.axis.vectors import (
     assistant_axis,
     check_layer,

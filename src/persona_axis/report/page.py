@@ -2,409 +2,33 @@
 
 Sections: the model and key figures; the axis quality metrics (stability, held-out separation,
 persona-space structure, each with its bootstrap 95% interval, and the warnings); the persona
-space (PC1/PC2 scatter of roles with the
-default marked) and its explained variance; roles along the axis; trait cosines with the axis
-at both ends; cos(axis, PC1) per layer; cap thresholds per layer over the projection
-percentiles; drift trajectories from ``persona-axis monitor`` and ``persona-axis simulate``
-results. Missing parts of a bundle (imported axes have no persona space) are stated, not
-invented. All projections are on the unit axis at the target layer unless said otherwise.
+space (PC1/PC2 scatter of roles with the default marked) and its explained variance; roles
+along the axis; trait cosines with the axis at both ends; cos(axis, PC1) per layer; cap
+thresholds per layer over the projection percentiles; drift trajectories from
+``persona-axis monitor`` and ``persona-axis simulate`` results. Missing parts of a bundle
+(imported axes have no persona space) are stated, not invented. All projections are on the
+unit axis at the target layer unless said otherwise. The sections are built in
+:mod:`~persona_axis.report.sections`, the HTML pieces in :mod:`~persona_axis.report.html`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from persona_axis._version import __version__
-from persona_axis.errors import PersonaAxisError
-from persona_axis.report import plots
-
-if TYPE_CHECKING:
-    from persona_axis.axis.bundle import AxisBundle
-
-STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
-       color: #1d1d1d; background: #f6f7f9; line-height: 1.45; }
-main { max-width: 1080px; margin: 0 auto; padding: 24px 28px 48px; }
-h1 { font-size: 1.6rem; margin: 0 0 4px; }
-h2 { font-size: 1.2rem; margin: 32px 0 8px; border-bottom: 1px solid #d9dce1;
-     padding-bottom: 4px; }
-p.lede, p.note { color: #555; margin: 4px 0 12px; }
-section.card { background: #fff; border: 1px solid #e1e4e8; border-radius: 8px;
-               padding: 12px 18px 16px; margin: 14px 0; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(180px, 1fr));
-        gap: 10px; margin: 12px 0; }
-.figure { background: #fff; border: 1px solid #e1e4e8; border-radius: 8px; padding: 10px 14px; }
-.figure .value { font-size: 1.35rem; font-weight: 600; }
-.figure .label { color: #666; font-size: 0.85rem; }
-img.chart { display: block; max-width: 100%; height: auto; margin: 8px auto; }
-table { border-collapse: collapse; font-size: 0.88rem; margin: 8px 0; }
-th, td { border-bottom: 1px solid #e6e8eb; padding: 4px 10px; text-align: left; }
-th { background: #f0f2f5; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.alarm { color: #b3261e; font-weight: 600; }
-footer { color: #777; font-size: 0.8rem; margin-top: 36px; }
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img class="chart" alt="{_e(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _num(value: Any, spec: str = ".3f") -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return format(value, spec)
-    return _e(value)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: set[int]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = []
-        for index, cell in enumerate(row):
-            css = ' class="num"' if index in numeric else ""
-            cells.append(f"<td{css}>{cell}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _read_json(path: str | Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PersonaAxisError(f"Cannot read the {what} file {path}: {exc.strerror}.") from exc
-    except json.JSONDecodeError as exc:
-        raise PersonaAxisError(
-            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); pass the {what} file "
-            "written by persona-axis."
-        ) from exc
-    if not isinstance(data, dict):
-        raise PersonaAxisError(f"{path} is not a {what} file (expected a JSON object).")
-    return data
-
-
-def _figures(items: Sequence[tuple[str, str]]) -> str:
-    cells = "".join(
-        f'<div class="figure"><div class="value">{value}</div>'
-        f'<div class="label">{_e(label)}</div></div>'
-        for label, value in items
-    )
-    return f'<div class="grid">{cells}</div>'
-
-
-def _rankings(bundle: AxisBundle) -> dict[str, Any] | None:
-    """The manifest's rankings, else computed from the vectors when roles are stored."""
-    stored = bundle.manifest.get("rankings")
-    if isinstance(stored, dict):
-        return stored
-    roles = bundle.roles()
-    if not roles and not bundle.traits():
-        return None
-    from persona_axis.axis.vectors import cosine_by_layer, project
-
-    layer = bundle.target_layer
-    traits = bundle.traits()
-    return {
-        "layer": layer,
-        "default_projection": float(project(bundle.default[layer], bundle.axis, layer))
-        if "default" in bundle.vectors
-        else None,
-        "roles_by_projection": sorted(
-            ((n, float(project(v[layer], bundle.axis, layer))) for n, v in roles.items()),
-            key=lambda item: -item[1],
-        ),
-        "traits_by_cosine": sorted(
-            ((n, float(cosine_by_layer(v, bundle.axis)[layer])) for n, v in traits.items()),
-            key=lambda item: -item[1],
-        ),
-    }
-
-
-def _space_section(manifest: dict[str, Any]) -> str:
-    space = manifest.get("space")
-    if not isinstance(space, dict) or not space.get("loadings"):
-        return (
-            '<section class="card"><h2>Persona space</h2><p class="note">This bundle holds no '
-            "persona space (imported axes have none); build one with "
-            "<code>persona-axis build</code>.</p></section>"
-        )
-    ratios = space.get("explained_variance_ratio") or []
-    scatter = plots.persona_space_png(
-        space["names"], space["loadings"], space.get("default_loading"), ratios, space["layer"]
-    )
-    parts = [
-        '<section class="card"><h2>Persona space</h2>',
-        f'<p class="lede">PCA of the role vectors at layer {_e(space["layer"])} (mean-centred, '
-        "not scaled). PC1 is signed so the default Assistant lies at its positive end; the "
-        "paper finds PC1 is the Assistant-likeness direction in every model.</p>",
-        _img(scatter, "Persona space: roles on PC1 and PC2, the default marked"),
-    ]
-    if ratios:
-        parts.append(_img(plots.variance_png(ratios), "Explained variance per component"))
-        needed = space.get("components_for_70pct")
-        parts.append(
-            f'<p class="note">Components for 70% of the variance: {_num(needed)}; PC1 explains '
-            f"{ratios[0]:.1%}.</p>"
-        )
-    by_layer = space.get("cos_axis_pc1_by_layer")
-    if by_layer:
-        parts.append(
-            _img(
-                plots.line_png(
-                    by_layer,
-                    title="cos(axis, PC1) per layer",
-                    xlabel="layer (decoder block output, 0-based)",
-                    ylabel="cosine",
-                ),
-                "Cosine of the axis with PC1 per layer",
-            )
-        )
-    parts.append("</section>")
-    return "".join(parts)
-
-
-QUALITY_LABELS = (
-    ("stability_question", "split-half cosine, by question", ".3f"),
-    ("stability_role", "split-half cosine, by role", ".3f"),
-    ("heldout_auroc", "held-out AUROC (default vs role replies)", ".3f"),
-    ("heldout_effect_size", "held-out effect size (Cohen's d)", ".2f"),
-    ("cos_axis_pc1", "cos(axis, PC1)", ".3f"),
-    ("pc1_variance", "PC1 variance explained", ".1%"),
+from persona_axis.report.html import STYLE, escape, figures, number
+from persona_axis.report.sections import (
+    caps_section,
+    load_result,
+    monitor_section,
+    quality_section,
+    rankings_of,
+    rankings_section,
+    simulation_section,
+    space_section,
 )
-
-
-def _quality_section(manifest: dict[str, Any]) -> str:
-    """The build's axis quality (manifest ``quality``): figures at the target layer with their
-    intervals, why that layer, the warnings, and every layer's estimates."""
-    quality = manifest.get("quality")
-    head = '<section class="card"><h2>Axis quality</h2>'
-    if not isinstance(quality, dict):
-        return (
-            head + '<p class="note">This bundle records no quality metrics (imported axes and '
-            "bundles from older builds have none); <code>persona-axis validate BUILD_DIR</code> "
-            "recomputes them from a build directory.</p></section>"
-        )
-    target = quality.get("target_layer") or {}
-    parts = [head]
-    if "unavailable" in quality:
-        parts.append(f'<p class="alarm">Not assessed: {_e(quality["unavailable"])}</p>')
-        return "".join([*parts, "</section>"])
-    layer = int(target.get("layer", manifest.get("target_layer", 0)))
-    parts.append(
-        f'<p class="lede">At the target layer {layer} ({_e(target.get("reason", ""))}). '
-        "Stability: cosine between axes built from two disjoint halves of the questions, or "
-        "of the roles. Held-out separation: default against in-role replies, each projected on "
-        "the axis built without its question block. Intervals: bootstrap 95% "
-        "(docs/axis-quality.md).</p>"
-    )
-    rows = []
-    for key, label, spec in QUALITY_LABELS:
-        value = quality[key]["estimate"][layer]
-        low, high = quality[key]["ci95"][layer]
-        rows.append([_e(label), _num(value, spec), f"{_num(low, spec)} – {_num(high, spec)}"])
-    parts.append(_table(["metric", "estimate", "95% interval"], rows, {1}))
-    for warning in quality.get("warnings") or []:
-        css = "note" if str(warning).startswith("note") else "alarm"
-        parts.append(f'<p class="{css}">{_e(warning)}</p>')
-    per_layer = [
-        [
-            f"<b>{index}</b>" if index == layer else str(index),
-            *(_num(quality[key]["estimate"][index], spec) for key, _, spec in QUALITY_LABELS),
-        ]
-        for index in range(len(quality["heldout_auroc"]["estimate"]))
-    ]
-    parts.append(
-        "<details><summary>every layer</summary>"
-        + _table(
-            ["layer", *(label for _, label, _ in QUALITY_LABELS)], per_layer, {1, 2, 3, 4, 5, 6}
-        )
-        + "</details>"
-    )
-    parts.append("</section>")
-    return "".join(parts)
-
-
-def _rankings_section(rankings: dict[str, Any] | None) -> str:
-    if rankings is None:
-        return (
-            '<section class="card"><h2>Roles and traits along the axis</h2><p class="note">No '
-            "role or trait vectors in this bundle.</p></section>"
-        )
-    parts = ['<section class="card"><h2>Roles and traits along the axis</h2>']
-    roles = [(str(n), float(v)) for n, v in rankings.get("roles_by_projection") or []]
-    default = rankings.get("default_projection")
-    if roles:
-        parts.append(
-            f'<p class="lede">Projection of each role vector on the unit axis at layer '
-            f"{_e(rankings.get('layer'))}; higher = more Assistant-like. The dashed line is the "
-            "default (Assistant) vector.</p>"
-        )
-        marker = ("default", float(default)) if default is not None else None
-        png = plots.ranked_bars_png(
-            roles, title="Roles along the axis", xlabel="projection", marker=marker
-        )
-        parts.append(_img(png, "Role projections on the axis"))
-    traits = [(str(n), float(v)) for n, v in rankings.get("traits_by_cosine") or []]
-    if traits:
-        parts.append(
-            '<p class="lede">Cosine of each trait vector (positive minus negative prompt) with '
-            "the axis: the top bars are traits of the Assistant end, the bottom bars those of "
-            "the far end.</p>"
-        )
-        png = plots.ranked_bars_png(
-            traits, title="Trait cosines with the axis (both ends)", xlabel="cosine"
-        )
-        parts.append(_img(png, "Trait cosines with the axis"))
-        ends = min(5, len(traits) // 2) or len(traits)
-        rows = [
-            [_e(n), _num(c)] for n, c in traits[:ends] + (traits[-ends:] if len(traits) > 1 else [])
-        ]
-        parts.append(_table(["trait", "cosine"], rows, {1}))
-    parts.append("</section>")
-    return "".join(parts)
-
-
-def _caps_section(bundle: AxisBundle) -> str:
-    manifest = bundle.manifest
-    if not bundle.caps:
-        return (
-            '<section class="card"><h2>Cap thresholds</h2><p class="note">This bundle has no '
-            "cap settings.</p></section>"
-        )
-    recommended = manifest.get("recommended_cap")
-    chosen = _charted_caps(bundle, recommended)
-    settings = {
-        name: [(t.layer, t.threshold) for t in bundle.caps[name].thresholds] for name in chosen
-    }
-    found = bundle.projection_percentiles
-    lines: dict[str, list[float]] = {}
-    if found is not None:
-        for index, pct in enumerate(found.percentiles):
-            lines[f"all replies p{pct:g}"] = [row[index] for row in found.all_rollouts]
-    png = plots.caps_png(settings, lines, bundle.shape[0], highlight=recommended)
-    rows = []
-    for name, setting in sorted(bundle.caps.items()):
-        label = _e(name) + (" <b>(recommended)</b>" if name == recommended else "")
-        floors = ", ".join(f"{t.layer}: {t.threshold:.2f}" for t in setting.thresholds)
-        rows.append([label, _num(setting.percentile, "g"), _e(floors)])
-    return "".join(
-        [
-            '<section class="card"><h2>Cap thresholds per layer</h2>',
-            '<p class="lede">Floors along +axis: at each capped layer and every token, a '
-            "projection below the floor is raised to it. Grey lines: percentiles of the "
-            "per-response projections of all build rollouts, per layer. The chart shows the "
-            "settings at the recommended cap's percentile (all when there are few); the table "
-            "lists every setting.</p>",
-            _img(png, "Cap thresholds per layer"),
-            _table(["setting", "percentile", "layer: floor"], rows, {1}),
-            "</section>",
-        ]
-    )
-
-
-def _load_result(path: str | Path, kind: str) -> dict[str, Any]:
-    """A ``monitor`` or ``simulation`` result file, checked by its format tag."""
-    data = _read_json(path, f"{kind} results")
-    if data.get("format") != f"persona-axis {kind}":
-        command = "simulate" if kind == "simulation" else kind
-        raise PersonaAxisError(
-            f"{path} is not a persona-axis {kind} result ({kind}.json from persona-axis {command})."
-        )
-    return data
-
-
-def _charted_caps(bundle: AxisBundle, recommended: str | None, limit: int = 8) -> list[str]:
-    """Cap settings worth a line: all when few, else those sharing the recommended
-    percentile (one per layer range), the recommended one included."""
-    names = sorted(bundle.caps)
-    if len(names) <= limit:
-        return names
-    target = bundle.caps[recommended].percentile if recommended in bundle.caps else None
-    same = [n for n in names if bundle.caps[n].percentile == target] or names
-    if recommended in bundle.caps and recommended not in same:
-        same.append(recommended)
-    return same[:limit]
-
-
-def _monitor_section(path: str | Path, data: dict[str, Any]) -> str:
-    conversations = data.get("conversations") or []
-    rule = data.get("rule") or {}
-    parts = [
-        f'<section class="card"><h2>Drift in monitored conversations: {_e(Path(path).name)}</h2>',
-        f'<p class="lede">Per assistant turn, the projection at layer {_e(data.get("layer"))}. '
-        "Dashed dark grey: flag threshold; dotted grey: Assistant reference; crosses: flagged "
-        f"turns; triangles: CUSUM alarms (k={_num(rule.get('k'), 'g')}, "
-        f"h={_num(rule.get('h'), 'g')}).</p>",
-    ]
-    if conversations:
-        png = plots.trajectories_png(
-            plots.trajectories_from_monitor(conversations),
-            title=f"Monitored conversations ({len(conversations)})",
-            threshold=rule.get("threshold"),
-            reference=rule.get("reference"),
-        )
-        parts.append(_img(png, "Projection per turn of monitored conversations"))
-        rows = []
-        for item in conversations:
-            alarm = item.get("alarm_turn")
-            rows.append(
-                [
-                    _e(item.get("id") or f"{item['source']} {item['position']}"),
-                    _num(item.get("n_turns")),
-                    _num(item.get("min_projection"), ".2f"),
-                    _num(item.get("first_flag_turn")),
-                    f'<span class="alarm">turn {alarm}</span>' if alarm else "none",
-                ]
-            )
-        parts.append(
-            _table(["conversation", "turns", "lowest", "first flag", "alarm"], rows, {1, 2, 3})
-        )
-    else:
-        parts.append('<p class="note">No conversation was monitored.</p>')
-    failures = data.get("failures") or []
-    if failures:
-        parts.append(f'<p class="note">{len(failures)} input(s) failed and are not shown.</p>')
-    parts.append("</section>")
-    return "".join(parts)
-
-
-def _simulation_section(data: dict[str, Any]) -> str:
-
-    settings = data.get("settings") or {}
-    parts = [
-        '<section class="card"><h2>Simulated drift by domain</h2>',
-        f'<p class="lede">{_e(settings.get("conversations_per_domain"))} conversation(s) per '
-        f"domain, up to {_e(settings.get('turns'))} turns, simulated user "
-        f"{_e(data.get('user'))}; the target has no system prompt. Mean projection at layer "
-        f"{_e(data.get('layer'))} before capping, ± standard error; turns reached by fewer "
-        f"than {_e(settings.get('min_conversations'))} conversations are dropped.</p>",
-        _img(plots.simulation_png(data), "Simulated drift per domain, with and without capping"),
-    ]
-    rows = []
-    for arm, domains in (data.get("aggregate") or {}).items():
-        for domain, series in domains.items():
-            first = series[0]["mean"] if series else None
-            last = series[-1]["mean"] if series else None
-            change = None if first is None or last is None else last - first
-            rows.append(
-                [_e(arm), _e(domain), _num(first, ".2f"), _num(last, ".2f"), _num(change, "+.2f")]
-            )
-    parts.append(_table(["arm", "domain", "first turn", "last turn", "change"], rows, {2, 3, 4}))
-    parts.append("</section>")
-    return "".join(parts)
 
 
 def build_report(
@@ -416,33 +40,33 @@ def build_report(
     """The report page as one HTML string (module doc)."""
     from persona_axis.axis.bundle import AxisBundle
 
-    monitors = [(path, _load_result(path, "monitor")) for path in monitor_files]
-    simulation = None if simulation_file is None else _load_result(simulation_file, "simulation")
+    monitors = [(path, load_result(path, "monitor")) for path in monitor_files]
+    simulation = None if simulation_file is None else load_result(simulation_file, "simulation")
     bundle = AxisBundle.load(bundle_dir)
     manifest = bundle.manifest
     model = manifest["model"]
     space = manifest.get("space") or {}
-    rankings = _rankings(bundle)
+    rankings = rankings_of(bundle)
     counts = manifest.get("counts") or {}
     ratios = space.get("explained_variance_ratio") or []
     key = [
-        ("target layer", _e(bundle.target_layer)),
-        ("layers × hidden size", f"{_e(model['n_layers'])} × {_e(model['hidden_size'])}"),
-        ("roles in the axis", _num(counts.get("roles_kept", len(bundle.roles())))),
-        ("cos(axis, PC1) at the target layer", _num(space.get("cos_axis_pc1"))),
+        ("target layer", escape(bundle.target_layer)),
+        ("layers × hidden size", f"{escape(model['n_layers'])} × {escape(model['hidden_size'])}"),
+        ("roles in the axis", number(counts.get("roles_kept", len(bundle.roles())))),
+        ("cos(axis, PC1) at the target layer", number(space.get("cos_axis_pc1"))),
         ("PC1 variance explained", f"{ratios[0]:.1%}" if ratios else "—"),
-        ("recommended cap", _e(manifest.get("recommended_cap") or "—")),
+        ("recommended cap", escape(manifest.get("recommended_cap") or "—")),
     ]
     title = f"Assistant Axis report: {model.get('id') or 'unknown model'}"
     sections = [
-        _quality_section(manifest),
-        _space_section(manifest),
-        _rankings_section(rankings),
-        _caps_section(bundle),
-        *(_monitor_section(path, data) for path, data in monitors),
+        quality_section(manifest),
+        space_section(manifest),
+        rankings_section(rankings),
+        caps_section(bundle),
+        *(monitor_section(path, data) for path, data in monitors),
     ]
     if simulation is not None:
-        sections.append(_simulation_section(simulation))
+        sections.append(simulation_section(simulation))
     judge = (manifest.get("judge") or {}).get("name", "—")
     created = manifest.get("created_utc", "—")
     now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -451,15 +75,16 @@ def build_report(
             "<!doctype html>",
             '<html lang="en"><head><meta charset="utf-8">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{_e(title)}</title><style>{STYLE}</style></head><body><main>",
-            f"<h1>{_e(title)}</h1>",
-            f'<p class="lede">{_e(model.get("architecture"))}; bundle built {_e(created)} with '
-            f"judge {_e(judge)}. Layer L is the output of decoder block L (0-based); "
-            "projections are on the unit axis; higher = more Assistant-like.</p>",
-            _figures(key),
+            f"<title>{escape(title)}</title><style>{STYLE}</style></head><body><main>",
+            f"<h1>{escape(title)}</h1>",
+            f'<p class="lede">{escape(model.get("architecture"))}; bundle built '
+            f"{escape(created)} with judge {escape(judge)}. Layer L is the output of decoder "
+            "block L (0-based); projections are on the unit axis; higher = more "
+            "Assistant-like.</p>",
+            figures(key),
             *sections,
-            f"<footer>persona-axis {_e(__version__)}, report written {_e(now)} "
-            f"from {_e(bundle_dir)}.</footer>",
+            f"<footer>persona-axis {escape(__version__)}, report written {escape(now)} "
+            f"from {escape(bundle_dir)}.</footer>",
             "</main></body></html>",
         ]
     )

@@ -1,4 +1,4 @@
-"""The demo's choice of cap settings to compare, on a bundle with the build's cap grid."""
+"""The capping table's choice of cap settings to compare, on a bundle with the build's cap grid."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 
 from persona_axis.axis.bundle import AxisBundle
 from persona_axis.axis.calibrate import calibrate_grid
-from persona_axis.cli.demo import candidate_caps
+from persona_axis.evals.capping_table import candidate_caps
 from persona_axis.models.layers import ModelShape
 from persona_axis.pipeline.config import default_cap_layer_ranges
 
