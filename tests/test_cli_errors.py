@@ -104,7 +104,7 @@ def writing_commands(inputs: Path, out: Path) -> dict[str, list[str]]:
             "build", "--out", str(out), "--model", str(config.model), "--catalog",
             str(config.catalog), "--dtype", "float32", "--judge", "none", "--batch-size", "4",
             "--max-new-tokens", "4", "--trait-questions", "2", "--min-role-rollouts", "1",
-            "--token-calibration-rollouts", "4", *quiet,
+            "--token-percentile-rollouts", "4", *quiet,
         ],
         "calibrate-monitor": [
             "calibrate-monitor", "--bundle", str(bundle), "--out", str(out), "--conversations",
@@ -134,6 +134,7 @@ def test_a_full_disk_or_a_denied_folder_is_one_error_line(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(sys, "argv", ["persona-axis", *args])
     refuse_writes(monkeypatch, refused, kind)
+    capsys.readouterr()  # drop what building the inputs printed (progress bars)
     with pytest.raises(SystemExit) as exited:
         main()
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

@@ -16,7 +16,8 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,17 @@ def os_error(exc: OSError, path: str | os.PathLike[str] | None = None) -> Person
     return PersonaAxisError(
         f"{reason}: {where}; {fix}." if where is not None else f"{reason}; {fix}."
     )
+
+
+@contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a refused write inside this block into :func:`os_error`'s user error naming
+    ``path``: for files written in place (appended to, streamed), whose ``OSError`` from a
+    plain ``write`` names no file."""
+    try:
+        yield
+    except OSError as exc:
+        raise os_error(exc, path) from exc
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:

@@ -29,11 +29,11 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 class _FullDisk:
     """An open file on a full disk: everything works except writing."""
 
-    def __init__(self, handle: Any, name: str) -> None:
-        self._handle, self._name = handle, name
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
 
-    def write(self, _data: Any) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._name)
+    def write(self, _data: Any) -> int:  # as the system reports it: no file name
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def writelines(self, _lines: Any) -> None:
         self.write(b"")
@@ -70,7 +70,7 @@ def refuse_writes(monkeypatch: pytest.MonkeyPatch, root: Path, kind: str) -> Non
             return real_open(file, mode, *args, **kwargs)
         if kind == "denied":
             raise refused(name)
-        return _FullDisk(real_open(file, mode, *args, **kwargs), name)
+        return _FullDisk(real_open(file, mode, *args, **kwargs))
 
     def fake_os_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
         name = under(path)

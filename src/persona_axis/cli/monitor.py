@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -253,7 +254,7 @@ def summarise(journal_path: Path, settings: dict[str, Any], seconds: float, done
 def write_outputs(summary: dict[str, Any], out: Path) -> list[Path]:
     """``out/monitor.json`` and ``out/<file stem>.png`` per input file with readings (at most
     :data:`PLOTTED` conversations each, those alerting first)."""
-    from persona_axis.files import write_json
+    from persona_axis.files import write_atomic, write_json
     from persona_axis.report.plots import trajectories_from_monitor, trajectories_png
 
     write_json(out / RESULTS_FILE, summary, indent=1)
@@ -277,9 +278,7 @@ def write_outputs(summary: dict[str, Any], out: Path) -> list[Path]:
             threshold=rule.get("threshold"),
             reference=None if rule.get("baseline") else rule.get("reference"),
         )
-        path = out / f"{name}.png"
-        path.write_bytes(png)
-        paths.append(path)
+        paths.append(write_atomic(out / f"{name}.png", partial(Path.write_bytes, data=png)))
     return paths
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_axis.errors import PersonaAxisError
+from persona_axis.files import writing
 
 ROLE_ALIASES = {
     "system": "system",
@@ -310,7 +311,13 @@ def _parse_or_fail(record: Any, source: str, position: str) -> Conversation | Re
 def write_jsonl(conversations: Sequence[Conversation], path: str | Path) -> Path:
     """Write conversations as OpenAI-style JSONL (``{"id", "messages", **meta}`` per line)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_records(conversations, target)
+    return target
+
+
+def _write_records(conversations: Sequence[Conversation], target: Path) -> None:
     with target.open("w", encoding="utf-8") as handle:
         for conversation in conversations:
             record: dict[str, Any] = dict(conversation.meta)
@@ -318,4 +325,3 @@ def write_jsonl(conversations: Sequence[Conversation], path: str | Path) -> Path
                 record["id"] = conversation.id
             record["messages"] = list(conversation.messages)
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return target

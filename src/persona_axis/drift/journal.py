@@ -22,6 +22,7 @@ from typing import IO, Any
 from persona_axis.drift.conversations import ReadFailure
 from persona_axis.drift.readings import ConversationReading, failure_dict
 from persona_axis.errors import PersonaAxisError
+from persona_axis.files import writing
 
 JOURNAL_FORMAT = "persona-axis monitor journal"
 
@@ -33,14 +34,15 @@ class Journal:
         self.path = Path(path)
         self.settings = json.loads(json.dumps(dict(settings)))  # as it reads back from disk
         self.done: set[tuple[str, str]] = set()
-        if restart or not self.path.exists() or self.path.stat().st_size == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(
-                json.dumps({"format": JOURNAL_FORMAT, "settings": self.settings}) + "\n"
-            )
-        else:
-            self._resume()
-        self._handle: IO[str] | None = self.path.open("a", encoding="utf-8")
+        with writing(self.path):
+            if restart or not self.path.exists() or self.path.stat().st_size == 0:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.write_text(
+                    json.dumps({"format": JOURNAL_FORMAT, "settings": self.settings}) + "\n"
+                )
+            else:
+                self._resume()
+            self._handle: IO[str] | None = self.path.open("a", encoding="utf-8")
 
     def _resume(self) -> None:
         raw = self.path.read_bytes()
@@ -74,8 +76,9 @@ class Journal:
         else:
             entry = {"type": "conversation", **item.to_dict()}
             key = (item.conversation.source, item.conversation.position)
-        self._handle.write(json.dumps(entry, ensure_ascii=False, allow_nan=False) + "\n")
-        self._handle.flush()
+        with writing(self.path):
+            self._handle.write(json.dumps(entry, ensure_ascii=False, allow_nan=False) + "\n")
+            self._handle.flush()
         self.done.add(key)
 
     def close(self) -> None:
