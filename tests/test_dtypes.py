@@ -74,11 +74,18 @@ def test_cpu_flags_from_cpuinfo(tmp_path: Path) -> None:
 def test_build_config_asks_the_gpus_when_workers_have_them(monkeypatch) -> None:
     monkeypatch.setattr(dtypes, "cpu_flags", lambda: frozenset(AVX2_ONLY))
     monkeypatch.setattr(dtypes, "cuda_supports_bfloat16", lambda: True)
-    assert BuildConfig().dtype_choice().reason == "auto: cpu has no amx_bf16 or avx512_bf16"
-    on_gpus = BuildConfig(gpus_per_worker=1.0).dtype_choice()
+    assert BuildConfig(dtype="auto").dtype_choice().reason == (
+        "auto: cpu has no amx_bf16 or avx512_bf16"
+    )
+    on_gpus = BuildConfig(dtype="auto", gpus_per_worker=1.0).dtype_choice()
     assert on_gpus.dtype == ("bfloat16" if dtypes.AUTO_PICKS_BFLOAT16 else "float32")
-    for name in ("quick", "standard"):  # the presets follow the host
-        assert preset(name).dtype == "auto"
+    # CPU builds stay float32 on every host (auto is opt-in); the GPU preset follows its GPUs
+    assert BuildConfig().dtype_choice().dtype == "float32"
+    assert [preset(name).dtype for name in ("quick", "standard", "paper")] == [
+        "float32",
+        "float32",
+        "auto",
+    ]
 
 
 @pytest.mark.slow

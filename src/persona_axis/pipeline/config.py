@@ -47,7 +47,7 @@ class BuildConfig:
 
     model: str = "default"
     model_name: str | None = None
-    dtype: str = "auto"
+    dtype: str = "float32"
     catalog: str | None = None
     n_roles: int | None = None
     prompts_per_role: int | None = None
@@ -161,8 +161,8 @@ class BuildConfig:
 # model (150 s on the project's AVX2 host on 2026-12-07, docs/axis-quality.md): 12 roles (3
 # per category) × 2 prompts × 6 questions, the 5 default prompts × 6 questions, 4 traits × 1
 # pair × 2 polarities × 3 questions; 32 new tokens in batches of 32; 100 rollouts for the per-token
-# percentiles. dtype "auto": float32 on CPUs without native bfloat16 (there bfloat16 generated
-# at half the speed of float32), bfloat16 with AMX or AVX-512-BF16 (models/dtypes.py).
+# percentiles. dtype float32: "auto" (bfloat16 with AMX or AVX-512-BF16, models/dtypes.py) is
+# opt-in on CPUs until bfloat16's speed on such a host is measured; on AVX2 it was 5x slower.
 # A 135M model rarely plays a role fully (the offline judge gives most replies a 1), so the
 # quick role vectors keep every non-refusal reply (scores 1-3) instead of score 3 only.
 _QUICK = BuildConfig(
@@ -200,7 +200,8 @@ PRESETS: dict[str, BuildConfig] = {
     # questions per trait), temperature 0.7, top_p 0.9, 512 new tokens. Meant for a GPU machine.
     # Activations are stored in bfloat16 here: Qwen3 32B takes 64 × 5120 × 2 bytes = 655 KB per
     # rollout, about 216 GB for the 330,000 rollouts.
-    "paper": BuildConfig(activation_dtype="bfloat16"),
+    # The model runs in bfloat16 where the GPUs support it ("auto").
+    "paper": BuildConfig(activation_dtype="bfloat16", dtype="auto"),
 }
 
 
