@@ -19,8 +19,9 @@ def raw_request(
     timeout_s: float = 30.0,
 ) -> tuple[int, bytes, float]:
     """POST ``path`` with ``headers`` (as given: Content-Length is not computed), then send
-    ``chunks`` with ``pause_s`` between them; return the status, the response bytes and the
-    seconds until the answer. Sending stops once the server answered or closed."""
+    ``chunks`` with ``pause_s`` between them; return the status, the whole response (head and
+    body, read up to its Content-Length) and the seconds until it ended. Sending stops once the
+    server answered or closed."""
     url = urlsplit(base)
     start = time.monotonic()
     with socket.create_connection((url.hostname, url.port), timeout=timeout_s) as conn:
@@ -40,8 +41,11 @@ def raw_request(
             time.sleep(pause_s)
         conn.setblocking(True)
         conn.settimeout(timeout_s)
-        while b"\r\n\r\n" not in answer:
-            more = conn.recv(65536)
+        while not _complete(answer):
+            try:
+                more = conn.recv(65536)
+            except ConnectionResetError:
+                break
             if not more:
                 break
             answer += more
@@ -55,3 +59,16 @@ def _read_available(conn: socket.socket) -> bytes:
         return conn.recv(65536)
     except (BlockingIOError, ConnectionResetError):
         return b""
+
+
+def _complete(answer: bytes) -> bool:
+    """Whether ``answer`` holds the response head and as many body bytes as it declares (the
+    body can arrive in a later packet than the head)."""
+    head, found, body = answer.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value.strip())
+    return True
