@@ -28,11 +28,22 @@ def alternate(variants: dict[str, Callable[[], object]], rounds: int) -> dict[st
 
 def machine() -> str:
     """One line describing where the numbers came from."""
-    cpu = platform.processor() or platform.machine()
     return (
-        f"{os.cpu_count()} CPU cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+        f"{os.cpu_count()} CPU cores ({cpu_name()}, torch kernels "
+        f"{torch.backends.cpu.get_cpu_capability()}), "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
+
+
+def cpu_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (the architecture where there is none)."""
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def rss_mib() -> float:

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from persona_axis.errors import PersonaAxisError
@@ -229,9 +229,10 @@ class ContinuousBatch:
                 groups.setdefault((sampling.temperature, sampling.top_p), []).append(row)
         for (temperature, top_p), rows in groups.items():
             where = torch.tensor([index[id(row)] for row in rows], device=logits.device)
-            probs = _probabilities(logits[where], temperature, top_p)
-            for row, row_probs in zip(rows, probs, strict=True):
-                picked[id(row)] = int(torch.multinomial(row_probs, 1, generator=row.generator))
+            draws = [row.generator for row in rows if row.generator is not None]
+            tokens = sample_tokens(logits[where], temperature, top_p, draws)
+            for row, token in zip(rows, tokens, strict=True):
+                picked[id(row)] = token
         for row in chosen:
             token = picked[id(row)]
             if token in self.stops:
@@ -332,14 +333,41 @@ def _pad_left(tensor: Tensor, width: int) -> Tensor:
     return torch.cat([tensor.new_zeros(shape), tensor], dim=axis)
 
 
-def _probabilities(logits: Tensor, temperature: float, top_p: float) -> Tensor:
-    """Sampling probabilities ``[rows, vocab]`` from ``logits`` ``[rows, vocab]`` with
-    ``temperature`` and ``top_p`` (transformers' own warpers, as ``generate`` applies them);
-    each row then draws with its own generator."""
-    scores = TemperatureLogitsWarper(temperature)(None, logits)
+NUCLEUS_CANDIDATES = 64
+""":func:`sample_tokens` first looks for the top-p nucleus among this many top tokens."""
+
+
+def sample_tokens(
+    logits: Tensor, temperature: float, top_p: float, generators: Sequence[torch.Generator]
+) -> list[int]:
+    """One token id per row of ``logits`` ``[rows, vocab]``, sampled at ``temperature`` from
+    the top-p nucleus (the most likely tokens, in order, until the mass of the tokens ranked
+    above the next one reaches ``top_p``; the first token always stays), row i drawing one
+    uniform number from ``generators[i]`` and inverting the nucleus's cumulative distribution.
+
+    Exact, and cheap where the nucleus is small (the usual case): the nucleus is taken from the
+    top :data:`NUCLEUS_CANDIDATES` tokens when their mass reaches ``top_p`` in every row, from
+    the whole sorted vocabulary otherwise; top_p 1 samples the whole vocabulary."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1:
-        scores = TopPLogitsWarper(top_p)(None, scores)
-    return torch.softmax(scores, dim=-1)
+        k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+        top, ids = probs.topk(k, dim=-1)
+        if k < probs.shape[-1] and bool((top.sum(-1) < top_p).any()):
+            top, ids = probs.sort(dim=-1, descending=True)
+        above = top.cumsum(-1) - top  # mass of the tokens ranked above each one
+        top = top.masked_fill(above >= top_p, 0.0)
+    else:
+        top, ids = probs, None
+    cumulative = top.cumsum(-1)
+    uniform = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators])
+    target = uniform.to(cumulative.device).unsqueeze(-1) * cumulative[:, -1:]
+    chosen = torch.searchsorted(cumulative, target, right=True).clamp_max(top.shape[-1] - 1)
+    # a zero-probability position can only be chosen by rounding at the end of a row: step back
+    chosen = torch.where(
+        top.gather(-1, chosen) > 0, chosen, (top > 0).cumsum(-1).argmax(-1, keepdim=True)
+    )
+    tokens = chosen if ids is None else ids.gather(-1, chosen)
+    return [int(token) for token in tokens.squeeze(-1).tolist()]
 
 
 def generate_rows(
