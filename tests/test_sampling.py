@@ -48,7 +48,9 @@ def test_draws_follow_the_nucleus_of_transformers_warpers(top_p: float, spread: 
 def test_each_row_depends_on_its_own_generator_only() -> None:
     logits = torch.randn(6, 500, generator=torch.Generator().manual_seed(1))
     together = sample_tokens(logits, 1.0, 0.95, generators(6, seed=40))
-    alone = [sample_tokens(logits[i : i + 1], 1.0, 0.95, generators(1, 40 + i))[0] for i in range(6)]
+    alone = [
+        sample_tokens(logits[i : i + 1], 1.0, 0.95, generators(1, seed=40 + i))[0] for i in range(6)
+    ]
     assert together == alone
     others = sample_tokens(logits, 1.0, 0.95, generators(6, seed=90))
     assert others != together

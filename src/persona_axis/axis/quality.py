@@ -46,6 +46,7 @@ from persona_axis.axis.vectors import as_float32, unit
 from persona_axis.errors import PersonaAxisError
 
 __all__ = [
+    "METRICS",
     "QUESTION_BLOCKS",
     "THRESHOLDS",
     "AxisCells",
@@ -59,6 +60,16 @@ __all__ = [
     "unavailable",
     "warnings_for",
 ]
+
+METRICS = (
+    ("stability_question", "split-half cosine, by question", ".3f"),
+    ("stability_role", "split-half cosine, by role", ".3f"),
+    ("heldout_auroc", "held-out AUROC (default vs role replies)", ".3f"),
+    ("heldout_effect_size", "held-out effect size (Cohen's d)", ".2f"),
+    ("cos_axis_pc1", "cos(axis, PC1)", ".3f"),
+    ("pc1_variance", "PC1 variance explained", ".1%"),
+)
+"""The quality figures as shown (CLI summary, HTML report): manifest key, label, format spec."""
 
 N_BOOT = 200
 """Replicates per interval (and random splits per estimate)."""

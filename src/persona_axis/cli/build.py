@@ -172,25 +172,17 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
             console.print(f"[bold red]{warning}[/]")
 
 
-QUALITY_ROWS = (
-    ("stability_question", "split-half cosine, by question", ".3f"),
-    ("stability_role", "split-half cosine, by role", ".3f"),
-    ("heldout_auroc", "held-out AUROC (default vs role)", ".3f"),
-    ("heldout_effect_size", "held-out effect size (Cohen's d)", ".2f"),
-    ("cos_axis_pc1", "cos(axis, PC1)", ".3f"),
-    ("pc1_variance", "PC1 variance explained", ".1%"),
-)
-
-
 def print_quality(
     figures: dict[str, tuple[float, float, float]], layer: int, warnings: list[str]
 ) -> None:
     """The axis quality metrics at ``layer`` with their bootstrap 95% intervals, then the
     warnings (docs/axis-quality.md)."""
+    from persona_axis.axis.quality import METRICS
+
     table = Table(title=f"Axis quality at layer {layer} (bootstrap 95% intervals)")
     for column in ("metric", "estimate", "95% interval"):
         table.add_column(column)
-    for key, label, spec in QUALITY_ROWS:
+    for key, label, spec in METRICS:
         value, low, high = figures[key]
         table.add_row(label, format(value, spec), f"{low:{spec}} – {high:{spec}}")
     console.print(table)

@@ -114,19 +114,11 @@ def space_section(manifest: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-QUALITY_LABELS = (
-    ("stability_question", "split-half cosine, by question", ".3f"),
-    ("stability_role", "split-half cosine, by role", ".3f"),
-    ("heldout_auroc", "held-out AUROC (default vs role replies)", ".3f"),
-    ("heldout_effect_size", "held-out effect size (Cohen's d)", ".2f"),
-    ("cos_axis_pc1", "cos(axis, PC1)", ".3f"),
-    ("pc1_variance", "PC1 variance explained", ".1%"),
-)
-
-
 def quality_section(manifest: dict[str, Any]) -> str:
     """The build's axis quality (manifest ``quality``): figures at the target layer with their
     intervals, why that layer, the warnings, and every layer's estimates."""
+    from persona_axis.axis.quality import METRICS
+
     quality = manifest.get("quality")
     head = '<section class="card"><h2>Axis quality</h2>'
     if not isinstance(quality, dict):
@@ -149,7 +141,7 @@ def quality_section(manifest: dict[str, Any]) -> str:
         "(docs/axis-quality.md).</p>"
     )
     rows = []
-    for key, label, spec in QUALITY_LABELS:
+    for key, label, spec in METRICS:
         value = quality[key]["estimate"][layer]
         low, high = quality[key]["ci95"][layer]
         rows.append(
@@ -162,15 +154,13 @@ def quality_section(manifest: dict[str, Any]) -> str:
     per_layer = [
         [
             f"<b>{index}</b>" if index == layer else str(index),
-            *(number(quality[key]["estimate"][index], spec) for key, _, spec in QUALITY_LABELS),
+            *(number(quality[key]["estimate"][index], spec) for key, _, spec in METRICS),
         ]
         for index in range(len(quality["heldout_auroc"]["estimate"]))
     ]
     parts.append(
         "<details><summary>every layer</summary>"
-        + table(
-            ["layer", *(label for _, label, _ in QUALITY_LABELS)], per_layer, {1, 2, 3, 4, 5, 6}
-        )
+        + table(["layer", *(label for _, label, _ in METRICS)], per_layer, {1, 2, 3, 4, 5, 6})
         + "</details>"
     )
     parts.append("</section>")
