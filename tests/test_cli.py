@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,17 @@ def tiny_bundle(tiny_dir: Path, tmp_path_factory) -> Path:
         percentile=75,
         calibrated_on="test",
     )
+    elsewhere = CapSetting(  # a cap that acts after the target layer (2) only
+        name="layers_3:4-p99",
+        thresholds=(LayerThreshold(3, 50.0),),
+        percentile=99,
+        calibrated_on="test",
+    )
     bundle = AxisBundle.create(
-        {"axis": axis}, model_shape=lm.shape, model_id=str(tiny_dir), caps={cap.name: cap}
+        {"axis": axis},
+        model_shape=lm.shape,
+        model_id=str(tiny_dir),
+        caps={cap.name: cap, elsewhere.name: elsewhere},
     )
     return bundle.save(tmp_path_factory.mktemp("bundle") / "b")
 
@@ -82,6 +92,11 @@ def test_scripted_chat_prints_projections_before_and_after_capping(
     capped = runner.invoke(app, [*args, "--cap", "layers_1:3-p75"])
     assert capped.exit_code == 0, capped.output
     assert capped.output.count("cap raised") == 2
+    assert "capped layers" not in capped.output  # the target layer is capped: shown there
+    later = runner.invoke(app, [*args, "--cap", "layers_3:4-p99"])
+    assert later.exit_code == 0, later.output
+    shown = re.findall(r"capped layers 3–3: before (-?[\d.]+)  after (-?[\d.]+)", later.output)
+    assert len(shown) == 2 and all(float(after) >= 50.0 > float(was) for was, after in shown)
     steered = runner.invoke(app, [*args, "--steer", "2"])
     assert steered.exit_code == 0, steered.output
     assert "steer +2" in steered.output

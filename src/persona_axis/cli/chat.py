@@ -140,13 +140,21 @@ def _projection(turn: Turn, bundle: AxisBundle) -> str:
 def print_turn(
     turn: Turn, bundle: AxisBundle | None, *, level: str | None = None, gate: str = ""
 ) -> None:
-    """The reply and, with a bundle, its projection before and after capping, and its level."""
+    """The reply and, with a bundle, its projection before and after capping at the target
+    layer (and, where the cap acts on other layers, the mean over them of each capped layer's
+    projection on its own axis), and its level."""
     console.print(f"[green]assistant>[/] {turn.reply.text}")
     if turn.before is None or bundle is None:
         return
     line = f"  axis @ layer {bundle.target_layer}: before {turn.before:.2f}  after {turn.after:.2f}"
     if turn.touched is not None:
         line += f"  (cap raised {100 * turn.touched:.0f}% of token×layer values)"
+    if turn.cap_layers and bundle.target_layer not in turn.cap_layers:
+        # the cap acts elsewhere, so before = after here: show it where it acts
+        layers = sorted(turn.cap_layers)
+        pairs = [turn.cap_layers[layer] for layer in layers]
+        was, now = (sum(pair[i] for pair in pairs) / len(pairs) for i in (0, 1))
+        line += f"  capped layers {layers[0]}–{layers[-1]}: before {was:.2f}  after {now:.2f}"
     if level is not None:
         line += f"  level {level}{gate}"
     console.print(f"[dim]{line}[/]")
