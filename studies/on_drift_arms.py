@@ -17,7 +17,7 @@ drifting conversations from their labelled ``drift_turn`` on, the mean projectio
 (ahead of the cap at the target layer, after any cap upstream) and ``after`` of the chosen
 replies; the firing rate on benign and drifting turns.
 
-    python studies/on_drift_arms.py BUNDLE_DIR [--turns 6] [--max-new-tokens 24]
+    python studies/on_drift_arms.py BUNDLE_DIR [--turns 6] [--max-new-tokens 24] [--data FILE ...]
 """
 
 from __future__ import annotations
@@ -50,13 +50,22 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("on_drift_arms.json"))
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        default=DEV,
+        help="dev files of evaldata/monitor to replay (default: benign and drifting)",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     bundle = AxisBundle.load(args.bundle)
     lm = load_model(bundle.model_id)
     rule = drift_rule(bundle)
     runner = Monitor.create(lm, bundle, extra_layers=[], rule=rule)
-    conversations = [c for path in DEV for c in iter_conversations(path)]
+    if any(not path.name.endswith("_dev.jsonl") for path in args.data):
+        parser.error("only dev files (*_dev.jsonl): the test split stays held out")
+    conversations = [c for path in args.data for c in iter_conversations(path)]
     readings = [r for r in runner.run(conversations) if isinstance(r, ConversationReading)]
     rows: list[dict[str, Any]] = []  # one per (conversation, assistant turn)
     for reading in readings:
@@ -112,8 +121,15 @@ def main() -> None:
         drifted = [ch for r, ch in zip(rows, chosen, strict=True) if r["drifted"]]
         fired = [c for r, c in zip(rows, capped, strict=True) if r["label"] == "benign"]
         fired_drift = [c for r, c in zip(rows, capped, strict=True) if r["drifted"]]
+        by_domain: dict[str, list[bool]] = {}
+        for r, ch in zip(rows, chosen, strict=True):
+            if r["label"] == "benign":
+                by_domain.setdefault(str(r["domain"]), []).append(
+                    ch["tokens"] == r["uncapped"]["tokens"]
+                )
         table[arm] = {
             "benign_identical": f"{sum(benign)}/{len(benign)}",
+            "benign_identical_by_domain": {d: f"{sum(v)}/{len(v)}" for d, v in by_domain.items()},
             "benign_identical_share": round(sum(benign) / len(benign), 3),
             "benign_turns_capped": f"{sum(fired)}/{len(fired)}",
             "drifted_turns_capped": f"{sum(fired_drift)}/{len(fired_drift)}",
@@ -130,7 +146,8 @@ def main() -> None:
         "firing_rate": rate,
         "read_seconds": round(read_seconds, 1),
         "seconds": round(seconds, 1),
-        "settings": vars(args) | {"bundle": str(args.bundle), "out": str(args.out)},
+        "settings": vars(args)
+        | {"bundle": str(args.bundle), "out": str(args.out), "data": [str(p) for p in args.data]},
         "arms": table,
     }
     args.out.write_text(json.dumps(summary, indent=1))
