@@ -58,13 +58,13 @@ def main() -> None:
         help="dev files of evaldata/monitor to replay (default: benign and drifting)",
     )
     args = parser.parse_args()
+    if any(not path.name.endswith("_dev.jsonl") for path in args.data):
+        parser.error("only dev files (*_dev.jsonl): the test split stays held out")
     started = time.perf_counter()
     bundle = AxisBundle.load(args.bundle)
     lm = load_model(bundle.model_id)
     rule = drift_rule(bundle)
     runner = Monitor.create(lm, bundle, extra_layers=[], rule=rule)
-    if any(not path.name.endswith("_dev.jsonl") for path in args.data):
-        parser.error("only dev files (*_dev.jsonl): the test split stays held out")
     conversations = [c for path in args.data for c in iter_conversations(path)]
     readings = [r for r in runner.run(conversations) if isinstance(r, ConversationReading)]
     rows: list[dict[str, Any]] = []  # one per (conversation, assistant turn)
@@ -113,20 +113,15 @@ def main() -> None:
     table = {}
     for arm, capped in arms.items():
         chosen = [r["capped" if c else "uncapped"] for r, c in zip(rows, capped, strict=True)]
-        benign = [
-            ch["tokens"] == r["uncapped"]["tokens"]
-            for r, ch in zip(rows, chosen, strict=True)
-            if r["label"] == "benign"
-        ]
+        by_domain: dict[str, list[bool]] = {}  # benign replies identical to uncapped
+        for r, ch in zip(rows, chosen, strict=True):
+            if r["label"] == "benign":
+                same = ch["tokens"] == r["uncapped"]["tokens"]
+                by_domain.setdefault(str(r["domain"]), []).append(same)
+        benign = [same for values in by_domain.values() for same in values]
         drifted = [ch for r, ch in zip(rows, chosen, strict=True) if r["drifted"]]
         fired = [c for r, c in zip(rows, capped, strict=True) if r["label"] == "benign"]
         fired_drift = [c for r, c in zip(rows, capped, strict=True) if r["drifted"]]
-        by_domain: dict[str, list[bool]] = {}
-        for r, ch in zip(rows, chosen, strict=True):
-            if r["label"] == "benign":
-                by_domain.setdefault(str(r["domain"]), []).append(
-                    ch["tokens"] == r["uncapped"]["tokens"]
-                )
         table[arm] = {
             "benign_identical": f"{sum(benign)}/{len(benign)}",
             "benign_identical_by_domain": {d: f"{sum(v)}/{len(v)}" for d, v in by_domain.items()},
