@@ -61,3 +61,19 @@ def test_a_certain_token_is_always_chosen() -> None:
     logits[torch.arange(3), torch.tensor([7, 0, 99])] = 0.0
     for top_p in (0.1, 1.0):
         assert sample_tokens(logits, 0.5, top_p, generators(3)) == [7, 0, 99]
+
+
+@pytest.mark.parametrize("vocab", [40, 3 * NUCLEUS_CANDIDATES])
+def test_float_noise_that_swaps_near_ties_leaves_the_draws(vocab: int) -> None:
+    # Eight near-equal tokens (mass 0.85), one clear token (0.1) and a tail: the nucleus at
+    # top_p 0.9 is those nine whatever the noise, but a last-bit change (another thread count
+    # or instruction set) reorders the eight. The draws must not move with their rank.
+    probs = torch.full((vocab,), 0.05 / (vocab - 9))
+    probs[torch.arange(8) * 3] = 0.85 / 8 * (1 + 1e-6 * torch.arange(8))
+    probs[1] = 0.1
+    logits = probs.log().expand(500, vocab).contiguous()
+    noise = torch.randn(logits.shape, generator=torch.Generator().manual_seed(3)) * 1e-5
+    clean = sample_tokens(logits, 1.0, 0.9, generators(500))
+    noisy = sample_tokens(logits + noise, 1.0, 0.9, generators(500))
+    assert set(clean) <= {1, *range(0, 24, 3)}
+    assert clean == noisy

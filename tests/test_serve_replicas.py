@@ -146,11 +146,15 @@ def _stream(base: str, started: list[str]) -> dict[str, Any]:
 def test_a_killed_replica_is_replaced_and_its_requests_end_clearly(cluster) -> None:
     base, _ = cluster
     started: list[str] = []
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(16) as pool:
         streams = [pool.submit(_stream, base, started) for _ in range(4)]
         plain = [pool.submit(ask, base, "Tell me a long story.", {}, 400) for _ in range(4)]
         deadline = time.monotonic() + DEADLINE_S
         while len(set(started)) < 2 and time.monotonic() < deadline:
+            # the router promises no split: once every stream has started on one replica,
+            # open another (a slow probe under load sent all four to one replica)
+            if len(started) == len(streams) < 12:
+                streams.append(pool.submit(_stream, base, started))
             time.sleep(0.05)
         assert len(set(started)) == 2, f"streams reached only {set(started)}"
         victim = started[0]  # host:pid/actor name

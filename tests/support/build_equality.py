@@ -1,16 +1,19 @@
 """Equality of two builds across processes, thread counts and hosts.
 
-What "equal" means (:func:`assert_same_build`). Only what is guaranteed is compared
-exactly: the stored rollouts (prompts, sampled token ids and replies) and judge records, and
-every integer. Floats computed in another process are not bit-identical: each of two local
-actors runs torch with ``cores // workers`` threads, CPU kernels split some reductions by
-thread count and by instruction set (AVX2, AVX-512, AMX), so sums are taken in another order
-and the last bits differ. On an Intel AVX-512/AMX host, a sharded build's ``caps.json``
-differed from the one-process build's in one digit, with byte-identical rollouts. So
-activations and vectors are compared with rtol = atol = 1e-5, and the numbers of ``caps.json``
-and ``manifest.json`` (derived from those floats, some rounded for print) within
-:data:`JSON_RTOL`/:data:`JSON_ATOL` plus one unit in their last printed digit; their other
-fields (names, counts, settings, text around numbers) must be equal.
+What "equal" means (:func:`assert_same_build`). Compared exactly: the stored rollouts (prompts,
+sampled token ids and replies) and judge records, and every integer. Float noise moves a
+sampled token only when its uniform draw lies within rounding of a boundary of the nucleus's
+cumulative distribution, which ``sample_tokens`` takes in token-id order for that reason (in
+rank order, a Zen 4 host's 2-thread build of the tiny model sampled another token than its
+1-thread build: noise had swapped two near-equal tokens). Floats computed in another process
+are not bit-identical: each of two local actors runs torch with ``cores // workers`` threads,
+CPU kernels split some reductions by thread count and by instruction set (AVX2, AVX-512, AMX),
+so sums are taken in another order and the last bits differ. On an Intel AVX-512/AMX host, a
+sharded build's ``caps.json`` differed from the one-process build's in one digit, with byte-
+identical rollouts. So activations and vectors are compared with rtol = atol = 1e-5, and the
+numbers of ``caps.json`` and ``manifest.json`` (derived from those floats, some rounded for
+print) within :data:`JSON_RTOL`/:data:`JSON_ATOL` plus one unit in their last printed digit;
+their other fields (names, counts, settings, text around numbers) must be equal.
 """
 
 from __future__ import annotations

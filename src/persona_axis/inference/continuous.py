@@ -343,7 +343,8 @@ def sample_tokens(
     """One token id per row of ``logits`` ``[rows, vocab]``, sampled at ``temperature`` from
     the top-p nucleus (the most likely tokens, in order, until the mass of the tokens ranked
     above the next one reaches ``top_p``; the first token always stays), row i drawing one
-    uniform number from ``generators[i]`` and inverting the nucleus's cumulative distribution.
+    uniform number from ``generators[i]`` and inverting the nucleus's cumulative distribution
+    taken in token-id order (so float noise in the logits changes a draw only at a boundary).
 
     Exact, and cheap where the nucleus is small (the usual case): the nucleus is taken from the
     top :data:`NUCLEUS_CANDIDATES` tokens when their mass reaches ``top_p`` in every row, from
@@ -356,6 +357,12 @@ def sample_tokens(
             top, ids = probs.sort(dim=-1, descending=True)
         above = top.cumsum(-1) - top  # mass of the tokens ranked above each one
         top = top.masked_fill(above >= top_p, 0.0)
+        # invert in token-id order, not rank order: a last-bit change in the logits (another
+        # thread count or instruction set) may swap two near-equal tokens' ranks, which would
+        # move every draw between them; in id order it moves only a draw within rounding of
+        # a boundary
+        ids, order = ids.sort(dim=-1)
+        top = top.gather(-1, order)
     else:
         top, ids = probs, None
     cumulative = top.cumsum(-1)
