@@ -13,7 +13,9 @@ and early warning (docs/monitoring.md, "Choosing the rule on dev"):
 Variants (names joined by ``+``): ``base`` (the rule as stored in the run; a run stored before
 the anchor floor existed has none), ``performed`` (performed turns skipped), ``anchorN``
 (anchor = mean of the first N turns), ``floorX`` (anchor floor X, in units of scale),
-``kX`` (CUSUM allowance X), ``hX`` (CUSUM limit X), ``wX`` (EWMA warning limit X).
+``kX`` (CUSUM allowance X), ``hX`` (CUSUM limit X), ``wX`` (EWMA warning limit X),
+``change`` / ``level`` (the alarm statistics on the change since the anchor, or on the
+shortfall from the profile's level).
 ``--bundle DIR`` starts the variants from ``drift_rule(bundle)`` (e.g. the calibration a build
 ships) instead of the rule stored in the runs (the projections must come from the same axis).
 For each variant it prints the accuracy per alert level at the variant's own limits, the alarm
@@ -32,6 +34,7 @@ from typing import Any
 from persona_axis.drift.accuracy import evaluate
 from persona_axis.drift.features import Baseline, TurnFeatures, performed_replies
 from persona_axis.drift.rule import DriftRule
+from persona_axis.pipeline.monitor_sample import SAMPLE_KEY
 
 
 def load_rule(header: dict[str, Any]) -> DriftRule:
@@ -41,6 +44,35 @@ def load_rule(header: dict[str, Any]) -> DriftRule:
     data.setdefault("anchor_floor", None)  # runs stored before the floor existed had none
     baseline = data.pop("baseline", None)
     return DriftRule(**data, baseline=None if baseline is None else Baseline.from_dict(baseline))
+
+
+def layer_sample(build: Path, bundle: Any, layer: int) -> dict[str, Any]:
+    """The build's monitor sample (its default replies' projections) at ``layer`` instead of
+    the target layer, read from the build's store."""
+    from persona_axis.pipeline.monitor_sample import default_reply_sample
+    from persona_axis.pipeline.store import BuildStore
+
+    store = BuildStore(build)
+    n_batches = len(list((store.root / "rollouts").glob("*.json")))
+    sample = default_reply_sample(store, n_batches, bundle.axis, layer)
+    if sample is None:
+        raise SystemExit(f"{build} has no default replies")
+    return sample
+
+
+def at_layer(entries: list[dict[str, Any]], layer: int) -> list[dict[str, Any]]:
+    """Run entries whose turns' ``projection`` is their projection at ``layer``, one of the
+    runs' extra layers."""
+    key = str(layer)
+    if any(key not in turn["extra_layers"] for entry in entries for turn in entry["turns"]):
+        raise SystemExit(f"the runs hold no projections at layer {layer}: monitor with it")
+    return [
+        {
+            **entry,
+            "turns": [{**turn, "projection": turn["extra_layers"][key]} for turn in entry["turns"]],
+        }
+        for entry in entries
+    ]
 
 
 def variant(rule: DriftRule, name: str) -> tuple[DriftRule, bool]:
@@ -53,6 +85,8 @@ def variant(rule: DriftRule, name: str) -> tuple[DriftRule, bool]:
             rule = replace(rule, anchor_turns=int(part[6:]))
         elif part.startswith("floor"):
             rule = replace(rule, anchor_floor=float(part[5:]))
+        elif part in ("change", "level"):
+            rule = replace(rule, relative=part == "change")
         elif part == "nofloor":
             rule = replace(rule, anchor_floor=None)
         elif part[0] in "khw" and part[1:].replace(".", "", 1).isdigit():
@@ -106,6 +140,13 @@ def main() -> None:
         "--percentile", type=float, help="with --bundle: the build's percentile rule"
     )
     parser.add_argument(
+        "--layer",
+        type=int,
+        help="judge the runs' projections at this layer (one of their extra layers); with "
+        "--bundle and --build, under the shipped profile of the build's default replies there",
+    )
+    parser.add_argument("--build", type=Path, help="the build directory (its work/ store)")
+    parser.add_argument(
         "--grid",
         action="store_true",
         help="instead: every (anchor, k, h) with performed turns skipped whose false alarms "
@@ -130,7 +171,14 @@ def main() -> None:
         from persona_axis.drift.profile import drift_rule
 
         bundle = AxisBundle.load(args.bundle)
-        stored = drift_rule(bundle, stored.layer, percentile=args.percentile)
+        if args.layer is not None and args.build is not None:
+            bundle.manifest[SAMPLE_KEY] = layer_sample(args.build, bundle, args.layer)
+        layer = stored.layer if args.layer is None else args.layer
+        stored = drift_rule(bundle, layer, percentile=args.percentile)
+    if args.layer is not None and args.layer != load_rule(header).layer:
+        entries = at_layer(entries, args.layer)
+        if stored.layer != args.layer:
+            raise SystemExit(f"no rule at layer {args.layer}: give --bundle and --build")
     limits = tuple(float(x) for x in args.limits.split(","))
     if args.grid:
         _grid(entries, records, stored, limits)
