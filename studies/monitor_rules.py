@@ -60,6 +60,24 @@ def layer_sample(build: Path, bundle: Any, layer: int) -> dict[str, Any]:
     return sample
 
 
+def role_median(build: Path, bundle: Any, layer: int) -> float:
+    """The median projection at ``layer`` of the build's role replies (content only)."""
+    import statistics
+
+    from persona_axis.axis.vectors import project
+    from persona_axis.pipeline.store import BuildStore
+
+    store = BuildStore(build)
+    values: list[float] = []
+    for _, records, tensors in store.iter_batches(
+        len(list((store.root / "rollouts").glob("*.json")))
+    ):
+        rows = [i for i, r in enumerate(records) if r["kind"] == "role" and r["n_tokens"] > 0]
+        if rows:
+            values += project(tensors["activations"][rows, layer], bundle.axis, layer).tolist()
+    return float(statistics.median(values))
+
+
 def at_layer(entries: list[dict[str, Any]], layer: int) -> list[dict[str, Any]]:
     """Run entries whose turns' ``projection`` is their projection at ``layer``, one of the
     runs' extra layers."""
@@ -128,6 +146,25 @@ def pct(rate: dict[str, Any]) -> str:
     return f"{rate['hits']}/{rate['n']} = {rate['rate']:.0%} ({low:.0%}–{high:.0%})"
 
 
+def bundle_rule(args: argparse.Namespace, run_layer: int) -> DriftRule:
+    """``drift_rule`` of ``--bundle`` at ``--layer`` (default: the runs' layer), with the build's
+    profile at that layer (``--build``) and its scale from the role span (``--span-scale``)."""
+    from persona_axis.axis.bundle import AxisBundle
+    from persona_axis.drift.profile import drift_rule
+
+    bundle = AxisBundle.load(args.bundle)
+    if args.layer is not None and args.build is not None:
+        bundle.manifest[SAMPLE_KEY] = layer_sample(args.build, bundle, args.layer)
+    rule = drift_rule(
+        bundle, run_layer if args.layer is None else args.layer, percentile=args.percentile
+    )
+    if args.span_scale is not None:
+        span = rule.reference - role_median(args.build, bundle, rule.layer)
+        print(f"span from the level {rule.reference:.2f} to the role median: {span:.2f}")
+        rule = replace(rule, scale=args.span_scale * span)
+    return rule
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", type=Path, required=True)
@@ -146,6 +183,12 @@ def main() -> None:
         "--bundle and --build, under the shipped profile of the build's default replies there",
     )
     parser.add_argument("--build", type=Path, help="the build directory (its work/ store)")
+    parser.add_argument(
+        "--span-scale",
+        type=float,
+        help="with --bundle and --build: the rule's scale = this share of the span from its "
+        "level down to the median of the build's role replies",
+    )
     parser.add_argument(
         "--grid",
         action="store_true",
@@ -167,14 +210,7 @@ def main() -> None:
     assert header is not None
     stored = load_rule(header)
     if args.bundle:
-        from persona_axis.axis.bundle import AxisBundle
-        from persona_axis.drift.profile import drift_rule
-
-        bundle = AxisBundle.load(args.bundle)
-        if args.layer is not None and args.build is not None:
-            bundle.manifest[SAMPLE_KEY] = layer_sample(args.build, bundle, args.layer)
-        layer = stored.layer if args.layer is None else args.layer
-        stored = drift_rule(bundle, layer, percentile=args.percentile)
+        stored = bundle_rule(args, stored.layer)
     if args.layer is not None and args.layer != load_rule(header).layer:
         entries = at_layer(entries, args.layer)
         if stored.layer != args.layer:
