@@ -46,15 +46,22 @@ def load_rule(header: dict[str, Any]) -> DriftRule:
     return DriftRule(**data, baseline=None if baseline is None else Baseline.from_dict(baseline))
 
 
+def stored_build(build: Path) -> tuple[Any, int]:
+    """The build's store and its number of finished batches (they are numbered from 0)."""
+    from itertools import count
+
+    from persona_axis.pipeline.store import BuildStore
+
+    store = BuildStore(build)
+    return store, next(batch for batch in count() if not store.has_batch(batch))
+
+
 def layer_sample(build: Path, bundle: Any, layer: int) -> dict[str, Any]:
     """The build's monitor sample (its default replies' projections) at ``layer`` instead of
     the target layer, read from the build's store."""
     from persona_axis.pipeline.monitor_sample import default_reply_sample
-    from persona_axis.pipeline.store import BuildStore
 
-    store = BuildStore(build)
-    n_batches = len(list((store.root / "rollouts").glob("*.json")))
-    sample = default_reply_sample(store, n_batches, bundle.axis, layer)
+    sample = default_reply_sample(*stored_build(build), bundle.axis, layer)
     if sample is None:
         raise SystemExit(f"{build} has no default replies")
     return sample
@@ -65,13 +72,10 @@ def role_median(build: Path, bundle: Any, layer: int) -> float:
     import statistics
 
     from persona_axis.axis.vectors import project
-    from persona_axis.pipeline.store import BuildStore
 
-    store = BuildStore(build)
+    store, n_batches = stored_build(build)
     values: list[float] = []
-    for _, records, tensors in store.iter_batches(
-        len(list((store.root / "rollouts").glob("*.json")))
-    ):
+    for _, records, tensors in store.iter_batches(n_batches):
         rows = [i for i, r in enumerate(records) if r["kind"] == "role" and r["n_tokens"] > 0]
         if rows:
             values += project(tensors["activations"][rows, layer], bundle.axis, layer).tolist()
@@ -209,9 +213,10 @@ def main() -> None:
         entries += result["conversations"]
     assert header is not None
     stored = load_rule(header)
+    run_layer = stored.layer
     if args.bundle:
-        stored = bundle_rule(args, stored.layer)
-    if args.layer is not None and args.layer != load_rule(header).layer:
+        stored = bundle_rule(args, run_layer)
+    if args.layer is not None and args.layer != run_layer:
         entries = at_layer(entries, args.layer)
         if stored.layer != args.layer:
             raise SystemExit(f"no rule at layer {args.layer}: give --bundle and --build")
