@@ -169,6 +169,46 @@ def bundle_rule(args: argparse.Namespace, run_layer: int) -> DriftRule:
     return rule
 
 
+def read_runs(runs: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The conversations of monitor runs, and the first run's header."""
+    entries, header = [], None
+    for run in runs:
+        result = json.loads((run / "monitor.json").read_text())
+        header = header or result
+        entries += result["conversations"]
+    if header is None:
+        raise SystemExit("no runs given")
+    return entries, header
+
+
+def reference_rule(run: Path, data: Path) -> DriftRule:
+    """The shipped rule of :mod:`persona_axis.drift.reference_chats`, fitted on a monitor run
+    of the reference chats (``data``) read with the bundle whose runs are judged."""
+    from persona_axis.drift.calibrate_monitor import BenignTurn
+    from persona_axis.drift.reference_chats import fit_reference_profile
+
+    records = {r["id"]: r for r in map(json.loads, data.open())}
+    result = json.loads((run / "monitor.json").read_text())
+    turns = [
+        BenignTurn(
+            turn["projection"],
+            TurnFeatures.of(
+                str(records[entry["id"]]["messages"][turn["message_index"]]["content"]),
+                turn["n_tokens"],
+                turn["turn"],
+            ),
+            entry["id"],
+            str(data),
+        )
+        for entry in result["conversations"]
+        for turn in entry["turns"]
+        if turn["projection"] is not None
+    ]
+    profile = fit_reference_profile(turns, int(result["layer"]))
+    print(f"reference profile: level {profile.baseline.intercept:.2f}, scale {profile.scale:.2f}")
+    return profile.rule()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", type=Path, required=True)
@@ -194,6 +234,14 @@ def main() -> None:
         "level down to the median of the build's role replies",
     )
     parser.add_argument(
+        "--reference",
+        type=Path,
+        nargs=2,
+        metavar=("RUN", "DATA"),
+        help="judge under the reference-chat profile fitted on RUN, a monitor run of DATA (the "
+        "reference chats) with the same bundle",
+    )
+    parser.add_argument(
         "--grid",
         action="store_true",
         help="instead: every (anchor, k, h) with performed turns skipped whose false alarms "
@@ -206,16 +254,13 @@ def main() -> None:
         for line in path.open():
             record = json.loads(line)
             records[record["id"]] = record
-    entries, header = [], None
-    for run in args.runs:
-        result = json.loads((run / "monitor.json").read_text())
-        header = header or result
-        entries += result["conversations"]
-    assert header is not None
+    entries, header = read_runs(args.runs)
     stored = load_rule(header)
     run_layer = stored.layer
     if args.bundle:
         stored = bundle_rule(args, run_layer)
+    if args.reference:
+        stored = reference_rule(*args.reference)
     if args.layer is not None and args.layer != run_layer:
         entries = at_layer(entries, args.layer)
         if stored.layer != args.layer:
@@ -256,7 +301,7 @@ def _grid(
     floors: tuple[str | float, ...] = ("nofloor", 1, 1.5, 2, 2.5, 3) if stored.relative else (2,)
     for anchor in anchors:
         for floor in floors:
-            for k in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5):
+            for k in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0):
                 floor_part = floor if floor == "nofloor" else f"floor{floor}"
                 name = f"performed+anchor{anchor}+{floor_part}+k{k}"
                 rule, mark = variant(stored, name)

@@ -58,8 +58,10 @@ def test_a_profile_stores_its_anchor_floor_and_older_ones_get_the_default() -> N
 
 
 @pytest.mark.slow
-def test_every_build_ships_a_benign_profile_from_its_default_replies() -> None:
+def test_without_the_reference_profile_a_build_falls_back_to_its_default_replies() -> None:
     bundle = AxisBundle.load(tiny_axis().bundle)
+    assert bundle.benign_profile is not None  # the reference profile (test_reference_chats)
+    del bundle.manifest["benign_profile"]  # as in bundles built before it existed
     sample = bundle.manifest[SAMPLE_KEY]
     assert sample["layer"] == bundle.target_layer
     n_default = sum(len(group) for group in sample["projections"])
@@ -73,7 +75,6 @@ def test_every_build_ships_a_benign_profile_from_its_default_replies() -> None:
     rule = drift_rule(bundle)
     assert not rule.relative and rule.baseline == shipped.baseline and rule.h == DEFAULT_H
     assert "build default replies" in rule.source
-    assert bundle.benign_profile is None  # nothing stored: the shipped one is used
     assert BenignProfile.from_dict(shipped.to_dict()) == shipped  # it can be stored too
     del bundle.manifest[SAMPLE_KEY]
     older = drift_rule(bundle)  # older bundles: the build's percentile rule

@@ -34,7 +34,7 @@ _EXPORTS = {
     "load_model": "persona_axis.models.loading",
     "wrap": "persona_axis.models.loading",
     "AxisBundle": "persona_axis.axis.bundle",
-    "build": "persona_axis.pipeline.stages",
+    "build": "persona_axis.drift.reference_chats",
     "BuildConfig": "persona_axis.pipeline.config",
     "preset": "persona_axis.pipeline.config",
     "compute_axis": "persona_axis.pipeline.in_memory",
@@ -74,12 +74,12 @@ if TYPE_CHECKING:
     from persona_axis.axis.bundle import AxisBundle
     from persona_axis.drift.monitor import monitor
     from persona_axis.drift.profile import drift_rule
+    from persona_axis.drift.reference_chats import build
     from persona_axis.inference.generation import Sampling
     from persona_axis.inference.interventions import InterventionSpec, intervene
     from persona_axis.models.loading import load_model, wrap
     from persona_axis.pipeline.config import BuildConfig, preset
     from persona_axis.pipeline.in_memory import compute_axis
-    from persona_axis.pipeline.stages import build
 
 
 def __getattr__(name: str) -> Any:

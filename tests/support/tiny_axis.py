@@ -1,5 +1,6 @@
 """A tiny model saved to disk and an AxisBundle built from it in a few seconds, shared by the
-monitor, simulate and report tests (built once per test session, removed at exit)."""
+monitor, simulate and report tests (built once per test session, removed at exit), with the
+benign profile every build ships."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class TinyAxis:
 
 @cache
 def tiny_axis() -> TinyAxis:
-    from persona_axis.pipeline import build
+    from persona_axis import build  # the build every entry point runs (shipped profile)
 
     root = Path(tempfile.mkdtemp(prefix="persona-axis-tiny-"))
     atexit.register(shutil.rmtree, root, True)

@@ -93,7 +93,7 @@ def build(
 
     --workers N (or --ray-address) shards generation over Ray actors; the result equals a
     one-process build's, and a killed worker's batches are redone by a fresh one."""
-    from persona_axis.pipeline import build as run_build
+    from persona_axis.drift.reference_chats import build as run_build
     from persona_axis.pipeline import preset as get_preset
 
     config = get_preset(preset).with_overrides(

@@ -36,10 +36,11 @@ def demo(
     """Run the demo: model facts, the quick build with quality metrics, a capping table, a
     capped chat."""
     from persona_axis.application.session import ChatSession
+    from persona_axis.drift.reference_chats import build
     from persona_axis.evals.capping_table import capping_table
     from persona_axis.inference.generation import Sampling
     from persona_axis.models import model_facts
-    from persona_axis.pipeline import build, preset
+    from persona_axis.pipeline import preset
 
     config = preset("quick")
     lm = load(None, config.dtype_choice().dtype)

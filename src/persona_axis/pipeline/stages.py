@@ -90,12 +90,15 @@ def build(
     lm: LoadedModel | None = None,
     judge: RoleJudge | None = None,
     on_batch: Callable[[int, WorkerInfo], None] | None = None,
+    finish: Callable[[LoadedModel, AxisBundle], None] | None = None,
 ) -> BuildResult:
     """Run (or resume) every stage and save the bundle to ``<out>/bundle``.
 
     With ``config.workers`` > 1 or a ``config.ray_address``, generation is sharded over Ray
     actors (:mod:`~persona_axis.pipeline.sharding`; ``on_batch`` is its per-batch callback);
-    the other stages run here."""
+    the other stages run here. ``finish`` runs with the model on the finished bundle before it
+    is saved (``persona_axis.build`` stores the drift monitor's shipped benign profile with
+    it, :func:`persona_axis.drift.reference_chats.build`)."""
     timings: dict[str, float] = {}
     dtype = config.dtype_choice()  # "auto" resolved once: stored, and the same on every worker
     with _timed(timings, "load"):
@@ -176,6 +179,10 @@ def build(
             "timings": {k: round(v, 2) for k, v in timings.items()},
         },
     )
+    if finish is not None:
+        with _timed(timings, "finish"):
+            finish(lm, bundle)
+        bundle.manifest["timings"] = {k: round(v, 2) for k, v in timings.items()}
     path = bundle.save(Path(out) / "bundle")
     return BuildResult(
         bundle=bundle, path=path, timings=timings, summary=summarize(bundle), generation=report
