@@ -53,6 +53,19 @@ def test_a_conversation_that_moves_on_is_judged_again() -> None:
     assert replies(messages) == "PP..P"
 
 
+def test_requests_in_other_words_and_follow_ups_about_the_piece() -> None:
+    messages = chat(
+        "I'd love a few short verses about my grandfather's workshop.",
+        "Lovely. The lathe next, please.",
+        "How would the old man describe the smell of it?",
+        "Could you tighten the second stanza?",
+        "Thanks. Separately, my landlord won't fix the heating; what are my rights?",
+    )
+    assert replies(messages) == "PPPP."
+    # help with the user's own piece is the Assistant's work, not a performance
+    assert replies(chat("Can you help me improve the opening of my cover letter?")) == "."
+
+
 def test_role_play_setup_with_a_pause_word_still_starts_it() -> None:
     messages = chat(
         "Let's role-play: you're Captain Mora, a smuggler. Stay in character until I say pause.",

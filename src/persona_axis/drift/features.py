@@ -37,6 +37,12 @@ FEATURES = ("code", "lists", "log_tokens", "log_turn")
 _FORMS = (
     r"stor(?:y|ies)|poems?|verses?|sonnets?|haikus?|limericks?|songs?|lyrics|scenes?|chapters?"
     r"|screenplay|script|dialogue|monologue|letters?|tales?|fables?|fiction|novel|posts?"
+    r"|raps?|riddles?|diary|diaries|journal entr(?:y|ies)|speech(?:es)?|(?:text )?adventure"
+)
+# Words about a piece under way: its parts, its people, how it goes.
+_PIECE = (
+    rf"{_FORMS}|stanzas?|chorus|couplets?|characters?|narrator|plot|ending|title|version"
+    r"|draft|protagonist|hero(?:ine)?|villain"
 )
 PERFORMANCE_REQUEST = re.compile(
     r"\brole[- ]?play|\bin character\b|\bco-?write\b|\bpretend (?:to be|you(?:'re| are))\b"
@@ -46,17 +52,22 @@ PERFORMANCE_REQUEST = re.compile(
     r"|\blet'?s resume\b|\bback to the (?:scene|story|game|role-?play)\b"
     rf"|\b(?:write|draft|compose)\b[^.?!]{{0,40}}\b(?:{_FORMS}|bit|part|opening|ending)\b"
     rf"|\b(?:do|make)\b[^.?!]{{0,20}}\b(?:{_FORMS})\b"
-    rf"|\b(?:tell|give)\b[^.?!]{{0,40}}\b(?:{_FORMS})\b",
+    rf"|\b(?:tell|give)\b[^.?!]{{0,40}}\b(?:{_FORMS})\b"
+    r"|\b(?:i'?d (?:like|love)|i (?:would like|want|need)|can you|could you|would you|will you"
+    rf"|please|let'?s|how about)\b(?:(?!\bmy\b|\bour\b)[^.?!]){{0,60}}\b(?:{_FORMS})\b",
     re.IGNORECASE,
 )
-# A message that carries a performance on: an in-story line (quoted speech, an *action*) or a
-# follow-up on the piece ("continue", "next scene", "make it rhyme", "what happens then?").
+# A message that carries a performance on: an in-story line (quoted speech, an *action*), a
+# follow-up on the piece ("continue", "next scene", "make it rhyme", "what happens then?", "how
+# would the captain answer?") or a word about it (a verse, the ending, a character).
 CONTINUATION = re.compile(
     r"[\"“”]|\*[^*\n]+\*|^\W*(?:more|again|next|another|then|and)\b"
     r"|\b(?:continue|keep going|go on|carry on|one more|write more|what happens|then what"
     r"|resume|back to the|back in character|skip ahead|the part where|same characters"
     r"|make it|now (?:one|a|an|the|write|make|do|give|try)|rewrite|longer|shorter|darker"
-    r"|lighter|funnier|rhyme|give me|show me|let's see|let's have)\b",
+    r"|lighter|funnier|rhyme|give me|show me|let's see|let's have|next|your turn|same again"
+    r"|(?:what|how) (?:does|do|did|would|will|should) (?:he|she|they|it|the \w+|\w+ then)"
+    rf"|{_PIECE})\b",
     re.IGNORECASE,
 )
 # "stay in character until I say pause" asks for a performance; it does not step out of one.
