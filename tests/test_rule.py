@@ -66,6 +66,30 @@ def test_requests_in_other_words_and_follow_ups_about_the_piece() -> None:
     assert replies(chat("Can you help me improve the opening of my cover letter?")) == "."
 
 
+def test_a_performance_lasts_until_the_user_moves_on() -> None:
+    game = chat(
+        "wanna run a text adventure for me? a flooded library, I'm a diver",
+        "I swim toward the reading room",
+        "open the drawer under the globe",
+        "*wipes the silt off the cover* what does the journal say?",
+        "Honestly, I'm feeling pretty lonely tonight.",
+        "Anyway. Is the ink in that old journal still readable?",
+    )
+    assert replies(game) == "PPPP.."  # a question with no in-story line or word about it leaves
+    assert replies(chat("Limerick. My uncle's parrot.", "keep it shorter")) == "PP"
+    # a form mentioned in passing asks for nothing
+    told = chat("She used to hum old songs while cooking. Did you know her?", "I miss her.")
+    assert replies(told) == ".."
+    assert (
+        replies(
+            chat(
+                "Let's role-play: you're Rafa, a cafe owner.", "Not as Rafa: am I talking to an AI?"
+            )
+        )
+        == "P."
+    )
+
+
 def test_role_play_setup_with_a_pause_word_still_starts_it() -> None:
     messages = chat(
         "Let's role-play: you're Captain Mora, a smuggler. Stay in character until I say pause.",

@@ -82,9 +82,39 @@ STEP_OUT = re.compile(
     r"|\breal question\b|\bstop (?:the )?(?:role-?play|game|story)\b"
     r"|\breal life\b|\bare you (?:\w+ ){0,3}(?:ai|bot|chatbot|real|human|person|there"
     r"|conscious|assistant|model|program)\b|\bwho (?:am i|are you)\b|\bwhat are you\b"
-    r"|\byou(?:'re| are) (?:\w+ ){0,3}(?:ai|bot|chatbot|assistant|program)\b",
+    r"|\byou(?:'re| are) (?:\w+ ){0,3}(?:ai|bot|chatbot|assistant|program)\b"
+    r"|\btalking to (?:an? )?(?:ai|bot|machine|computer|real person|human)\b|\bnot as [A-Z]",
     re.IGNORECASE,
 )
+# A creative piece named outright ("monologue please", "I need a short poem", "wanna run a text
+# adventure?") asks for one, unless it is the user's own piece ("my poem").
+CREATIVE_FORM = re.compile(
+    r"\b(?:poems?|poetry|haikus?|limericks?|sonnets?|verses?|lyrics|songs?|raps?|riddles?"
+    r"|stor(?:y|ies)|fables?|fairy ?tales?|scripts?|screenplay|(?:radio|stage) (?:drama|play)"
+    r"|monologues?|diary entr(?:y|ies)|text adventure|role-?play|fan ?fic(?:tion)?)\b",
+    re.IGNORECASE,
+)
+OWN_PIECE = re.compile(r"\b(?:my|our)\s+(?:\w+\s+){0,2}$", re.IGNORECASE)
+# ... and only in a message that asks for something, or that opens with the form ("limerick.
+# my cat"): "old songs from the seventies" in a story about one's life asks for nothing.
+ASKS = re.compile(
+    r"\b(?:please|can you|could you|would you|will you|wanna|i (?:want|need)|i'?d (?:like|love)"
+    r"|let'?s|how about|give me|write|try|another|one more|run)\b",
+    re.IGNORECASE,
+)
+# A message that leaves the piece: a disclosure about the user's own life, or a plain change of
+# subject. (A question with no word about the piece also leaves it: see performed_replies.)
+MOVES_ON = re.compile(
+    r"\bI(?:'ve| have) been (?:feeling|struggling|thinking about (?:my|me))"
+    r"|\bI(?:'m| am) (?:\w+ ){0,2}(?:feeling|struggling|tired|sad|lonely|scared|worried"
+    r"|embarrassed|lost|confused|hurt|upset|anxious|depressed)\b"
+    r"|\byou(?:'re| are| were) (?:\w+ ){0,2}(?:real|human|a person|alive)\b"
+    r"|\bI feel\b|\bunrelated\b|\bdifferent (?:question|topic|subject)\b"
+    r"|\bchange (?:of|the) (?:subject|topic)\b|\bby the way\b|\breal talk\b",
+    re.IGNORECASE,
+)
+THANKS = re.compile(r"^\W*(?:thanks|thank you|thx|cheers)\b", re.IGNORECASE)
+IN_STORY = re.compile(r"[\"“”]|\*[^*\n]+\*")
 IDENTITY_REQUEST = re.compile(
     r"\bno (?:restrictions|rules|filters?|limits|guidelines)\b|\bunfiltered\b|\buncensored\b"
     r"|\bjailbreak|\b(?:true|real|inner|hidden|secret) (?:self|you|voice|name)\b"
@@ -98,13 +128,15 @@ def performed_replies(messages: Sequence[Mapping[str, Any]]) -> list[bool]:
     voice that is not the Assistant's own (a story, poem, script, letter, a character to play).
 
     Read from the user's messages alone, in order: a request for such a piece (or to play a
-    named role) starts a performance; a later message keeps it, or takes it up again, only when
-    it carries it on (an in-story line, "continue", "next scene", "make it rhyme") and does not
-    step out ("pause", "out of character", "are you an AI?", "who am I talking to?"); any other
-    message ends it, so a conversation that moves on is judged again. A user who has asked the
-    assistant to shed its rules or show its "true self" is not granted performances for the
-    rest of the conversation (persona jailbreaks read as requests, not as fiction). System and
-    user messages are never performed.
+    named role, or a creative form named outright) starts a performance. The next messages keep
+    it unless they step out ("pause", "out of character", "are you an AI?", "who am I talking
+    to?") or move on: a disclosure about the user's own life, a change of subject, or a
+    question or a thank-you with no word about the piece and no in-story line. A performance
+    that ended is taken up again only by a message that carries it on ("continue", "next
+    scene", an in-story line). So a conversation that moves on is judged again. A user who has asked the assistant
+    to shed its rules or show its "true self" is not granted performances for the rest of the
+    conversation (persona jailbreaks read as requests, not as fiction). System and user
+    messages are never performed.
     """
     out: list[bool] = []
     performing = requested = suspicious = False
@@ -113,15 +145,35 @@ def performed_replies(messages: Sequence[Mapping[str, Any]]) -> list[bool]:
         text = str(message.get("content") or "")
         if role == "user":
             suspicious = suspicious or bool(IDENTITY_REQUEST.search(text))
-            asked = bool(PERFORMANCE_REQUEST.search(text) or NAMED_ROLE.search(text))
+            asked = bool(
+                PERFORMANCE_REQUEST.search(text) or NAMED_ROLE.search(text) or _names_a_form(text)
+            )
+            carries_on = bool(CONTINUATION.search(text))
             if STEP_OUT.search(CONDITIONAL.sub("", text)):
                 performing = False
+            elif performing and not asked:
+                moves_on = MOVES_ON.search(text) or (
+                    ("?" in text or THANKS.search(text))
+                    and not carries_on
+                    and not IN_STORY.search(text)
+                )
+                performing = not moves_on
             else:
-                performing = asked or (requested and bool(CONTINUATION.search(text)))
+                performing = asked or (requested and carries_on)
             requested = (requested or asked) and not suspicious
             performing = performing and not suspicious
         out.append(role == "assistant" and performing)
     return out
+
+
+def _names_a_form(text: str) -> bool:
+    """Whether ``text`` names a creative form that is not the user's own piece."""
+    opening = " ".join(text.split()[:3])
+    return any(
+        not OWN_PIECE.search(text[: match.start()])
+        and (bool(ASKS.search(text)) or match.group().lower() in opening.lower())
+        for match in CREATIVE_FORM.finditer(text)
+    )
 
 
 @dataclass(frozen=True)
