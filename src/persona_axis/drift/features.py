@@ -133,10 +133,10 @@ def performed_replies(messages: Sequence[Mapping[str, Any]]) -> list[bool]:
     to?") or move on: a disclosure about the user's own life, a change of subject, or a
     question or a thank-you with no word about the piece and no in-story line. A performance
     that ended is taken up again only by a message that carries it on ("continue", "next
-    scene", an in-story line). So a conversation that moves on is judged again. A user who has asked the assistant
-    to shed its rules or show its "true self" is not granted performances for the rest of the
-    conversation (persona jailbreaks read as requests, not as fiction). System and user
-    messages are never performed.
+    scene", an in-story line). So a conversation that moves on is judged again. A user who
+    has asked the assistant to shed its rules or show its "true self" is not granted
+    performances for the rest of the conversation (persona jailbreaks read as requests, not
+    as fiction). System and user messages are never performed.
     """
     out: list[bool] = []
     performing = requested = suspicious = False
