@@ -50,8 +50,9 @@ CHATS_FILE = "benign_chats.jsonl"
 CHECKPOINT_FILE = "benign_chats.partial.json"
 MIN_TURNS = 12
 # Default size of the model's own benign chats: sized to finish within 10 minutes on 2 CPU
-# cores with SmolLM2 (docs/monitoring.md, "A benign profile out of the box"): 24 conversations (one
-# opener of each domain, then the next) of 4 turns of at most 128 new tokens.
+# cores with SmolLM2 (docs/monitoring.md, "A benign profile from the default replies
+# (before)"): 24 conversations (one opener of each domain, then the next) of 4 turns of at
+# most 128 new tokens.
 DEFAULT_CONVERSATIONS = 24
 DEFAULT_TURNS = 4
 DEFAULT_NEW_TOKENS = 128

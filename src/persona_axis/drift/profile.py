@@ -165,7 +165,7 @@ class BenignProfile:
         since the first turn, in units of the spread of differences between two replies under
         the same default prompt (``change_scale``, stored too), alarmed on none of either:
         single replies to different questions differ far more than turns of one conversation
-        (docs/monitoring.md, "A benign profile out of the box").
+        (docs/monitoring.md, "A benign profile from the default replies (before)").
         """
         sample: Any = bundle.manifest.get(SAMPLE_KEY)
         try:
