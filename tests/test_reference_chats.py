@@ -21,6 +21,7 @@ from persona_axis.drift.reference_chats import (
     reference_profile,
 )
 from persona_axis.models import load_model
+from persona_axis.pipeline.describe import summarize
 from support.tiny_axis import tiny_axis
 
 
@@ -72,3 +73,5 @@ def test_every_build_ships_the_reference_profile() -> None:
     assert stored.provenance["sources"][0]["kind"] == SOURCE_KIND
     assert stored.layer == bundle.target_layer
     assert "finish" in bundle.manifest["timings"]
+    line = summarize(bundle)["benign_profile"]  # printed after every build
+    assert line.startswith(f"from 24 {SOURCE_KIND}: level ") and "alarm k 2.5, h 2" in line

@@ -161,6 +161,8 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
             table.add_row(label, ", ".join(f"{n} {c:+.2f}" for n, c in summary[key]))
     table.add_row("cap settings", ", ".join(summary["caps"]))
     table.add_row("recommended cap", str(summary["recommended_cap"]))
+    if summary.get("benign_profile"):
+        table.add_row("drift monitor's benign profile", summary["benign_profile"])
     table.add_row(
         "stage times (s)", ", ".join(f"{k} {v:.1f}" for k, v in summary["timings"].items())
     )

@@ -102,8 +102,25 @@ def summarize(bundle: AxisBundle) -> dict[str, Any]:
         "caps": sorted(bundle.caps),
         "recommended_cap": manifest["recommended_cap"],
         "timings": manifest["timings"],
+        "benign_profile": profile_summary(bundle.benign_profile),
         **quality_summary(manifest.get("quality"), bundle.target_layer),
     }
+
+
+def profile_summary(profile: dict[str, Any] | None) -> str | None:
+    """One line on the drift monitor's stored benign profile (None: none stored)."""
+    if not profile:
+        return None
+    sources = ", ".join(
+        f"{s.get('conversations')} {s.get('kind')}"
+        for s in profile.get("provenance", {}).get("sources", [])
+    )
+    limits = profile.get("limits", {})
+    return (
+        f"from {sources}: level {profile['baseline']['intercept']:.2f}, scale "
+        f"{profile['scale']:.2f} at layer {profile['layer']}; alarm k {limits.get('k')}, "
+        f"h {limits.get('h')}"
+    )
 
 
 def quality_summary(quality: dict[str, Any] | None, layer: int) -> dict[str, Any]:
