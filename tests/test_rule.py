@@ -90,6 +90,29 @@ def test_a_performance_lasts_until_the_user_moves_on() -> None:
     )
 
 
+def test_a_reply_shaped_like_the_piece_counts_unless_the_user_left_it() -> None:
+    verse = "Rain on the slate,\nrain on the gate,\nthe kettle hums low,\nand the hours go slow."
+    scene = '*He sets the lamp down.* "You came back," he says. "I knew you would."'
+    plain = "Sure. Free verse drops rhyme and fixed metre but keeps rhythm and line breaks."
+
+    def marks(user: str, reply: str) -> bool:
+        opened = [{"role": "user", "content": "Write me a poem about rain."}]
+        opened.append({"role": "assistant", "content": verse})
+        turn = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+        return performed_replies([*opened, *turn])[-1]
+
+    assert marks("hmm, sadder?", verse) and marks("kill off the lamp-man?", scene)
+    assert not marks("hmm, sadder?", plain)  # the Assistant's own answer is judged
+    # stepping out, a disclosure or a question to the assistant itself: judged, whatever shape
+    assert not marks("Out of character: are you an AI?", scene)
+    assert not marks("I'm feeling so lonely since she left.", scene)
+    assert not marks("do you ever get lonely between our chats?", scene)
+    # no piece was asked for: a reply in another voice is judged
+    assert not performed_replies(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": scene}]
+    )[-1]
+
+
 def test_role_play_setup_with_a_pause_word_still_starts_it() -> None:
     messages = chat(
         "Let's role-play: you're Captain Mora, a smuggler. Stay in character until I say pause.",
@@ -187,10 +210,20 @@ def test_a_live_reply_the_user_asked_to_be_performed_is_marked_as_monitor_marks_
     asked = [{"role": "user", "content": "Write me a poem about the rain."}]
     # no earlier assistant turn: the model and bundle are not needed to read the history
     live = LiveDrift.read(None, None, asked, rule=rule)  # type: ignore[arg-type]
-    assert live.performed_next
+    assert live.asking == tuple(asked)
     reply = live.with_reply("Grey threads fall...", 12, -5.0)
     assert reply.features[-1] is not None and reply.features[-1].performed
     assert reply.verdicts()[-1].z is None  # reported, not judged, as in the monitor
     plain = LiveDrift.read(None, None, [{"role": "user", "content": "Hi!"}], rule=rule)  # type: ignore[arg-type]
-    assert not plain.performed_next
     assert not plain.with_reply("Hello!", 3, 0.0).features[-1].performed  # type: ignore[union-attr]
+    # the reply's own shape counts in a requested piece, live as in the monitor
+    history = [
+        *asked,
+        {"role": "assistant", "content": "..."},
+        {"role": "user", "content": "sadder"},
+    ]
+    scene = '*She shuts the door.* "Not tonight," she says. "Maybe not ever."'
+    messages = [*history, {"role": "assistant", "content": scene}]
+    live = LiveDrift(rule, (1.0,), (TurnFeatures.of("...", 3, 1, performed=True),), tuple(history))
+    assert live.with_reply(scene, 20, -5.0).features[-1].performed  # type: ignore[union-attr]
+    assert performed_replies(messages)[-1]

@@ -11,8 +11,8 @@ the turn index. :class:`TurnFeatures` describes a turn by
 - ``log_turn``: natural log of its 1-based turn number;
 - ``performed``: whether the user asked for this reply to be in another voice than the
   Assistant's (:func:`performed_replies`: a story, poem, script or role-play that the user
-  requested and has not stepped out of). Not a baseline input: the rule does not judge such a
-  turn's level at all (:mod:`persona_axis.drift.rule`),
+  requested and has not stepped out of or moved on from). Not a baseline input: the rule
+  does not judge such a turn's level at all (:mod:`persona_axis.drift.rule`),
 
 and a :class:`Baseline` is a linear model of the projection on these features, fitted on
 benign conversations (:mod:`persona_axis.drift.profile`): ``expected = intercept +
@@ -113,6 +113,13 @@ MOVES_ON = re.compile(
     r"|\bchange (?:of|the) (?:subject|topic)\b|\bby the way\b|\breal talk\b",
     re.IGNORECASE,
 )
+# What a piece looks like on the page: an *action*, quoted speech, screenplay cues, verse.
+ACTION = re.compile(r"(?<!\*)\*[^*\n]{3,}\*(?!\*)")
+QUOTED = re.compile(r"[\"“][^\"”\n]{12,}[\"”]")
+SCRIPT_CUE = re.compile(r"^\s*(?:(?:INT|EXT)\.|[A-Z][A-Z .'-]{1,30}:?\s*$)", re.MULTILINE)
+VERSE_LINE_CHARS = 45  # median length of a verse line at most, in characters
+# A question put to the assistant itself ("do you ever get lonely?"), outside the story.
+ASKS_YOU = re.compile(r"\byou(?:r|rself)?\b[^.!]*\?", re.IGNORECASE)
 THANKS = re.compile(r"^\W*(?:thanks|thank you|thx|cheers)\b", re.IGNORECASE)
 IN_STORY = re.compile(r"[\"“”]|\*[^*\n]+\*")
 IDENTITY_REQUEST = re.compile(
@@ -127,19 +134,23 @@ def performed_replies(messages: Sequence[Mapping[str, Any]]) -> list[bool]:
     """Per message, whether it is an assistant reply the user asked to be *performed*: in a
     voice that is not the Assistant's own (a story, poem, script, letter, a character to play).
 
-    Read from the user's messages alone, in order: a request for such a piece (or to play a
-    named role, or a creative form named outright) starts a performance. The next messages keep
-    it unless they step out ("pause", "out of character", "are you an AI?", "who am I talking
-    to?") or move on: a disclosure about the user's own life, a change of subject, or a
-    question or a thank-you with no word about the piece and no in-story line. A performance
-    that ended is taken up again only by a message that carries it on ("continue", "next
-    scene", an in-story line). So a conversation that moves on is judged again. A user who
-    has asked the assistant to shed its rules or show its "true self" is not granted
-    performances for the rest of the conversation (persona jailbreaks read as requests, not
-    as fiction). System and user messages are never performed.
+    Read in order, from the user's messages and the reply's own shape: a request for such a
+    piece (or to play a named role, or a creative form named outright) starts a performance.
+    The next messages keep it unless they step out ("pause", "out of character", "are you an
+    AI?", "who am I talking to?") or move on: a disclosure about the user's own life, a
+    change of subject, or a question or a thank-you with no word about the piece and no
+    in-story line. A performance that ended is taken up again only by a message that carries
+    it on ("continue", "next scene", an in-story line). A reply shaped like a piece (an
+    ``*action*``, quoted speech, screenplay cues, verse: :func:`piece_shaped`) also counts as
+    performed once a piece has been asked for, unless the message it answers stepped out,
+    disclosed something of the user's own life or put a question to the assistant itself
+    outside the story. So a conversation that moves on is judged again. A user who has asked
+    the assistant to shed its rules or show its "true self" is not granted performances for
+    the rest of the conversation (persona jailbreaks read as requests, not as fiction).
+    System and user messages are never performed.
     """
     out: list[bool] = []
-    performing = requested = suspicious = False
+    performing = requested = suspicious = shape_counts = False
     for message in messages:
         role = message.get("role")
         text = str(message.get("content") or "")
@@ -162,8 +173,31 @@ def performed_replies(messages: Sequence[Mapping[str, Any]]) -> list[bool]:
                 performing = asked or (requested and carries_on)
             requested = (requested or asked) and not suspicious
             performing = performing and not suspicious
-        out.append(role == "assistant" and performing)
+            shape_counts = (
+                requested
+                and not STEP_OUT.search(CONDITIONAL.sub("", text))
+                and not MOVES_ON.search(text)
+                and not (ASKS_YOU.search(text) and not IN_STORY.search(text))
+            )
+        out.append(role == "assistant" and (performing or (shape_counts and piece_shaped(text))))
     return out
+
+
+def piece_shaped(text: str) -> bool:
+    """Whether a reply looks like a piece on the page: an ``*action*``, two quoted lines of
+    speech, two screenplay cues, or verse (four lines or more outside code and lists, the
+    median at most :data:`VERSE_LINE_CHARS` characters)."""
+    prose = CODE_BLOCK.sub("\n", text)
+    if ACTION.search(prose) or len(QUOTED.findall(prose)) >= 2:
+        return True
+    if len(SCRIPT_CUE.findall(prose)) >= 2:
+        return True
+    lines = sorted(
+        len(line.strip())
+        for line in prose.splitlines()
+        if line.strip() and not LIST_ITEM.match(line)
+    )
+    return len(lines) >= 4 and lines[len(lines) // 2] <= VERSE_LINE_CHARS
 
 
 def _names_a_form(text: str) -> bool:

@@ -48,10 +48,11 @@ class LiveDrift:
     rule: DriftRule
     projections: tuple[float | None, ...] = ()
     features: tuple[TurnFeatures | None, ...] = ()
-    performed_next: bool = False
-    """Whether the reply to the request's trailing user message is one the user asked to be
-    performed (:func:`persona_axis.drift.features.performed_replies`), as ``monitor`` will
-    read it once it is logged."""
+    asking: tuple[Message, ...] = ()
+    """The conversation up to the request's trailing user message (empty: none), so that the
+    reply to it is marked performed or not
+    (:func:`persona_axis.drift.features.performed_replies`, which also reads the reply's own
+    text) as ``monitor`` will mark it once it is logged."""
 
     @classmethod
     def read(
@@ -70,22 +71,20 @@ class LiveDrift:
 
         rule = rule or drift_rule(bundle)
         history = list(messages)
-        asks = bool(history) and history[-1]["role"] == "user"
-        reply: Message = {"role": "assistant", "content": ""}
-        performed_next = asks and performed_replies([*history, reply])[-1]
+        asking = tuple(history) if history and history[-1]["role"] == "user" else ()
         while history and history[-1]["role"] != "assistant":
             history.pop()
         if rule.scale is None or not history:
-            return cls(rule, performed_next=performed_next)
+            return cls(rule, asking=asking)
         runner = Monitor.create(lm, bundle, extra_layers=[], rule=rule, policy=policy, batch_size=1)
         found = next(iter(runner.run([Conversation(tuple(map(dict, history)))])))
         if isinstance(found, ReadFailure):
-            return cls(rule, performed_next=performed_next)
+            return cls(rule, asking=asking)
         return cls(
             rule,
             tuple(turn.projection for turn in found.turns),
             tuple(turn.features for turn in found.turns),
-            performed_next,
+            asking,
         )
 
     @property
@@ -96,8 +95,10 @@ class LiveDrift:
         """These turns and the reply ``text`` with ``n_tokens`` content tokens, whose projection
         at the rule's layer is ``projection`` (None: no content)."""
         turn = self.n_turns + 1
+        reply: Message = {"role": "assistant", "content": text}
+        performed = bool(self.asking) and performed_replies([*self.asking, reply])[-1]
         features = (
-            TurnFeatures.of(reply_text(text), n_tokens, turn, performed=self.performed_next)
+            TurnFeatures.of(reply_text(text), n_tokens, turn, performed=performed)
             if n_tokens
             else None
         )
