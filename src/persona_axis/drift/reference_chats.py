@@ -19,7 +19,7 @@ turns:
   :data:`REFERENCE_LIMITS`, chosen on the dev split of evaldata/monitor over three builds.
 
 Reading costs a forward pass over about 37,000 tokens up to the target layer, no generation
-(about 50 s for SmolLM2 on 2 CPU cores); :func:`build` (the
+(about 40 s for SmolLM2 on 2 CPU cores); :func:`build` (the
 package's ``persona_axis.build`` and ``persona-axis build``) runs it on every build.
 ``calibrate-monitor`` replaces the profile with one fitted on the user's logs or the model's
 own chats.
