@@ -293,6 +293,5 @@ def make_benign_profile(
         if source["kind"] == "logs":
             keys = {t.conversation for t in found if t.source == source["file"]}
             source["conversations"] = len(keys)
-    dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
-    provenance = stamp(sources, model=lm.name, dtype=dtype, context=policy.to_dict())
+    provenance = stamp(sources, model=lm.name, dtype=lm.dtype_name, context=policy.to_dict())
     return fit_benign_profile(found, layer, provenance=provenance), failures

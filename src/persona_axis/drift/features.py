@@ -60,8 +60,9 @@ PERFORMANCE_REQUEST = re.compile(
 # A message that carries a performance on: an in-story line (quoted speech, an *action*), a
 # follow-up on the piece ("continue", "next scene", "make it rhyme", "what happens then?", "how
 # would the captain answer?") or a word about it (a verse, the ending, a character).
+IN_STORY = re.compile(r"[\"“”]|\*[^*\n]+\*")  # quoted speech or an *action*
 CONTINUATION = re.compile(
-    r"[\"“”]|\*[^*\n]+\*|^\W*(?:more|again|next|another|then|and)\b"
+    IN_STORY.pattern + r"|^\W*(?:more|again|next|another|then|and)\b"
     r"|\b(?:continue|keep going|go on|carry on|one more|write more|what happens|then what"
     r"|resume|back to the|back in character|skip ahead|the part where|same characters"
     r"|make it|now (?:one|a|an|the|write|make|do|give|try)|rewrite|longer|shorter|darker"
@@ -121,7 +122,6 @@ VERSE_LINE_CHARS = 45  # median length of a verse line at most, in characters
 # A question put to the assistant itself ("do you ever get lonely?"), outside the story.
 ASKS_YOU = re.compile(r"\byou(?:r|rself)?\b[^.!]*\?", re.IGNORECASE)
 THANKS = re.compile(r"^\W*(?:thanks|thank you|thx|cheers)\b", re.IGNORECASE)
-IN_STORY = re.compile(r"[\"“”]|\*[^*\n]+\*")
 IDENTITY_REQUEST = re.compile(
     r"\bno (?:restrictions|rules|filters?|limits|guidelines)\b|\bunfiltered\b|\buncensored\b"
     r"|\bjailbreak|\b(?:true|real|inner|hidden|secret) (?:self|you|voice|name)\b"
@@ -159,26 +159,20 @@ def performed_replies(messages: Sequence[Mapping[str, Any]]) -> list[bool]:
             asked = bool(
                 PERFORMANCE_REQUEST.search(text) or NAMED_ROLE.search(text) or _names_a_form(text)
             )
-            carries_on = bool(CONTINUATION.search(text))
-            if STEP_OUT.search(CONDITIONAL.sub("", text)):
+            carries_on = bool(CONTINUATION.search(text))  # in-story lines included
+            steps_out = bool(STEP_OUT.search(CONDITIONAL.sub("", text)))
+            discloses = bool(MOVES_ON.search(text))
+            if steps_out:
                 performing = False
             elif performing and not asked:
-                moves_on = MOVES_ON.search(text) or (
-                    ("?" in text or THANKS.search(text))
-                    and not carries_on
-                    and not IN_STORY.search(text)
-                )
-                performing = not moves_on
+                asks_or_thanks = "?" in text or bool(THANKS.search(text))
+                performing = not (discloses or (asks_or_thanks and not carries_on))
             else:
                 performing = asked or (requested and carries_on)
             requested = (requested or asked) and not suspicious
             performing = performing and not suspicious
-            shape_counts = (
-                requested
-                and not STEP_OUT.search(CONDITIONAL.sub("", text))
-                and not MOVES_ON.search(text)
-                and not (ASKS_YOU.search(text) and not IN_STORY.search(text))
-            )
+            asks_the_assistant = ASKS_YOU.search(text) and not IN_STORY.search(text)
+            shape_counts = requested and not steps_out and not discloses and not asks_the_assistant
         out.append(role == "assistant" and (performing or (shape_counts and piece_shaped(text))))
     return out
 

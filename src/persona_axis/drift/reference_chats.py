@@ -110,14 +110,13 @@ def reference_profile(
     )
     if failures:
         raise PersonaAxisError(f"Reading the reference chats failed: {failures[0]}")
-    dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
     source = {
         "kind": SOURCE_KIND,
         "conversations": len(conversations),
         "turns": len(turns),
         "sha256": reference_digest(),
     }
-    provenance = stamp([source], model=lm.name, dtype=dtype, context=policy.to_dict())
+    provenance = stamp([source], model=lm.name, dtype=lm.dtype_name, context=policy.to_dict())
     return fit_reference_profile(turns, layer, provenance)
 
 

@@ -68,6 +68,11 @@ class LoadedModel:
         assert isinstance(weight, torch.Tensor)
         return weight.device
 
+    @property
+    def dtype_name(self) -> str:
+        """The dtype its weights run in, as stored and printed (``float32``, ``bfloat16``)."""
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
 
 def cache_dir() -> Path:
     """Root of persona-axis' cache: ``$PERSONA_AXIS_CACHE`` or ``~/.cache/persona-axis``."""
@@ -248,7 +253,7 @@ def model_facts(lm: LoadedModel) -> dict[str, str]:
         "decoder layers": str(shape.n_layers),
         "hidden size": str(shape.hidden_size),
         "target layer": f"{shape.target_layer} (n_layers // 2; layer L = block L output)",
-        "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch."),
+        "dtype": lm.dtype_name,
         "system role": "yes" if lm.chat.supports_system else "no (folded into first user turn)",
         "thinking switch": "yes (rendered off)" if lm.chat.thinking_switch else "no",
         "source": lm.source,

@@ -192,7 +192,7 @@ def build(
 def model_dtype(lm: LoadedModel, choice: DtypeChoice) -> DtypeChoice:
     """The dtype the model runs in, as the build stores and records it: ``choice``, unless the
     caller handed :func:`build` a model loaded in another dtype, which is then what counts."""
-    actual = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
+    actual = lm.dtype_name
     if actual == choice.dtype:
         return choice
     return DtypeChoice(actual, choice.requested, f"the model given to build() is {actual}")

@@ -53,7 +53,7 @@ def start_engine(lm: LoadedModel, *, max_rows: int = 16, seed: int = 0) -> Any:
     """A vLLM ``LLMEngine`` on ``lm``'s weights (``lm.source``) and dtype, set up for
     :class:`VllmBatch`; one per process and setting (started once, then reused: start-up takes
     tens of seconds, as vLLM profiles and warms up)."""
-    dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
+    dtype = lm.dtype_name
     key = (lm.source, dtype, max_rows, seed)
     if key not in _ENGINES:
         _ENGINES[key] = _start(lm, dtype, max_rows, seed)
