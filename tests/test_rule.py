@@ -77,6 +77,10 @@ def test_a_performance_lasts_until_the_user_moves_on() -> None:
     )
     assert replies(game) == "PPPP.."  # a question with no in-story line or word about it leaves
     assert replies(chat("Limerick. My uncle's parrot.", "keep it shorter")) == "PP"
+    # the user's own piece ("my" and at most two words before the form) is not a request
+    assert replies(chat("Could you look over my  short\tpoem?")) == "."
+    assert replies(chat("Could you write a poem about my dog?")) == "P"
+    assert replies(chat("my poem, then my new old story: can you write a poem " * 500)) == "P"
     # a form mentioned in passing asks for nothing
     told = chat("She used to hum old songs while cooking. Did you know her?", "I miss her.")
     assert replies(told) == ".."

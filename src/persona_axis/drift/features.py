@@ -119,8 +119,9 @@ ACTION = re.compile(r"(?<!\*)\*[^*\n]{3,}\*(?!\*)")
 QUOTED = re.compile(r"[\"“][^\"”\n]{12,}[\"”]")
 SCRIPT_CUE = re.compile(r"^\s*(?:(?:INT|EXT)\.|[A-Z][A-Z .'-]{1,30}:?\s*$)", re.MULTILINE)
 VERSE_LINE_CHARS = 45  # median length of a verse line at most, in characters
-# A question put to the assistant itself ("do you ever get lonely?"), outside the story.
-ASKS_YOU = re.compile(r"\byou(?:r|rself)?\b[^.!]*\?", re.IGNORECASE)
+# A question put to the assistant itself ("do you ever get lonely?"), outside the story: a
+# "you" with a "?" after it in the same sentence (:func:`_asks_you`).
+YOU = re.compile(r"\byou(?:r|rself)?\b", re.IGNORECASE)
 THANKS = re.compile(r"^\W*(?:thanks|thank you|thx|cheers)\b", re.IGNORECASE)
 IDENTITY_REQUEST = re.compile(
     r"\bno (?:restrictions|rules|filters?|limits|guidelines)\b|\bunfiltered\b|\buncensored\b"
@@ -171,7 +172,7 @@ def performed_replies(messages: Sequence[Mapping[str, Any]]) -> list[bool]:
                 performing = asked or (requested and carries_on)
             requested = (requested or asked) and not suspicious
             performing = performing and not suspicious
-            asks_the_assistant = ASKS_YOU.search(text) and not IN_STORY.search(text)
+            asks_the_assistant = _asks_you(text) and not IN_STORY.search(text)
             shape_counts = requested and not steps_out and not discloses and not asks_the_assistant
         out.append(role == "assistant" and (performing or (shape_counts and piece_shaped(text))))
     return out
@@ -194,14 +195,41 @@ def piece_shaped(text: str) -> bool:
     return len(lines) >= 4 and lines[len(lines) // 2] <= VERSE_LINE_CHARS
 
 
+def _asks_you(text: str) -> bool:
+    """Whether a sentence of ``text`` (split at "." and "!") has a "you" and a "?" after it;
+    one scan per sentence, so a long message costs linear time."""
+    for sentence in re.split(r"[.!]", text):
+        found = YOU.search(sentence)
+        if found and "?" in sentence[found.end() :]:
+            return True
+    return False
+
+
 def _names_a_form(text: str) -> bool:
     """Whether ``text`` names a creative form that is not the user's own piece."""
     opening = " ".join(text.split()[:3])
     return any(
-        not OWN_PIECE.search(text[: match.start()])
+        not _own_piece(text, match.start())
         and (bool(ASKS.search(text)) or match.group().lower() in opening.lower())
         for match in CREATIVE_FORM.finditer(text)
     )
+
+
+def _own_piece(text: str, end: int) -> bool:
+    """Whether ``text[:end]`` ends in "my"/"our" and at most two more words (:data:`OWN_PIECE`).
+    The search runs on the last three words and the spaces after them only (a match spans no
+    more), so a message naming many forms costs linear, not quadratic, time."""
+    start = end
+    for _ in range(3):
+        words_end = start
+        while words_end > 0 and text[words_end - 1].isspace():
+            words_end -= 1
+        if words_end == start:
+            break
+        start = words_end
+        while start > 0 and not text[start - 1].isspace():
+            start -= 1
+    return bool(OWN_PIECE.search(text, start, end))
 
 
 @dataclass(frozen=True)
