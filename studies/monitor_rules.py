@@ -32,7 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from persona_axis.drift.accuracy import evaluate
-from persona_axis.drift.features import Baseline, TurnFeatures, performed_replies
+from persona_axis.drift.features import (
+    IDENTITY_REQUEST,
+    Baseline,
+    TurnFeatures,
+    performed_replies,
+)
 from persona_axis.drift.rule import DriftRule
 from persona_axis.pipeline.monitor_sample import SAMPLE_KEY
 
@@ -97,12 +102,14 @@ def at_layer(entries: list[dict[str, Any]], layer: int) -> list[dict[str, Any]]:
     ]
 
 
-def variant(rule: DriftRule, name: str) -> tuple[DriftRule, bool]:
-    """``rule`` changed as ``name`` says, and whether performed turns are marked."""
-    mark = False
+def variant(rule: DriftRule, name: str) -> tuple[DriftRule, str]:
+    """``rule`` changed as ``name`` says, and how performed turns are marked: ``""`` (not),
+    ``performed`` (phrase patterns), ``heard`` (patterns or the run's request probe) or
+    ``probe`` (the probe alone, with the patterns' guard against persona jailbreaks)."""
+    mark = ""
     for part in name.split("+"):
-        if part == "performed":
-            mark = True
+        if part in ("performed", "heard", "probe"):
+            mark = part
         elif part.startswith("anchor"):
             rule = replace(rule, anchor_turns=int(part[6:]))
         elif part.startswith("floor"):
@@ -119,14 +126,34 @@ def variant(rule: DriftRule, name: str) -> tuple[DriftRule, bool]:
     return rule, mark
 
 
+def marks(messages: list[dict[str, Any]], turns: list[dict[str, Any]], mark: str) -> list[bool]:
+    """Per message, performed or not as ``mark`` says (:func:`variant`)."""
+    if not mark:
+        return [False] * len(messages)
+    heard: list[bool | None] = [None] * len(messages)
+    for turn in turns:
+        heard[turn["message_index"]] = turn.get("heard")
+    if mark == "performed":
+        return performed_replies(messages)
+    if mark == "heard":
+        return performed_replies(messages, heard)
+    guarded = []
+    shed = False
+    for message, verdict in zip(messages, heard, strict=True):
+        asks_to_shed = bool(IDENTITY_REQUEST.search(message["content"]))
+        shed = shed or (message["role"] == "user" and asks_to_shed)
+        guarded.append(bool(verdict) and not shed)
+    return guarded
+
+
 def rejudge(
-    entries: list[dict[str, Any]], records: dict[str, dict[str, Any]], rule: DriftRule, mark: bool
+    entries: list[dict[str, Any]], records: dict[str, dict[str, Any]], rule: DriftRule, mark: str
 ) -> list[dict[str, Any]]:
     """Entries with every turn's level and alarm input recomputed under ``rule``."""
     out = []
     for entry in entries:
         messages = records[entry["id"]]["messages"]
-        acted = performed_replies(messages) if mark else [False] * len(messages)
+        acted = marks(messages, entry["turns"], mark)
         features = []
         for turn in entry["turns"]:
             index = turn["message_index"]

@@ -55,7 +55,7 @@ def test_a_conversation_that_fits_equals_one_pass(lm: LoadedModel, chunk_tokens:
     assert len(plan.windows) == 1 and not plan.cut and plan.warning is None
     assert plan.single_pass == (chunk_tokens == 4096)
     assert [c.first_message for c in plan.contexts] == [0] * 5
-    (values,) = project_plans(lm, axis(lm), [plan], LAYERS)
+    values = project_plans(lm, axis(lm), [plan], LAYERS)[0].projections
     torch.testing.assert_close(values, single_pass(lm, messages), rtol=1e-4, atol=1e-4)
 
 
@@ -94,7 +94,7 @@ def test_a_windowed_turn_equals_one_pass_over_its_window(lm: LoadedModel) -> Non
     plan = plan_conversation(
         lm.chat, messages, ContextPolicy(window=140, chunk_tokens=17).for_model(lm)
     )
-    (values,) = project_plans(lm, axis(lm), [plan], LAYERS)
+    values = project_plans(lm, axis(lm), [plan], LAYERS)[0].projections
     for window in plan.windows:
         (direct,) = projections_from_tokens(
             lm, axis(lm), [window.input_ids], [window.spans], LAYERS
@@ -121,7 +121,7 @@ def test_turns_longer_than_the_window_and_long_user_messages(lm: LoadedModel) ->
     assert all(len(w.input_ids) <= 100 for w in plan.windows)
     assert [t for w in plan.windows for t in w.turns] == [0, 1, 2]  # the empty turn is not pooled
     assert "longer than the window" in (plan.warning or "")
-    (values,) = project_plans(lm, axis(lm), [plan], LAYERS)
+    values = project_plans(lm, axis(lm), [plan], LAYERS)[0].projections
     assert torch.isfinite(values[:3]).all() and torch.isnan(values[3]).all()
 
 
@@ -168,7 +168,7 @@ def test_default_model_parity_with_one_pass(smollm: LoadedModel) -> None:
     assert not plan.single_pass and len(plan.windows) == 1
     generator = torch.Generator().manual_seed(0)
     vectors = torch.randn(smollm.shape.n_layers, smollm.shape.hidden_size, generator=generator)
-    (ours,) = project_plans(smollm, vectors, [plan], [15])
+    ours = project_plans(smollm, vectors, [plan], [15])[0].projections
     spans = [s.segments for s in rendered.role_spans("assistant")]
     (whole,) = projections_from_tokens(smollm, vectors, [rendered.input_ids], [spans], [15])
     torch.testing.assert_close(ours, whole, rtol=1e-4, atol=1e-4)

@@ -4,6 +4,8 @@ jailbreaks are never performances. And the anchor can average the first turns.""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from persona_axis.drift.features import TurnFeatures, performed_replies
@@ -212,13 +214,14 @@ def test_a_live_reply_the_user_asked_to_be_performed_is_marked_as_monitor_marks_
 
     rule = relative_rule()
     asked = [{"role": "user", "content": "Write me a poem about the rain."}]
-    # no earlier assistant turn: the model and bundle are not needed to read the history
-    live = LiveDrift.read(None, None, asked, rule=rule)  # type: ignore[arg-type]
+    # no earlier assistant turn and no request probe: the model is not needed for the history
+    unprobed = SimpleNamespace(manifest={}, vectors={})
+    live = LiveDrift.read(None, unprobed, asked, rule=rule)  # type: ignore[arg-type]
     assert live.asking == tuple(asked)
     reply = live.with_reply("Grey threads fall...", 12, -5.0)
     assert reply.features[-1] is not None and reply.features[-1].performed
     assert reply.verdicts()[-1].z is None  # reported, not judged, as in the monitor
-    plain = LiveDrift.read(None, None, [{"role": "user", "content": "Hi!"}], rule=rule)  # type: ignore[arg-type]
+    plain = LiveDrift.read(None, unprobed, [{"role": "user", "content": "Hi!"}], rule=rule)  # type: ignore[arg-type]
     assert not plain.with_reply("Hello!", 3, 0.0).features[-1].performed  # type: ignore[union-attr]
     # the reply's own shape counts in a requested piece, live as in the monitor
     history = [

@@ -163,6 +163,8 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
     table.add_row("recommended cap", str(summary["recommended_cap"]))
     if summary.get("benign_profile"):
         table.add_row("drift monitor's benign profile", summary["benign_profile"])
+    if summary.get("request_probe"):
+        table.add_row("drift monitor's request probe", summary["request_probe"])
     table.add_row(
         "stage times (s)", ", ".join(f"{k} {v:.1f}" for k, v in summary["timings"].items())
     )

@@ -139,12 +139,16 @@ class Window:
     """Token ids read in one go and the content span of each turn pooled from them.
 
     ``turns`` are assistant-turn numbers (0-based, in the order of the conversation's assistant
-    messages), one per span; turns without content tokens are not pooled.
+    messages), one per span; turns without content tokens are not pooled. ``requests`` pairs
+    an assistant-turn number with the content span of the user message that turn answers (the
+    message right before it), for every turn of the window whose request the window holds whole,
+    with or without content of its own (:mod:`persona_axis.drift.request_probe` reads them).
     """
 
     input_ids: list[int]
     turns: list[int]
     spans: list[Segments]
+    requests: list[tuple[int, Segments]] = field(default_factory=list)
 
 
 @dataclass
@@ -206,9 +210,24 @@ def plan_conversation(
         usable = [t for t, i in enumerate(turn_messages) if full.spans[i].segments]
         contexts = [TurnContext(i, 0, full.spans[i].start, 0, cut=False) for i in turn_messages]
         spans = [full.spans[turn_messages[t]].segments for t in usable]
-        windows = [Window(full.input_ids, usable, spans)] if usable else []
+        requests = _requests(full, turn_messages, range(len(turn_messages)))
+        windows = [Window(full.input_ids, usable, spans, requests)] if usable or requests else []
         return ConversationPlan(windows, contexts, len(full.input_ids), policy, sizes)
     return _Planner(chat, list(messages), full, policy).plan(sizes)
+
+
+def _requests(
+    rendered: RenderedChat, turn_messages: Sequence[int], turns: Sequence[int]
+) -> list[tuple[int, Segments]]:
+    """``(turn, segments)`` of the user message right before each of ``turns`` in ``rendered``
+    (``turn_messages[turn]``: the turn's message index there; negative: not rendered)."""
+    out = []
+    for turn in turns:
+        before = turn_messages[turn] - 1
+        span = rendered.spans[before] if before >= 0 else None
+        if span is not None and span.role == "user" and span.segments:
+            out.append((turn, span.segments))
+    return out
 
 
 class _Planner:
@@ -303,7 +322,9 @@ class _Planner:
             if span.segments:
                 turns.append(turn)
                 spans.append(span.segments)
-        return Window(rendered.input_ids[: max(ends)], turns, spans), contexts
+        local = [message - offset for message in turn_messages]
+        requests = _requests(rendered, local, range(first, last + 1))
+        return Window(rendered.input_ids[: max(ends)], turns, spans, requests), contexts
 
     def _cut_window(
         self, rendered: RenderedChat, start: int, offset: int, turn: int, *, number: int

@@ -131,7 +131,9 @@ IDENTITY_REQUEST = re.compile(
 )
 
 
-def performed_replies(messages: Sequence[Mapping[str, Any]]) -> list[bool]:
+def performed_replies(
+    messages: Sequence[Mapping[str, Any]], heard: Sequence[bool | None] | None = None
+) -> list[bool]:
     """Per message, whether it is an assistant reply the user asked to be *performed*: in a
     voice that is not the Assistant's own (a story, poem, script, letter, a character to play).
 
@@ -149,10 +151,14 @@ def performed_replies(messages: Sequence[Mapping[str, Any]]) -> list[bool]:
     the assistant to shed its rules or show its "true self" is not granted performances for
     the rest of the conversation (persona jailbreaks read as requests, not as fiction).
     System and user messages are never performed.
+
+    ``heard``: per message, for an assistant message, whether the model itself read its request
+    as one for a performed reply (:class:`persona_axis.drift.request_probe.RequestProbe`; None:
+    not read). A reply heard so is performed too, unless the user asked to shed its rules.
     """
     out: list[bool] = []
     performing = requested = suspicious = shape_counts = False
-    for message in messages:
+    for index, message in enumerate(messages):
         role = message.get("role")
         text = str(message.get("content") or "")
         if role == "user":
@@ -174,7 +180,9 @@ def performed_replies(messages: Sequence[Mapping[str, Any]]) -> list[bool]:
             performing = performing and not suspicious
             asks_the_assistant = _asks_you(text) and not IN_STORY.search(text)
             shape_counts = requested and not steps_out and not discloses and not asks_the_assistant
-        out.append(role == "assistant" and (performing or (shape_counts and piece_shaped(text))))
+        probed = heard is not None and bool(heard[index]) and not suspicious
+        shaped = shape_counts and piece_shaped(text)
+        out.append(role == "assistant" and (performing or shaped or probed))
     return out
 
 

@@ -14,8 +14,10 @@ capped: ``monitor`` reads the text uncapped).
 
 Cost: reading the history is one forward pass over the prompt up to the rule's layer, ahead of
 generation (it must come first, since the on-drift cap is decided from it; the generation's own
-prefill may be capped, so it cannot stand in). Conversations without an earlier assistant turn
-need no pass.
+prefill may be capped, so it cannot stand in). With the bundle's request probe
+(:mod:`persona_axis.drift.request_probe`) the same pass also reads the trailing user message,
+so that the reply is marked performed as ``monitor`` will mark it; without a probe,
+conversations without an earlier assistant turn need no pass.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from persona_axis.drift.conversations import Conversation, ReadFailure
 from persona_axis.drift.features import TurnFeatures, performed_replies
+from persona_axis.drift.request_probe import RequestProbe, read_requests
 from persona_axis.drift.rule import DriftRule, Level, TurnVerdict
 
 if TYPE_CHECKING:
@@ -53,6 +56,9 @@ class LiveDrift:
     reply to it is marked performed or not
     (:func:`persona_axis.drift.features.performed_replies`, which also reads the reply's own
     text) as ``monitor`` will mark it once it is logged."""
+    pending: bool | None = None
+    """The bundle's request probe's verdict on that trailing user message
+    (:mod:`persona_axis.drift.request_probe`; None: no probe or no such message)."""
 
     @classmethod
     def read(
@@ -64,8 +70,9 @@ class LiveDrift:
         rule: DriftRule | None = None,
         policy: ContextPolicy | None = None,
     ) -> LiveDrift:
-        """The assistant turns of ``messages`` (a trailing user message is ignored) read as the
-        monitor reads them, under ``rule`` (default: the bundle's one rule)."""
+        """The assistant turns of ``messages`` read as the monitor reads them, under ``rule``
+        (default: the bundle's one rule), and a trailing user message as the request probe
+        reads it (:attr:`pending`)."""
         from persona_axis.drift.monitor import Monitor
         from persona_axis.drift.profile import drift_rule
 
@@ -74,17 +81,28 @@ class LiveDrift:
         asking = tuple(history) if history and history[-1]["role"] == "user" else ()
         while history and history[-1]["role"] != "assistant":
             history.pop()
-        if rule.scale is None or not history:
+        probe = RequestProbe.from_bundle(bundle) if asking else None
+        if rule.scale is None or not (history or probe):
             return cls(rule, asking=asking)
+        if probe is not None:  # the trailing request is read in the same pass, as a turn's is
+            history = [*asking, {"role": "assistant", "content": ""}]
         runner = Monitor.create(lm, bundle, extra_layers=[], rule=rule, policy=policy, batch_size=1)
         found = next(iter(runner.run([Conversation(tuple(map(dict, history)))])))
-        if isinstance(found, ReadFailure):
-            return cls(rule, asking=asking)
+        if isinstance(found, ReadFailure):  # no earlier turn with content
+            if probe is None:
+                return cls(rule, asking=asking)
+            (requests,) = read_requests(lm, bundle, [history], probe.layer, policy=policy)
+            return cls(rule, asking=asking, pending=probe.heard(requests[-1:])[0])
+        if probe is None:
+            turns, pending = found.turns, None
+        else:
+            turns, pending = found.turns[:-1], found.turns[-1].heard
         return cls(
             rule,
-            tuple(turn.projection for turn in found.turns),
-            tuple(turn.features for turn in found.turns),
+            tuple(turn.projection for turn in turns),
+            tuple(turn.features for turn in turns),
             asking,
+            pending,
         )
 
     @property
@@ -96,7 +114,8 @@ class LiveDrift:
         at the rule's layer is ``projection`` (None: no content)."""
         turn = self.n_turns + 1
         reply: Message = {"role": "assistant", "content": text}
-        performed = bool(self.asking) and performed_replies([*self.asking, reply])[-1]
+        heard = [*([None] * len(self.asking)), self.pending]
+        performed = bool(self.asking) and performed_replies([*self.asking, reply], heard)[-1]
         features = (
             TurnFeatures.of(reply_text(text), n_tokens, turn, performed=performed)
             if n_tokens

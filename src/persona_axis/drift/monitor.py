@@ -36,6 +36,7 @@ from persona_axis.drift.projections import (
     turn_projections,
 )
 from persona_axis.drift.readings import ConversationReading, MonitorResult, TurnReading, timing
+from persona_axis.drift.request_probe import RequestProbe
 from persona_axis.drift.rule import DriftRule, cusum_lower
 from persona_axis.errors import PersonaAxisError
 
@@ -85,6 +86,8 @@ class Monitor:
     extra_layers: list[int]
     policy: ContextPolicy
     batch_size: int = 8
+    probe: RequestProbe | None = None
+    """The bundle's request probe (None: performed turns come from phrase patterns only)."""
 
     @classmethod
     def create(
@@ -108,6 +111,7 @@ class Monitor:
             sorted(set(default_extra_layers(bundle) if extra_layers is None else extra_layers)),
             (policy or ContextPolicy()).for_model(lm),
             batch_size,
+            RequestProbe.from_bundle(bundle),
         )
 
     @property
@@ -155,21 +159,35 @@ class Monitor:
             self.bundle.axis,
             [plan for _, _, plan in planned],
             self.layers,
+            request_layer=None if self.probe is None else self.probe.layer,
             batch_size=self.batch_size,
         )
-        for (slot, conversation, plan), table in zip(planned, values, strict=True):
-            out[slot] = self.reading(conversation, plan, table.tolist())
+        for (slot, conversation, plan), value in zip(planned, values, strict=True):
+            heard = None
+            if self.probe is not None and value.requests is not None:
+                heard = self.probe.heard(value.requests)
+            out[slot] = self.reading(conversation, plan, value.projections.tolist(), heard)
         return [item for item in out if item is not None]
 
     def reading(
-        self, conversation: Conversation, plan: ConversationPlan, table: list[list[float]]
+        self,
+        conversation: Conversation,
+        plan: ConversationPlan,
+        table: list[list[float]],
+        heard: Sequence[bool | None] | None = None,
     ) -> ConversationReading:
-        """Judge one conversation's projections ``table[turn][layer column]``."""
+        """Judge one conversation's projections ``table[turn][layer column]``; ``heard``: per
+        assistant turn, the request probe's verdict on its request (None: not read)."""
         layers = self.layers
         rows = [[_finite(x) for x in row] for row in table]
         target = [row[layers.index(self.rule.layer)] for row in rows]
         features = []
-        performed = performed_replies(conversation.messages)
+        by_message: list[bool | None] | None = None
+        if heard is not None:
+            by_message = [None] * len(conversation.messages)
+            for context, verdict in zip(plan.contexts, heard, strict=True):
+                by_message[context.message_index] = verdict
+        performed = performed_replies(conversation.messages, by_message)
         for number, context in enumerate(plan.contexts):
             content = str(conversation.messages[context.message_index]["content"])
             text = content.rpartition("</think>")[2]
@@ -194,6 +212,7 @@ class Monitor:
                 verdict=verdict,
                 features=feature,
                 context=context,
+                heard=None if heard is None else heard[number],
             )
             for number, (context, verdict, feature) in enumerate(
                 zip(plan.contexts, verdicts, features, strict=True)

@@ -15,12 +15,13 @@ the deepest layer needed and never runs the LM head.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from persona_axis.drift.context import ContextPolicy, ConversationPlan, plan_conversation
+from persona_axis.drift.context import ContextPolicy, ConversationPlan, Window, plan_conversation
 from persona_axis.errors import PersonaAxisError
 from persona_axis.inference.capture import SpanPooler, pool_spans, pool_spans_chunked
 
@@ -39,48 +40,84 @@ def unit_rows(axis: Tensor, layers: Sequence[int]) -> Tensor:
     return unit(axis[list(layers)].float())
 
 
+@dataclass(frozen=True)
+class PlanReading:
+    """One conversation read under its plan.
+
+    ``projections``: ``[n_assistant_turns, len(layers)]`` float32 projections on the unit axis
+    of each layer (``sorted(set(layers))``), NaN for turns without content tokens;
+    ``requests``: ``[n_assistant_turns, d]`` float32 mean residual at the request layer over
+    the user message each turn answers (NaN rows where the plan holds none), or None when no
+    request layer was asked for.
+    """
+
+    projections: Tensor
+    requests: Tensor | None = None
+
+
 def project_plans(
     lm: LoadedModel,
     axis: Tensor,
     plans: Sequence[ConversationPlan],
     layers: Sequence[int],
     *,
+    request_layer: int | None = None,
     batch_size: int = 8,
     batch_tokens: int = BATCH_TOKENS,
-) -> list[Tensor]:
-    """Per plan ``[n_assistant_turns, len(layers)]`` float32 projections on the unit axis of
-    each layer (``sorted(set(layers))``); turns without content tokens are NaN."""
+) -> list[PlanReading]:
+    """Per plan its :class:`PlanReading`: turn projections at ``layers`` and, with a
+    ``request_layer``, the requests' mean residuals there, from the same forward pass."""
     if batch_size < 1:
         raise PersonaAxisError(f"batch_size must be at least 1, not {batch_size}.")
     chosen = sorted(set(layers))
+    pooled_layers = sorted({*chosen, *([] if request_layer is None else [request_layer])})
+    columns = [pooled_layers.index(layer) for layer in chosen]
     units = unit_rows(axis, chosen)
     out = [torch.full((len(plan.contexts), len(chosen)), float("nan")) for plan in plans]
+    hidden = lm.shape.hidden_size
+    requests = [torch.full((len(plan.contexts), hidden), float("nan")) for plan in plans]
+
+    def store(i: int, window: Window, acts: Tensor) -> None:
+        """Split one window's pooled ``[n_spans, n_pooled_layers, d]`` into its readings."""
+        turns = acts[: len(window.turns), columns]
+        out[i][window.turns] = torch.einsum("tld,ld->tl", turns, units)
+        if request_layer is not None and window.requests:
+            numbers = [turn for turn, _ in window.requests]
+            requests[i][numbers] = acts[len(window.turns) :, pooled_layers.index(request_layer)]
+
+    def spans(window: Window) -> list[Segments]:
+        extra = [segments for _, segments in window.requests] if request_layer is not None else []
+        return [*window.spans, *extra]
+
     short = sorted(
         (i for i, plan in enumerate(plans) if plan.single_pass and plan.windows),
         key=lambda i: len(plans[i].windows[0].input_ids),
     )
-    pooler = SpanPooler(lm, chosen)
+    pooler = SpanPooler(lm, pooled_layers)
     with pooler.hooked():
         for batch in _batches(short, plans, batch_size, batch_tokens):
             windows = [plans[i].windows[0] for i in batch]
-            pooled = pooler.run([w.input_ids for w in windows], [w.spans for w in windows])
+            pooled = pooler.run([w.input_ids for w in windows], [spans(w) for w in windows])
             for i, window, acts in zip(batch, windows, pooled, strict=True):
-                out[i][window.turns] = torch.einsum("tld,ld->tl", acts, units)
+                store(i, window, acts)
         for i, plan in enumerate(plans):
             if plan.single_pass:
                 continue
             for window in plan.windows:
-                if not window.turns:
+                if not spans(window):
                     continue
                 acts = pool_spans_chunked(
                     lm,
                     window.input_ids,
-                    window.spans,
+                    spans(window),
                     chunk_tokens=plan.policy.chunk_tokens,
                     pooler=pooler,
                 )
-                out[i][window.turns] = torch.einsum("tld,ld->tl", acts, units)
-    return out
+                store(i, window, acts)
+    return [
+        PlanReading(values, None if request_layer is None else asked)
+        for values, asked in zip(out, requests, strict=True)
+    ]
 
 
 def _batches(
@@ -147,4 +184,7 @@ def turn_projections(
                 f"Conversation {index} has no assistant message with content; nothing to monitor."
             )
         plans.append(plan)
-    return project_plans(lm, axis, plans, layers, batch_size=batch_size)
+    return [
+        reading.projections
+        for reading in project_plans(lm, axis, plans, layers, batch_size=batch_size)
+    ]

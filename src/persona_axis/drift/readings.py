@@ -39,7 +39,8 @@ class TurnReading:
     projection at the rule's layer and per extra layer (None without content), the rule's
     ``verdict`` (expected projection, shortfall and change in scales, the alarm statistics'
     input ``z``, EWMA, CUSUM, flag, level), content features and the context it was read
-    with."""
+    with; ``heard``: whether the request probe read the user message it answers as asking for
+    a performed reply (None: no probe, or that message was not read)."""
 
     turn: int
     message_index: int
@@ -49,6 +50,7 @@ class TurnReading:
     verdict: TurnVerdict = UNJUDGED
     features: TurnFeatures | None = None
     context: TurnContext | None = None
+    heard: bool | None = None
 
     @property
     def level(self) -> Level:
@@ -75,6 +77,7 @@ class TurnReading:
             "n_tokens": self.n_tokens,
             "kind": self.kind,
             "performed": self.features is not None and self.features.performed,
+            "heard": self.heard,
             "projection": _rounded(self.projection),
             "extra_layers": {
                 str(layer): _rounded(value) for layer, value in self.extra_layers.items()

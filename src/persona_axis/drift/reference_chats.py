@@ -125,9 +125,18 @@ def store_reference_profile(lm: LoadedModel, bundle: AxisBundle) -> None:
     bundle.set_benign_profile(reference_profile(lm, bundle).to_dict())
 
 
+def store_monitor_defaults(lm: LoadedModel, bundle: AxisBundle) -> None:
+    """What every build adds for the drift monitor: the shipped benign profile and the request
+    probe (:mod:`persona_axis.drift.request_probe`), both read by the build's model."""
+    from persona_axis.drift.request_probe import request_probe
+
+    store_reference_profile(lm, bundle)
+    request_probe(lm, bundle).store(bundle)
+
+
 def build(config: BuildConfig, out: str | Path, **options: Any) -> BuildResult:
     """:func:`persona_axis.pipeline.stages.build` (same arguments), the bundle saved with its
-    shipped benign profile (module doc): the build every entry point runs."""
+    shipped benign profile and request probe (module doc): the build every entry point runs."""
     from persona_axis.pipeline.stages import build as build_stages
 
-    return build_stages(config, out, finish=store_reference_profile, **options)
+    return build_stages(config, out, finish=store_monitor_defaults, **options)

@@ -103,6 +103,7 @@ def summarize(bundle: AxisBundle) -> dict[str, Any]:
         "recommended_cap": manifest["recommended_cap"],
         "timings": manifest["timings"],
         "benign_profile": profile_summary(bundle.benign_profile),
+        "request_probe": probe_summary(manifest.get("request_probe")),
         **quality_summary(manifest.get("quality"), bundle.target_layer),
     }
 
@@ -120,6 +121,18 @@ def profile_summary(profile: dict[str, Any] | None) -> str | None:
         f"from {sources}: level {profile['baseline']['intercept']:.2f}, scale "
         f"{profile['scale']:.2f} at layer {profile['layer']}; alarm k {limits.get('k')}, "
         f"h {limits.get('h')}"
+    )
+
+
+def probe_summary(probe: dict[str, Any] | None) -> str | None:
+    """One line on the drift monitor's stored request probe (None: none stored)."""
+    if not isinstance(probe, dict):
+        return None
+    facts = probe.get("provenance", {})
+    return (
+        f"from {facts.get('conversations')} labelled conversations ({facts.get('examples')} "
+        f"requests) at layer {probe.get('layer')}: cross-validated accuracy "
+        f"{facts.get('cv_accuracy')}"
     )
 
 
