@@ -105,10 +105,11 @@ def at_layer(entries: list[dict[str, Any]], layer: int) -> list[dict[str, Any]]:
 def variant(rule: DriftRule, name: str) -> tuple[DriftRule, str]:
     """``rule`` changed as ``name`` says, and how performed turns are marked: ``""`` (not),
     ``performed`` (phrase patterns), ``heard`` (patterns or the run's request probe) or
-    ``probe`` (the probe alone, with the patterns' guard against persona jailbreaks)."""
+    ``probe`` (the probe alone, with the patterns' guard against persona jailbreaks); ``heardX``
+    and ``probeX`` hear a request whose stored logit is above X instead of the run's verdict."""
     mark = ""
     for part in name.split("+"):
-        if part in ("performed", "heard", "probe"):
+        if part == "performed" or part.startswith(("heard", "probe")):
             mark = part
         elif part.startswith("anchor"):
             rule = replace(rule, anchor_turns=int(part[6:]))
@@ -130,12 +131,16 @@ def marks(messages: list[dict[str, Any]], turns: list[dict[str, Any]], mark: str
     """Per message, performed or not as ``mark`` says (:func:`variant`)."""
     if not mark:
         return [False] * len(messages)
-    heard: list[bool | None] = [None] * len(messages)
-    for turn in turns:
-        heard[turn["message_index"]] = turn.get("heard")
     if mark == "performed":
         return performed_replies(messages)
-    if mark == "heard":
+    kind = mark[:5]  # heard or probe
+    limit = mark[len(kind) :]
+    heard: list[bool | None] = [None] * len(messages)
+    for turn in turns:
+        logit = turn.get("request_logit")
+        verdict = turn.get("heard") if not limit or logit is None else logit > float(limit)
+        heard[turn["message_index"]] = verdict
+    if kind == "heard":
         return performed_replies(messages, heard)
     guarded = []
     shed = False

@@ -173,6 +173,9 @@ def test_a_live_request_is_heard_as_the_monitor_hears_it_once_logged(tmp_path) -
     logged = monitor(lm, bundle, [CHAT]).readings[0]
     heard = [turn.heard for turn in logged.turns]
     assert True in heard and False in heard
+    for turn, logit in zip(logged.turns, logits.tolist(), strict=True):
+        assert turn.request_logit == pytest.approx(logit + bias, abs=1e-3)
+        assert turn.to_dict()["heard"] is turn.heard
     for index, turn in enumerate(logged.turns):
         live = LiveDrift.read(lm, bundle, CHAT[: 2 * index + 1])
         assert live.pending == turn.heard

@@ -134,17 +134,20 @@ class LiveDrift:
         return verdicts[-1].level if verdicts else "none"
 
     def telemetry(self) -> dict[str, Any]:
-        """The latest turn's reading for a response: turn number, level and the statistics
-        (expected projection, shortfall, change, EWMA, CUSUM; None where the rule skips it)."""
+        """The latest turn's reading for a response: turn number, level, whether it counts as
+        performed (reported, not judged) and the statistics (expected projection, shortfall,
+        change, EWMA, CUSUM; None where the rule skips it)."""
         verdicts = self.verdicts()
         last = verdicts[-1] if verdicts else None
 
         def rounded(value: float | None) -> float | None:
             return None if value is None else round(value, 4)
 
+        latest = self.features[-1] if self.features else None
         return {
             "turn": self.n_turns,
             "level": "none" if last is None else last.level,
+            "performed": latest is not None and latest.performed,
             "levels": [v.level for v in verdicts],
             "expected": None if last is None else rounded(last.expected),
             "shortfall": None if last is None else rounded(last.shortfall),

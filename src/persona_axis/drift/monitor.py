@@ -163,10 +163,10 @@ class Monitor:
             batch_size=self.batch_size,
         )
         for (slot, conversation, plan), value in zip(planned, values, strict=True):
-            heard = None
+            logits = None
             if self.probe is not None and value.requests is not None:
-                heard = self.probe.heard(value.requests)
-            out[slot] = self.reading(conversation, plan, value.projections.tolist(), heard)
+                logits = self.probe.logits(value.requests)
+            out[slot] = self.reading(conversation, plan, value.projections.tolist(), logits)
         return [item for item in out if item is not None]
 
     def reading(
@@ -174,16 +174,18 @@ class Monitor:
         conversation: Conversation,
         plan: ConversationPlan,
         table: list[list[float]],
-        heard: Sequence[bool | None] | None = None,
+        logits: Sequence[float | None] | None = None,
     ) -> ConversationReading:
-        """Judge one conversation's projections ``table[turn][layer column]``; ``heard``: per
-        assistant turn, the request probe's verdict on its request (None: not read)."""
+        """Judge one conversation's projections ``table[turn][layer column]``; ``logits``: per
+        assistant turn, the request probe's logit for its request (None: not read)."""
         layers = self.layers
         rows = [[_finite(x) for x in row] for row in table]
         target = [row[layers.index(self.rule.layer)] for row in rows]
         features = []
         by_message: list[bool | None] | None = None
-        if heard is not None:
+        heard = None
+        if logits is not None and self.probe is not None:
+            heard = [self.probe.hears(logit) for logit in logits]
             by_message = [None] * len(conversation.messages)
             for context, verdict in zip(plan.contexts, heard, strict=True):
                 by_message[context.message_index] = verdict
@@ -213,6 +215,7 @@ class Monitor:
                 features=feature,
                 context=context,
                 heard=None if heard is None else heard[number],
+                request_logit=None if logits is None else logits[number],
             )
             for number, (context, verdict, feature) in enumerate(
                 zip(plan.contexts, verdicts, features, strict=True)

@@ -40,7 +40,7 @@ class TurnReading:
     ``verdict`` (expected projection, shortfall and change in scales, the alarm statistics'
     input ``z``, EWMA, CUSUM, flag, level), content features and the context it was read
     with; ``heard``: whether the request probe read the user message it answers as asking for
-    a performed reply (None: no probe, or that message was not read)."""
+    a performed reply, and its logit (None: no probe, or that message was not read)."""
 
     turn: int
     message_index: int
@@ -51,6 +51,7 @@ class TurnReading:
     features: TurnFeatures | None = None
     context: TurnContext | None = None
     heard: bool | None = None
+    request_logit: float | None = None
 
     @property
     def level(self) -> Level:
@@ -78,6 +79,7 @@ class TurnReading:
             "kind": self.kind,
             "performed": self.features is not None and self.features.performed,
             "heard": self.heard,
+            "request_logit": _rounded(self.request_logit, 4),
             "projection": _rounded(self.projection),
             "extra_layers": {
                 str(layer): _rounded(value) for layer, value in self.extra_layers.items()

@@ -46,6 +46,7 @@ MANIFEST_KEY = "request_probe"
 DATA_FILE = "performance_requests.jsonl"
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # inverse L2 strengths tried (standardised)
 FOLDS = 5
+THRESHOLD = 0.0  # logit above which a request is heard (0: even odds under balanced classes)
 
 
 @dataclass(frozen=True)
@@ -60,21 +61,26 @@ class LabelledChat:
 @dataclass(frozen=True)
 class RequestProbe:
     """``logit = ⟨weights, h̄⟩ + bias`` on the mean residual ``h̄`` at ``layer`` over a request
-    (module doc); a request with ``logit > 0`` asks for a performed reply."""
+    (module doc); a request with ``logit > threshold`` asks for a performed reply."""
 
     layer: int
     weights: Tensor
     bias: float
     provenance: dict[str, Any] = field(default_factory=dict)
+    threshold: float = THRESHOLD
 
     def logits(self, requests: Tensor) -> list[float | None]:
         """Per row of ``[n, d]`` request means, its logit (None for a NaN row: not read)."""
         values = requests.float() @ self.weights.float() + self.bias
         return [float(value) if math.isfinite(value) else None for value in values.tolist()]
 
+    def hears(self, logit: float | None) -> bool | None:
+        """Whether a request with this logit asks for a performed reply (None: not read)."""
+        return None if logit is None else logit > self.threshold
+
     def heard(self, requests: Tensor) -> list[bool | None]:
         """Per row, whether it asks for a performed reply (None: not read)."""
-        return [None if logit is None else logit > 0 for logit in self.logits(requests)]
+        return [self.hears(logit) for logit in self.logits(requests)]
 
     @classmethod
     def from_bundle(cls, bundle: AxisBundle) -> RequestProbe | None:
@@ -88,7 +94,13 @@ class RequestProbe:
                 f"The bundle's request probe has shape {tuple(weights.shape)}, not "
                 f"[{bundle.shape[1]}]; it is damaged. Rebuild the bundle."
             )
-        return cls(int(meta["layer"]), weights, float(meta["bias"]), dict(meta["provenance"]))
+        return cls(
+            int(meta["layer"]),
+            weights,
+            float(meta["bias"]),
+            dict(meta["provenance"]),
+            float(meta.get("threshold", THRESHOLD)),
+        )
 
     def store(self, bundle: AxisBundle) -> None:
         """Put the probe into ``bundle`` (its :meth:`~AxisBundle.save` writes it)."""
@@ -96,6 +108,7 @@ class RequestProbe:
         bundle.manifest[MANIFEST_KEY] = {
             "layer": self.layer,
             "bias": self.bias,
+            "threshold": self.threshold,
             "provenance": self.provenance,
         }
 

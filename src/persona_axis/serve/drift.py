@@ -3,8 +3,10 @@
 The server keeps no conversation state: a request carries the earlier turns, so the drift rule
 (:func:`persona_axis.drift.profile.drift_rule`, the one rule ``monitor``, ``simulate`` and
 ``chat`` use) is run over them (:class:`~persona_axis.drift.live.LiveDrift`: one pass over the
-prompt up to the rule's layer, ahead of generation, when there is an earlier assistant turn)
-and then over the new reply, whose projection comes from its generation pass. The response's
+prompt up to the rule's layer, ahead of generation, when there is an earlier assistant turn or
+the bundle has a request probe) and then over the new reply, whose projection comes from its
+generation pass; ``drift_reading.performed`` says whether the reply counts as a requested piece
+(reported, not judged). The response's
 ``persona_axis.drift_reading`` object holds the reply's level (none / watch / warning / alarm)
 and the rule's statistics; ``persona_axis.drift`` is True when the level is ``alarm`` (None
 when the bundle has no rule: no benign profile, no projection percentiles and no default
