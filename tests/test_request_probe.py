@@ -183,3 +183,17 @@ def test_a_live_request_is_heard_as_the_monitor_hears_it_once_logged(tmp_path) -
         added = live.with_reply(reply, turn.n_tokens, turn.projection)
         assert added.features[-1] == turn.features
         assert [v.level for v in added.verdicts()] == [t.level for t in logged.turns[: index + 1]]
+
+
+@pytest.mark.slow
+def test_a_request_the_template_refuses_is_judged_without_the_probe() -> None:
+    lm = load_model(tiny_axis().model)
+    bundle = AxisBundle.load(tiny_axis().bundle)
+    assert RequestProbe.from_bundle(bundle) is not None
+    refused = [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": "a system message may only come first"},
+        {"role": "user", "content": "write me a poem"},
+    ]
+    live = LiveDrift.read(lm, bundle, refused)
+    assert live.pending is None and live.n_turns == 0 and live.asking == tuple(refused)

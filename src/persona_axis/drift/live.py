@@ -30,6 +30,7 @@ from persona_axis.drift.conversations import Conversation, ReadFailure
 from persona_axis.drift.features import TurnFeatures, performed_replies
 from persona_axis.drift.request_probe import RequestProbe, read_requests
 from persona_axis.drift.rule import DriftRule, Level, TurnVerdict
+from persona_axis.errors import PersonaAxisError
 
 if TYPE_CHECKING:
     from persona_axis.axis.bundle import AxisBundle
@@ -88,10 +89,13 @@ class LiveDrift:
             history = [*asking, {"role": "assistant", "content": ""}]
         runner = Monitor.create(lm, bundle, extra_layers=[], rule=rule, policy=policy, batch_size=1)
         found = next(iter(runner.run([Conversation(tuple(map(dict, history)))])))
-        if isinstance(found, ReadFailure):  # no earlier turn with content
+        if isinstance(found, ReadFailure):  # no earlier turn with content, or unreadable
             if probe is None:
                 return cls(rule, asking=asking)
-            (requests,) = read_requests(lm, bundle, [history], probe.layer, policy=policy)
+            try:
+                (requests,) = read_requests(lm, bundle, [history], probe.layer, policy=policy)
+            except PersonaAxisError:  # the template refuses it: judged without the probe
+                return cls(rule, asking=asking)
             return cls(rule, asking=asking, pending=probe.heard(requests[-1:])[0])
         if probe is None:
             turns, pending = found.turns, None
