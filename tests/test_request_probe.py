@@ -22,6 +22,7 @@ from persona_axis.drift.request_probe import (
     read_requests,
 )
 from persona_axis.models import LoadedModel, load_model
+from support.bundles import make_bundle
 from support.tiny_axis import tiny_axis
 from support.tiny_models import tiny_lm
 
@@ -73,7 +74,7 @@ def test_request_means_equal_hf_hidden_states(lm: LoadedModel, chunk_tokens: int
 def test_a_turn_without_content_still_has_its_request_read(lm: LoadedModel) -> None:
     """The live read's pending request: an empty reply after it leaves its reading unchanged."""
     pending = [*CHAT[:4], CHAT[4], {"role": "assistant", "content": ""}]
-    (read,) = read_requests(lm, _bundle_like(lm), [pending], LAYER)
+    (read,) = read_requests(lm, make_bundle(lm), [pending], LAYER)
     torch.testing.assert_close(read, hf_request_means(lm, CHAT, LAYER), rtol=1e-4, atol=1e-4)
 
 
@@ -93,15 +94,6 @@ def test_long_conversations_read_the_requests_their_windows_hold(lm: LoadedModel
     held = {turn for window in plan.windows for turn, _ in window.requests}
     finite = {t for t in range(10) if bool(torch.isfinite(reading.requests[t]).all())}
     assert finite == held and len(held) >= 5
-
-
-def _bundle_like(lm: LoadedModel) -> AxisBundle:
-    """A bundle with a random axis for ``lm`` (the reading does not depend on it)."""
-    return AxisBundle.create(
-        {"axis": torch.randn(lm.shape.n_layers, lm.shape.hidden_size)},
-        model_shape=lm.shape,
-        model_id=None,
-    )
 
 
 def test_the_fit_folds_its_scaling_into_one_vector() -> None:

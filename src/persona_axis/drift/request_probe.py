@@ -152,7 +152,11 @@ def read_requests(
     readings = project_plans(
         lm, bundle.axis, plans, [layer], request_layer=layer, batch_size=batch_size
     )
-    return [reading.requests for reading in readings if reading.requests is not None]
+    out = []
+    for reading in readings:
+        assert reading.requests is not None  # asked for with request_layer: one per plan
+        out.append(reading.requests)
+    return out
 
 
 def fit_request_probe(
